@@ -1,0 +1,626 @@
+//! The YAML workflow spec: parsing, defaults and validation. Every problem found is reported
+//! with the file, the task and the field it concerns, and the line where one can be found.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Dag, Priority};
+
+/// A validated workflow: what `porpoise workflow apply` stores and a run executes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WorkflowSpec {
+    pub name: String,
+    pub description: Option<String>,
+    pub priority: Priority,
+    #[serde(with = "opt_millis")]
+    pub timeout: Option<Duration>,
+    pub params: BTreeMap<String, String>,
+    pub tasks: Vec<TaskSpec>,
+}
+
+/// One validated task of a workflow.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskSpec {
+    pub name: String,
+    pub task_type: TaskType,
+    pub command: String,
+    pub depends_on: Vec<String>,
+    pub retries: u32,
+    #[serde(with = "millis")]
+    pub retry_interval: Duration,
+    #[serde(with = "opt_millis")]
+    pub timeout: Option<Duration>,
+    pub timeout_strategy: TimeoutStrategy,
+    pub priority: Priority,
+    pub worker_group: String,
+    pub task_group: Option<String>,
+}
+
+/// How a task is executed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TaskType {
+    /// `bash -c COMMAND` in the task's working directory.
+    Shell,
+}
+
+impl TaskType {
+    pub const ALL: [TaskType; 1] = [TaskType::Shell];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Shell => "shell",
+        }
+    }
+}
+
+/// What happens when a task runs past its timeout.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TimeoutStrategy {
+    /// Log a warning and count it; the task keeps running.
+    Warn,
+    /// Kill the task; it fails (and may retry).
+    #[default]
+    Fail,
+    /// Both: warn, then kill.
+    WarnFail,
+}
+
+impl TimeoutStrategy {
+    fn parse(s: &str) -> Option<Self> {
+        match s {
+            "warn" => Some(Self::Warn),
+            "fail" => Some(Self::Fail),
+            "warnfail" => Some(Self::WarnFail),
+            _ => None,
+        }
+    }
+}
+
+/// The default pause between two attempts of a task, as in DolphinScheduler.
+pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(60);
+/// The worker group a task runs in when its spec names none.
+pub const DEFAULT_WORKER_GROUP: &str = "default";
+
+/// One thing wrong with a spec.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SpecProblem {
+    pub task: Option<String>,
+    pub field: Option<String>,
+    pub line: Option<usize>,
+    pub message: String,
+}
+
+/// A spec that cannot be used, with every problem found in it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub struct SpecError {
+    pub file: String,
+    pub problems: Vec<SpecProblem>,
+}
+
+impl fmt::Display for SpecError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.problems.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{}", self.file)?;
+            if let Some(line) = p.line {
+                write!(f, ":{line}")?;
+            }
+            f.write_str(": ")?;
+            match (&p.task, &p.field) {
+                (Some(t), Some(field)) => write!(f, "task {t:?}, field {field:?}: ")?,
+                (Some(t), None) => write!(f, "task {t:?}: ")?,
+                (None, Some(field)) => write!(f, "field {field:?}: ")?,
+                (None, None) => {}
+            }
+            f.write_str(&p.message)?;
+        }
+        Ok(())
+    }
+}
+
+/// A YAML scalar where the spec wants text: numbers and booleans are accepted as their text.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Str(String),
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+}
+
+impl fmt::Display for Scalar {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Scalar::Str(s) => f.write_str(s),
+            Scalar::Int(i) => write!(f, "{i}"),
+            Scalar::Float(x) => write!(f, "{x}"),
+            Scalar::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWorkflow {
+    name: Option<Scalar>,
+    description: Option<String>,
+    priority: Option<Scalar>,
+    timeout: Option<Scalar>,
+    #[serde(default)]
+    params: BTreeMap<String, Scalar>,
+    #[serde(default)]
+    tasks: Vec<RawTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTask {
+    name: Option<Scalar>,
+    #[serde(rename = "type")]
+    task_type: Option<Scalar>,
+    command: Option<String>,
+    #[serde(default)]
+    depends_on: Vec<Scalar>,
+    retries: Option<u32>,
+    retry_interval: Option<Scalar>,
+    timeout: Option<Scalar>,
+    timeout_strategy: Option<Scalar>,
+    priority: Option<Scalar>,
+    worker_group: Option<Scalar>,
+    task_group: Option<Scalar>,
+}
+
+impl WorkflowSpec {
+    /// Parses and validates a spec. `file` names the source in every problem reported.
+    pub fn parse(file: &str, source: &str) -> Result<WorkflowSpec, SpecError> {
+        let raw: RawWorkflow = serde_yaml_ng::from_str(source).map_err(|e| SpecError {
+            file: file.to_string(),
+            problems: vec![yaml_problem(source, &e)],
+        })?;
+        let mut v = Validator {
+            source,
+            problems: Vec::new(),
+        };
+        let spec = v.workflow(raw);
+        if v.problems.is_empty() {
+            Ok(spec)
+        } else {
+            Err(SpecError {
+                file: file.to_string(),
+                problems: v.problems,
+            })
+        }
+    }
+
+    /// The task graph. The spec was validated, so the graph has no cycle.
+    pub fn dag(&self) -> Dag {
+        let index: HashMap<&str, usize> = self
+            .tasks
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.as_str(), i))
+            .collect();
+        let mut edges = Vec::new();
+        for (i, t) in self.tasks.iter().enumerate() {
+            for d in &t.depends_on {
+                if let Some(&u) = index.get(d.as_str()) {
+                    edges.push((u, i));
+                }
+            }
+        }
+        Dag::new(self.tasks.iter().map(|t| t.name.clone()).collect(), &edges)
+    }
+
+    pub fn task(&self, name: &str) -> Option<&TaskSpec> {
+        self.tasks.iter().find(|t| t.name == name)
+    }
+}
+
+struct Validator<'a> {
+    source: &'a str,
+    problems: Vec<SpecProblem>,
+}
+
+impl Validator<'_> {
+    fn problem(&mut self, task: Option<&str>, field: Option<&str>, message: String) {
+        let line = locate(self.source, task, field);
+        self.problems.push(SpecProblem {
+            task: task.map(str::to_string),
+            field: field.map(str::to_string),
+            line,
+            message,
+        });
+    }
+
+    fn workflow(&mut self, raw: RawWorkflow) -> WorkflowSpec {
+        let name = match raw.name.map(|n| n.to_string()) {
+            None => {
+                self.problem(None, Some("name"), "the workflow has no name".into());
+                String::new()
+            }
+            Some(n) => {
+                if let Err(m) = check_identifier(&n) {
+                    self.problem(None, Some("name"), format!("workflow name {m}"));
+                }
+                n
+            }
+        };
+        let priority = self.priority(None, raw.priority.as_ref());
+        let timeout = self.duration(None, "timeout", raw.timeout.as_ref(), false);
+        let mut params = BTreeMap::new();
+        for (k, v) in raw.params {
+            if !is_param_name(&k) {
+                self.problem(
+                    None,
+                    Some("params"),
+                    format!(
+                        "param name {k:?} must be letters, digits and _ and not start with a digit"
+                    ),
+                );
+            }
+            params.insert(k, v.to_string());
+        }
+        if raw.tasks.is_empty() {
+            self.problem(None, Some("tasks"), "the workflow has no tasks".into());
+        }
+        let tasks: Vec<TaskSpec> = raw
+            .tasks
+            .into_iter()
+            .enumerate()
+            .map(|(i, t)| self.task(i, t))
+            .collect();
+        self.graph(&tasks);
+        WorkflowSpec {
+            name,
+            description: raw.description,
+            priority,
+            timeout,
+            params,
+            tasks,
+        }
+    }
+
+    fn task(&mut self, index: usize, raw: RawTask) -> TaskSpec {
+        let name = match raw.name.map(|n| n.to_string()) {
+            Some(n) if !n.trim().is_empty() => {
+                if let Err(m) = check_identifier(&n) {
+                    self.problem(Some(&n), Some("name"), format!("task name {m}"));
+                }
+                n
+            }
+            _ => {
+                let label = format!("#{}", index + 1);
+                self.problem(Some(&label), Some("name"), "the task has no name".into());
+                label
+            }
+        };
+        let t = Some(name.as_str());
+        let task_type = match raw.task_type.map(|s| s.to_string()) {
+            None => TaskType::Shell,
+            Some(s) => match TaskType::ALL.into_iter().find(|k| k.as_str() == s) {
+                Some(k) => k,
+                None => {
+                    let known: Vec<_> = TaskType::ALL.iter().map(|k| k.as_str()).collect();
+                    self.problem(
+                        t,
+                        Some("type"),
+                        format!("unknown task type {s:?} (supported: {})", known.join(", ")),
+                    );
+                    TaskType::Shell
+                }
+            },
+        };
+        let command = raw.command.unwrap_or_default();
+        if command.trim().is_empty() {
+            self.problem(t, Some("command"), "the command is empty".into());
+        }
+        let mut depends_on: Vec<String> = Vec::new();
+        for d in raw.depends_on.iter().map(Scalar::to_string) {
+            if depends_on.contains(&d) {
+                self.problem(t, Some("depends_on"), format!("lists {d:?} twice"));
+            } else {
+                depends_on.push(d);
+            }
+        }
+        let retry_interval = self
+            .duration(t, "retry_interval", raw.retry_interval.as_ref(), true)
+            .unwrap_or(DEFAULT_RETRY_INTERVAL);
+        let timeout = self.duration(t, "timeout", raw.timeout.as_ref(), false);
+        let timeout_strategy = match raw.timeout_strategy.map(|s| s.to_string()) {
+            None => TimeoutStrategy::default(),
+            Some(s) => match TimeoutStrategy::parse(&s) {
+                Some(st) => {
+                    if timeout.is_none() && raw.timeout.is_none() {
+                        self.problem(
+                            t,
+                            Some("timeout_strategy"),
+                            "is set but the task has no timeout".into(),
+                        );
+                    }
+                    st
+                }
+                None => {
+                    self.problem(
+                        t,
+                        Some("timeout_strategy"),
+                        format!("unknown timeout strategy {s:?} (expected warn, fail or warnfail)"),
+                    );
+                    TimeoutStrategy::default()
+                }
+            },
+        };
+        let priority = self.priority(t, raw.priority.as_ref());
+        let worker_group = match raw.worker_group.map(|g| g.to_string()) {
+            None => DEFAULT_WORKER_GROUP.to_string(),
+            Some(g) => {
+                if let Err(m) = check_identifier(&g) {
+                    self.problem(t, Some("worker_group"), format!("worker group {m}"));
+                }
+                g
+            }
+        };
+        let task_group = raw.task_group.map(|g| g.to_string());
+        if let Some(g) = &task_group
+            && let Err(m) = check_identifier(g)
+        {
+            self.problem(t, Some("task_group"), format!("task group {m}"));
+        }
+        TaskSpec {
+            name,
+            task_type,
+            command,
+            depends_on,
+            retries: raw.retries.unwrap_or(0),
+            retry_interval,
+            timeout,
+            timeout_strategy,
+            priority,
+            worker_group,
+            task_group,
+        }
+    }
+
+    fn priority(&mut self, task: Option<&str>, raw: Option<&Scalar>) -> Priority {
+        match raw.map(Scalar::to_string) {
+            None => Priority::default(),
+            Some(s) => s.parse().unwrap_or_else(|m| {
+                self.problem(task, Some("priority"), m);
+                Priority::default()
+            }),
+        }
+    }
+
+    fn duration(
+        &mut self,
+        task: Option<&str>,
+        field: &str,
+        raw: Option<&Scalar>,
+        zero_ok: bool,
+    ) -> Option<Duration> {
+        let text = raw?.to_string();
+        match humantime::parse_duration(text.trim()) {
+            Ok(d) if d.is_zero() && !zero_ok => {
+                self.problem(
+                    task,
+                    Some(field),
+                    format!("bad duration {text:?}: must be greater than zero"),
+                );
+                None
+            }
+            Ok(d) => Some(d),
+            Err(e) => {
+                self.problem(
+                    task,
+                    Some(field),
+                    format!("bad duration {text:?}: {e} (write it like 30s, 5m or 1h30m)"),
+                );
+                None
+            }
+        }
+    }
+
+    fn graph(&mut self, tasks: &[TaskSpec]) {
+        let mut index: HashMap<&str, usize> = HashMap::new();
+        for (i, t) in tasks.iter().enumerate() {
+            if let Some(&first) = index.get(t.name.as_str()) {
+                self.problem(
+                    Some(&t.name),
+                    Some("name"),
+                    format!("duplicate task name (task #{} has it too)", first + 1),
+                );
+            } else {
+                index.insert(&t.name, i);
+            }
+        }
+        let mut edges = Vec::new();
+        for (i, t) in tasks.iter().enumerate() {
+            for d in &t.depends_on {
+                if *d == t.name {
+                    self.problem(
+                        Some(&t.name),
+                        Some("depends_on"),
+                        "the task depends on itself".into(),
+                    );
+                } else if let Some(&u) = index.get(d.as_str()) {
+                    edges.push((u, i));
+                } else {
+                    self.problem(
+                        Some(&t.name),
+                        Some("depends_on"),
+                        format!("depends on unknown task {d:?}"),
+                    );
+                }
+            }
+        }
+        let dag = Dag::new(tasks.iter().map(|t| t.name.clone()).collect(), &edges);
+        if let Some(cycle) = dag.find_cycle() {
+            let mut names: Vec<&str> = cycle.iter().map(|&t| dag.name(t)).collect();
+            names.push(dag.name(cycle[0]));
+            self.problem(
+                Some(dag.name(cycle[0])),
+                Some("depends_on"),
+                format!("dependency cycle: {}", names.join(" -> ")),
+            );
+        }
+    }
+}
+
+fn check_identifier(s: &str) -> Result<(), String> {
+    if s.is_empty() {
+        return Err("is empty".into());
+    }
+    if s.len() > 128 {
+        return Err(format!("{s:?} is longer than 128 characters"));
+    }
+    if let Some(c) = s
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
+    {
+        return Err(format!(
+            "{s:?} has {c:?}: use letters, digits, '-', '_' and '.'"
+        ));
+    }
+    Ok(())
+}
+
+fn is_param_name(s: &str) -> bool {
+    let mut chars = s.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Turns a YAML or shape error into a problem; `tasks[3]` in serde's path becomes the task's
+/// name where the source lets us find it.
+fn yaml_problem(source: &str, e: &serde_yaml_ng::Error) -> SpecProblem {
+    let line = e.location().map(|l| l.line());
+    let text = e.to_string();
+    // serde_yaml_ng prefixes the path: "tasks[1]: unknown field `comand`, expected ... at line 7 column 5"
+    let text = text.split(" at line ").next().unwrap_or(&text).to_string();
+    let (path, message) = match text.split_once(": ") {
+        Some((p, m)) if !p.contains(' ') => (Some(p.to_string()), m.to_string()),
+        _ => (None, text.clone()),
+    };
+    let mut task = None;
+    let mut field = None;
+    if let Some(path) = &path {
+        if let Some(rest) = path.strip_prefix("tasks[") {
+            let (idx, after) = rest.split_once(']').unwrap_or((rest, ""));
+            if let Ok(i) = idx.parse::<usize>() {
+                task = Some(task_name_at(source, i).unwrap_or_else(|| format!("#{}", i + 1)));
+            }
+            let after = after.trim_start_matches('.');
+            if !after.is_empty() {
+                field = Some(after.to_string());
+            }
+        } else if path != "." {
+            field = Some(path.clone());
+        }
+    }
+    let mut message = message;
+    if let Some(rest) = message.strip_prefix("unknown field `")
+        && let Some((key, expected)) = rest.split_once('`')
+    {
+        field = Some(key.to_string());
+        message = format!(
+            "unknown key{}",
+            expected.replacen(", expected", " (expected", 1) + ")"
+        );
+    }
+    SpecProblem {
+        task,
+        field,
+        line,
+        message,
+    }
+}
+
+fn task_name_at(source: &str, index: usize) -> Option<String> {
+    let value: serde_yaml_ng::Value = serde_yaml_ng::from_str(source).ok()?;
+    let name = value.get("tasks")?.get(index)?.get("name")?;
+    match name {
+        serde_yaml_ng::Value::String(s) => Some(s.clone()),
+        other => serde_yaml_ng::to_string(other)
+            .ok()
+            .map(|s| s.trim().to_string()),
+    }
+}
+
+/// Best-effort line of a task (its `name:` line) or of a field within it, 1-based.
+fn locate(source: &str, task: Option<&str>, field: Option<&str>) -> Option<usize> {
+    let lines: Vec<&str> = source.lines().collect();
+    let key_of = |line: &str| -> Option<(usize, String, String)> {
+        let indent = line.len() - line.trim_start().len();
+        let body = line.trim_start().trim_start_matches("- ");
+        let (k, v) = body.split_once(':')?;
+        let v = v.trim().trim_matches(|c| c == '"' || c == '\'').to_string();
+        Some((indent, k.trim().to_string(), v))
+    };
+    let (start, end) = match task {
+        None => (0, lines.len()),
+        Some(t) => {
+            let start = lines
+                .iter()
+                .position(|l| matches!(key_of(l), Some((_, k, v)) if k == "name" && v == t))?;
+            let item_indent = lines[start].len() - lines[start].trim_start().len();
+            let end = lines[start + 1..]
+                .iter()
+                .position(|l| {
+                    let indent = l.len() - l.trim_start().len();
+                    l.trim_start().starts_with("- ") && indent <= item_indent
+                })
+                .map_or(lines.len(), |p| start + 1 + p);
+            (start, end)
+        }
+    };
+    match field {
+        None => Some(start + 1),
+        Some(f) => {
+            let found = lines[start..end]
+                .iter()
+                .position(|l| matches!(key_of(l), Some((_, k, _)) if k == f));
+            Some(found.map_or(start, |p| start + p) + 1)
+                .filter(|_| found.is_some() || task.is_some())
+        }
+    }
+}
+
+mod millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(d.as_millis() as u64)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        u64::deserialize(d).map(Duration::from_millis)
+    }
+}
+
+mod opt_millis {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&(d.as_millis() as u64)),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<u64>::deserialize(d).map(|o| o.map(Duration::from_millis))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,241 @@
+use super::*;
+
+const DIAMOND: &str = r#"
+name: daily-etl
+description: the diamond
+priority: high
+timeout: 1h
+params: { day: "2026-01-01", limit: 10 }
+tasks:
+  - name: extract
+    command: echo "extract ${day}"
+    retries: 2
+    retry_interval: 10s
+    timeout: 5m
+    timeout_strategy: warnfail
+    priority: highest
+    worker_group: etl
+    task_group: warehouse
+  - name: clean
+    depends_on: [extract]
+    command: echo clean
+  - name: enrich
+    depends_on: [extract]
+    command: echo enrich
+  - name: load
+    type: shell
+    depends_on: [clean, enrich]
+    command: ./load.sh
+"#;
+
+fn err(source: &str) -> SpecError {
+    WorkflowSpec::parse("wf.yaml", source).expect_err("spec should be invalid")
+}
+
+fn single(source: &str) -> SpecProblem {
+    let e = err(source);
+    assert_eq!(e.problems.len(), 1, "expected one problem, got: {e}");
+    e.problems[0].clone()
+}
+
+#[test]
+fn a_full_spec_parses_with_defaults() {
+    let spec = WorkflowSpec::parse("wf.yaml", DIAMOND).expect("valid");
+    assert_eq!(spec.name, "daily-etl");
+    assert_eq!(spec.priority, Priority::High);
+    assert_eq!(spec.timeout, Some(Duration::from_secs(3600)));
+    assert_eq!(spec.params["limit"], "10");
+    let extract = spec.task("extract").expect("extract");
+    assert_eq!(extract.retries, 2);
+    assert_eq!(extract.retry_interval, Duration::from_secs(10));
+    assert_eq!(extract.timeout, Some(Duration::from_secs(300)));
+    assert_eq!(extract.timeout_strategy, TimeoutStrategy::WarnFail);
+    assert_eq!(extract.worker_group, "etl");
+    assert_eq!(extract.task_group.as_deref(), Some("warehouse"));
+    let load = spec.task("load").expect("load");
+    assert_eq!(load.retries, 0);
+    assert_eq!(load.retry_interval, DEFAULT_RETRY_INTERVAL);
+    assert_eq!(load.worker_group, DEFAULT_WORKER_GROUP);
+    assert_eq!(load.priority, Priority::Medium);
+    let dag = spec.dag();
+    assert_eq!(dag.edge_count(), 4);
+    assert_eq!(dag.roots(), [0]);
+}
+
+#[test]
+fn the_canonical_form_round_trips_through_json() {
+    let spec = WorkflowSpec::parse("wf.yaml", DIAMOND).expect("valid");
+    let json = serde_json::to_string(&spec).expect("serialize");
+    let back: WorkflowSpec = serde_json::from_str(&json).expect("deserialize");
+    assert_eq!(back, spec);
+}
+
+#[test]
+fn unknown_task_key_names_task_field_and_line() {
+    let p =
+        single("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n");
+    assert_eq!(p.task.as_deref(), Some("b"));
+    assert_eq!(p.field.as_deref(), Some("comand"));
+    assert_eq!(p.line, Some(6));
+    assert!(p.message.starts_with("unknown key"), "{}", p.message);
+    let shown =
+        err("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n")
+            .to_string();
+    assert!(
+        shown.starts_with("wf.yaml:6: task \"b\", field \"comand\": unknown key"),
+        "{shown}"
+    );
+}
+
+#[test]
+fn unknown_workflow_key() {
+    let p = single("name: x\nowner: me\ntasks:\n  - name: a\n    command: echo\n");
+    assert_eq!(
+        (p.task, p.field.as_deref(), p.line),
+        (None, Some("owner"), Some(2))
+    );
+}
+
+#[test]
+fn missing_task_name() {
+    let p = single("name: x\ntasks:\n  - command: echo\n");
+    assert_eq!(p.task.as_deref(), Some("#1"));
+    assert_eq!(p.field.as_deref(), Some("name"));
+    assert!(p.message.contains("no name"), "{}", p.message);
+}
+
+#[test]
+fn duplicate_task_name() {
+    let p = single(
+        "name: x\ntasks:\n  - name: a\n    command: echo\n  - name: a\n    command: echo 2\n",
+    );
+    assert_eq!(p.task.as_deref(), Some("a"));
+    assert!(p.message.contains("duplicate task name"), "{}", p.message);
+}
+
+#[test]
+fn dependency_on_unknown_task() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [ghost]\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref(), p.line),
+        (Some("a"), Some("depends_on"), Some(5))
+    );
+    assert!(
+        p.message.contains("unknown task \"ghost\""),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn cycle_names_the_tasks_on_it() {
+    let src = "name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    command: echo\n    depends_on: [a, d]\n  - name: c\n    command: echo\n    depends_on: [b]\n  - name: d\n    command: echo\n    depends_on: [c]\n";
+    let p = single(src);
+    assert!(
+        p.message.contains("dependency cycle: b -> c -> d -> b"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn empty_command() {
+    for src in [
+        "name: x\ntasks:\n  - name: a\n    command: '  '\n",
+        "name: x\ntasks:\n  - name: a\n",
+    ] {
+        let p = single(src);
+        assert_eq!(
+            (p.task.as_deref(), p.field.as_deref()),
+            (Some("a"), Some("command"))
+        );
+        assert!(p.message.contains("empty"), "{}", p.message);
+    }
+}
+
+#[test]
+fn bad_durations() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    timeout: 5x\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref(), p.line),
+        (Some("a"), Some("timeout"), Some(5))
+    );
+    assert!(p.message.contains("bad duration \"5x\""), "{}", p.message);
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    retry_interval: 10\n");
+    assert_eq!(p.field.as_deref(), Some("retry_interval"));
+    let p = single("name: x\ntimeout: 0s\ntasks:\n  - name: a\n    command: echo\n");
+    assert_eq!((p.task, p.field.as_deref()), (None, Some("timeout")));
+    assert!(p.message.contains("greater than zero"), "{}", p.message);
+}
+
+#[test]
+fn bad_priority_and_strategy() {
+    let p = single("name: x\npriority: urgent\ntasks:\n  - name: a\n    command: echo\n");
+    assert_eq!(
+        (p.task, p.field.as_deref(), p.line),
+        (None, Some("priority"), Some(2))
+    );
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    priority: 3\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref()),
+        (Some("a"), Some("priority"))
+    );
+    let p = single(
+        "name: x\ntasks:\n  - name: a\n    command: echo\n    timeout: 1m\n    timeout_strategy: retry\n",
+    );
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref()),
+        (Some("a"), Some("timeout_strategy"))
+    );
+    assert!(
+        p.message.contains("warn, fail or warnfail"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn unknown_task_type() {
+    let p = single("name: x\ntasks:\n  - name: a\n    type: spark\n    command: echo\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref(), p.line),
+        (Some("a"), Some("type"), Some(4))
+    );
+    assert!(
+        p.message
+            .contains("unknown task type \"spark\" (supported: shell)"),
+        "{}",
+        p.message
+    );
+}
+
+#[test]
+fn self_dependency() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [a]\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref()),
+        (Some("a"), Some("depends_on"))
+    );
+    assert!(p.message.contains("depends on itself"), "{}", p.message);
+}
+
+#[test]
+fn wrong_value_type_names_task_and_field() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    retries: -1\n");
+    assert_eq!(
+        (p.task.as_deref(), p.field.as_deref(), p.line),
+        (Some("a"), Some("retries"), Some(5))
+    );
+}
+
+#[test]
+fn broken_yaml_has_a_line() {
+    let p = single("name: x\ntasks: [\n");
+    assert!(p.line.is_some());
+}
+
+#[test]
+fn every_problem_is_reported() {
+    let e = err("tasks:\n  - name: a\n    command: ''\n    depends_on: [zz]\n");
+    assert_eq!(e.problems.len(), 3, "{e}");
+}

@@ -1,0 +1,89 @@
+//! Porpoise's persistence: one async API ([`Store`]) over sqlx, with a Postgres implementation
+//! for clusters and a SQLite one for standalone. Both apply the migrations under
+//! `migrations/<backend>/` when they open.
+//!
+//! Every state update is conditional on the state the writer expects and on the owner (the
+//! master) it believes holds the workflow instance, so a stale writer is refused with
+//! [`StoreError::Conflict`] instead of overwriting newer state.
+
+/// The store's error type and how database failures map to retryable or not.
+pub mod error;
+/// The Postgres store.
+pub mod postgres;
+/// The SQLite store.
+pub mod sqlite;
+/// Rows and the values written to them.
+pub mod types;
+
+mod sql;
+
+use async_trait::async_trait;
+use porpoise_core::{ExecutionState, WorkflowSpec};
+
+pub use error::StoreError;
+pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
+pub use types::*;
+
+/// Results of store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Everything Porpoise keeps in its database.
+#[async_trait]
+pub trait Store: Send + Sync + std::fmt::Debug + 'static {
+    /// Which database this is.
+    fn backend(&self) -> Backend;
+
+    /// Stores `spec` as the newest version of its workflow, unless the newest version is
+    /// identical, in which case nothing changes.
+    async fn apply_definition(&self, spec: &WorkflowSpec, spec_yaml: &str) -> Result<ApplyOutcome>;
+    /// The newest version of workflow `name`.
+    async fn latest_definition(&self, name: &str) -> Result<Option<WorkflowDefinition>>;
+    /// One definition version by id.
+    async fn definition(&self, id: i64) -> Result<Option<WorkflowDefinition>>;
+    /// The newest version of every workflow, by name.
+    async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>>;
+
+    /// Queues a command for a master to claim.
+    async fn insert_command(&self, command: &NewCommand) -> Result<i64>;
+    /// Claims up to `limit` unclaimed commands for `owner`, most urgent and oldest first.
+    /// Concurrent claimers never claim the same command.
+    async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>>;
+
+    /// Creates a workflow instance owned by `new.owner`.
+    async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
+    async fn workflow_instance(&self, id: i64) -> Result<Option<WorkflowInstance>>;
+    /// Instances owned by `owner` that are not finished.
+    async fn unfinished_workflow_instances_of(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
+    /// Instances in one of `states`, oldest first.
+    async fn workflow_instances_in(&self, states: &[ExecutionState], limit: u32) -> Result<Vec<WorkflowInstance>>;
+    /// Moves an instance to a new state if it is still in the expected state and owned by the
+    /// expected owner; otherwise [`StoreError::Conflict`] says what was found.
+    async fn update_workflow_state(&self, update: &WorkflowStateUpdate) -> Result<WorkflowInstance>;
+    /// Hands an instance from `expected_owner` (at `expected_epoch`) to `new_owner`, bumping the
+    /// epoch so that the previous owner's writes are refused from now on.
+    async fn take_over_workflow_instance(
+        &self,
+        id: i64,
+        expected_owner: &str,
+        expected_epoch: i64,
+        new_owner: &str,
+    ) -> Result<WorkflowInstance>;
+
+    /// Creates task instances for a workflow instance owned by `owner`, in one transaction.
+    async fn create_task_instances(&self, owner: &str, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
+    async fn task_instance(&self, id: i64) -> Result<Option<TaskInstance>>;
+    /// Every task instance of a workflow instance, by id.
+    async fn task_instances_of(&self, workflow_instance_id: i64) -> Result<Vec<TaskInstance>>;
+    /// Task instances on worker `worker_addr` in one of `states`.
+    async fn task_instances_on_worker(&self, worker_addr: &str, states: &[ExecutionState])
+    -> Result<Vec<TaskInstance>>;
+    /// Moves a task instance to a new state if it is still in the expected state and attempt
+    /// and its workflow instance is owned by the expected owner.
+    async fn update_task_state(&self, update: &TaskStateUpdate) -> Result<TaskInstance>;
+
+    /// Records a state event that was dropped, with the reason.
+    async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64>;
+    /// The newest dead letters first.
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>>;
+}

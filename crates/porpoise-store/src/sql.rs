@@ -1,0 +1,626 @@
+//! The SQL both stores share, written once as a macro over the sqlx database type; the few
+//! statements that differ are passed in by each backend.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use porpoise_core::{ExecutionState, Priority};
+
+use crate::{Command, CommandKind, DeadLetter, StoreError, TaskInstance, WorkflowDefinition, WorkflowInstance};
+
+pub(crate) const DEFINITION_COLUMNS: &str = "id, name, version, spec_yaml, spec_json, task_count, created_at";
+pub(crate) const COMMAND_COLUMNS: &str =
+    "id, kind, workflow_definition_id, params, priority, created_at, claimed_by, claimed_at";
+pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
+     owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
+pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
+     created_at, started_at, ended_at, updated_at";
+pub(crate) const DEAD_LETTER_COLUMNS: &str =
+    "id, workflow_instance_id, task_instance_id, event_kind, event, reason, created_at";
+
+/// `$first, $first+1, …` placeholders for `n` values.
+pub(crate) fn placeholders(first: usize, n: usize) -> String {
+    (first..first + n).map(|i| format!("${i}")).collect::<Vec<_>>().join(", ")
+}
+
+/// Timestamps at the precision both databases keep (microseconds).
+pub(crate) fn now() -> DateTime<Utc> {
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+pub(crate) fn state(s: &str) -> Result<ExecutionState, StoreError> {
+    s.parse().map_err(|e| StoreError::corrupt("state", e))
+}
+
+pub(crate) fn priority(rank: i32) -> Result<Priority, StoreError> {
+    Priority::from_rank(rank).ok_or_else(|| StoreError::corrupt("priority", rank))
+}
+
+pub(crate) fn params(json: &str) -> Result<BTreeMap<String, String>, StoreError> {
+    serde_json::from_str(json).map_err(|e| StoreError::corrupt("params", e))
+}
+
+pub(crate) fn params_json(p: &BTreeMap<String, String>) -> String {
+    serde_json::to_string(p).unwrap_or_else(|_| "{}".into())
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DefinitionRow {
+    pub(crate) id: i64,
+    pub(crate) name: String,
+    pub(crate) version: i32,
+    pub(crate) spec_yaml: String,
+    pub(crate) spec_json: String,
+    pub(crate) task_count: i32,
+    pub(crate) created_at: DateTime<Utc>,
+}
+
+impl From<DefinitionRow> for WorkflowDefinition {
+    fn from(r: DefinitionRow) -> Self {
+        WorkflowDefinition {
+            id: r.id,
+            name: r.name,
+            version: r.version,
+            spec_yaml: r.spec_yaml,
+            spec_json: r.spec_json,
+            task_count: r.task_count,
+            created_at: r.created_at,
+        }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct CommandRow {
+    id: i64,
+    kind: String,
+    workflow_definition_id: i64,
+    params: String,
+    priority: i32,
+    created_at: DateTime<Utc>,
+    claimed_by: Option<String>,
+    claimed_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<CommandRow> for Command {
+    type Error = StoreError;
+    fn try_from(r: CommandRow) -> Result<Self, StoreError> {
+        Ok(Command {
+            id: r.id,
+            kind: CommandKind::parse(&r.kind).ok_or_else(|| StoreError::corrupt("command kind", &r.kind))?,
+            workflow_definition_id: r.workflow_definition_id,
+            params: params(&r.params)?,
+            priority: priority(r.priority)?,
+            created_at: r.created_at,
+            claimed_by: r.claimed_by,
+            claimed_at: r.claimed_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct WorkflowRow {
+    id: i64,
+    workflow_definition_id: i64,
+    command_id: Option<i64>,
+    workflow_name: String,
+    state: String,
+    state_reason: Option<String>,
+    owner: Option<String>,
+    epoch: i64,
+    priority: i32,
+    params: String,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<WorkflowRow> for WorkflowInstance {
+    type Error = StoreError;
+    fn try_from(r: WorkflowRow) -> Result<Self, StoreError> {
+        Ok(WorkflowInstance {
+            id: r.id,
+            workflow_definition_id: r.workflow_definition_id,
+            command_id: r.command_id,
+            workflow_name: r.workflow_name,
+            state: state(&r.state)?,
+            state_reason: r.state_reason,
+            owner: r.owner,
+            epoch: r.epoch,
+            priority: priority(r.priority)?,
+            params: params(&r.params)?,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TaskRow {
+    id: i64,
+    workflow_instance_id: i64,
+    task_name: String,
+    state: String,
+    attempt: i32,
+    worker_addr: Option<String>,
+    exit_code: Option<i32>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<TaskRow> for TaskInstance {
+    type Error = StoreError;
+    fn try_from(r: TaskRow) -> Result<Self, StoreError> {
+        Ok(TaskInstance {
+            id: r.id,
+            workflow_instance_id: r.workflow_instance_id,
+            task_name: r.task_name,
+            state: state(&r.state)?,
+            attempt: r.attempt,
+            worker_addr: r.worker_addr,
+            exit_code: r.exit_code,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            ended_at: r.ended_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct DeadLetterRow {
+    id: i64,
+    workflow_instance_id: Option<i64>,
+    task_instance_id: Option<i64>,
+    event_kind: String,
+    event: String,
+    reason: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<DeadLetterRow> for DeadLetter {
+    fn from(r: DeadLetterRow) -> Self {
+        DeadLetter {
+            id: r.id,
+            workflow_instance_id: r.workflow_instance_id,
+            task_instance_id: r.task_instance_id,
+            event_kind: r.event_kind,
+            event: r.event,
+            reason: r.reason,
+            created_at: r.created_at,
+        }
+    }
+}
+
+/// Implements [`crate::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
+/// `$claim` is the statement that claims commands: `$1` owner, `$2` time, `$3` limit.
+macro_rules! impl_store {
+    ($store:ty, $db:ty, $backend:expr, claim = $claim:expr) => {
+        #[async_trait::async_trait]
+        impl $crate::Store for $store {
+            fn backend(&self) -> $crate::Backend {
+                $backend
+            }
+
+            async fn apply_definition(
+                &self,
+                spec: &porpoise_core::WorkflowSpec,
+                spec_yaml: &str,
+            ) -> $crate::Result<$crate::ApplyOutcome> {
+                use $crate::sql::*;
+                let spec_json = serde_json::to_string(spec).map_err(|e| $crate::StoreError::corrupt("spec", e))?;
+                let mut tx = self.pool.begin().await?;
+                let latest: Option<DefinitionRow> = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM workflow_definition WHERE name = $1 ORDER BY version DESC LIMIT 1"
+                )))
+                .bind(&spec.name)
+                .fetch_optional(&mut *tx)
+                .await?;
+                if let Some(latest) = &latest
+                    && latest.spec_json == spec_json
+                {
+                    return Ok($crate::ApplyOutcome::Unchanged { id: latest.id, version: latest.version });
+                }
+                let version = latest.as_ref().map_or(1, |l| l.version + 1);
+                let (id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO workflow_definition (name, version, spec_yaml, spec_json, task_count, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(&spec.name)
+                .bind(version)
+                .bind(spec_yaml)
+                .bind(&spec_json)
+                .bind(spec.tasks.len() as i32)
+                .bind(now())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(|e| match &e {
+                    sqlx::Error::Database(db) if db.is_unique_violation() => $crate::StoreError::Conflict {
+                        entity: "workflow definition",
+                        id: 0,
+                        expected: format!("{} at version {}", spec.name, version - 1),
+                        found: "a newer version applied concurrently".into(),
+                    },
+                    _ => e.into(),
+                })?;
+                tx.commit().await?;
+                Ok(if version == 1 {
+                    $crate::ApplyOutcome::Created { id, version }
+                } else {
+                    $crate::ApplyOutcome::Updated { id, version }
+                })
+            }
+
+            async fn latest_definition(&self, name: &str) -> $crate::Result<Option<$crate::WorkflowDefinition>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM workflow_definition WHERE name = $1 ORDER BY version DESC LIMIT 1"
+                )))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn definition(&self, id: i64) -> $crate::Result<Option<$crate::WorkflowDefinition>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM workflow_definition WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn list_definitions(&self) -> $crate::Result<Vec<$crate::WorkflowDefinition>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM workflow_definition d WHERE version = \
+                     (SELECT MAX(version) FROM workflow_definition l WHERE l.name = d.name) ORDER BY name"
+                )))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn insert_command(&self, command: &$crate::NewCommand) -> $crate::Result<i64> {
+                use $crate::sql::*;
+                let (id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO command (kind, workflow_definition_id, params, priority, created_at) \
+                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                )
+                .bind(command.kind.as_str())
+                .bind(command.workflow_definition_id)
+                .bind(params_json(&command.params))
+                .bind(command.priority.rank())
+                .bind(now())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            async fn claim_commands(&self, owner: &str, limit: u32) -> $crate::Result<Vec<$crate::Command>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, CommandRow>(sqlx::AssertSqlSafe(format!($claim, COMMAND_COLUMNS)))
+                    .bind(owner)
+                    .bind(now())
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?;
+                let mut commands = rows.into_iter().map(TryInto::try_into).collect::<$crate::Result<Vec<_>>>()?;
+                commands.sort_by_key(|c: &$crate::Command| (c.priority, c.id));
+                Ok(commands)
+            }
+
+            async fn create_workflow_instance(
+                &self,
+                new: &$crate::NewWorkflowInstance,
+            ) -> $crate::Result<$crate::WorkflowInstance> {
+                use $crate::sql::*;
+                let t = now();
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO workflow_instance (workflow_definition_id, command_id, workflow_name, state, owner, \
+                     epoch, priority, params, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, 0, $6, $7, $8, $8) RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(new.workflow_definition_id)
+                .bind(new.command_id)
+                .bind(&new.workflow_name)
+                .bind(new.state.as_str())
+                .bind(&new.owner)
+                .bind(new.priority.rank())
+                .bind(params_json(&new.params))
+                .bind(t)
+                .fetch_one(&self.pool)
+                .await?;
+                row.try_into()
+            }
+
+            async fn workflow_instance(&self, id: i64) -> $crate::Result<Option<$crate::WorkflowInstance>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn unfinished_workflow_instances_of(
+                &self,
+                owner: &str,
+            ) -> $crate::Result<Vec<$crate::WorkflowInstance>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance \
+                     WHERE owner = $1 AND state NOT IN ('success', 'failure', 'stopped') ORDER BY id"
+                )))
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn workflow_instances_in(
+                &self,
+                states: &[porpoise_core::ExecutionState],
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::WorkflowInstance>> {
+                use $crate::sql::*;
+                if states.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance WHERE state IN ({}) ORDER BY id LIMIT ${}",
+                    placeholders(1, states.len()),
+                    states.len() + 1
+                );
+                let mut q = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(sql));
+                for s in states {
+                    q = q.bind(s.as_str());
+                }
+                let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn update_workflow_state(
+                &self,
+                u: &$crate::WorkflowStateUpdate,
+            ) -> $crate::Result<$crate::WorkflowInstance> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workflow_instance SET state = $1, state_reason = $2, \
+                     started_at = COALESCE($3, started_at), ended_at = COALESCE($4, ended_at), updated_at = $5 \
+                     WHERE id = $6 AND state = $7 AND owner = $8 RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(u.new.as_str())
+                .bind(&u.reason)
+                .bind(u.started_at)
+                .bind(u.ended_at)
+                .bind(now())
+                .bind(u.id)
+                .bind(u.expected.as_str())
+                .bind(&u.owner)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(row) => row.try_into(),
+                    None => Err(self.workflow_conflict(u.id, &format!("{} owned by {}", u.expected, u.owner)).await),
+                }
+            }
+
+            async fn take_over_workflow_instance(
+                &self,
+                id: i64,
+                expected_owner: &str,
+                expected_epoch: i64,
+                new_owner: &str,
+            ) -> $crate::Result<$crate::WorkflowInstance> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workflow_instance SET owner = $1, epoch = epoch + 1, updated_at = $2 \
+                     WHERE id = $3 AND owner = $4 AND epoch = $5 RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(new_owner)
+                .bind(now())
+                .bind(id)
+                .bind(expected_owner)
+                .bind(expected_epoch)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(row) => row.try_into(),
+                    None => Err(self
+                        .workflow_conflict(id, &format!("owned by {expected_owner} at epoch {expected_epoch}"))
+                        .await),
+                }
+            }
+
+            async fn create_task_instances(
+                &self,
+                owner: &str,
+                new: &[$crate::NewTaskInstance],
+            ) -> $crate::Result<Vec<$crate::TaskInstance>> {
+                use $crate::sql::*;
+                let mut tx = self.pool.begin().await?;
+                let mut out = Vec::with_capacity(new.len());
+                let t = now();
+                for n in new {
+                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
+                         updated_at) SELECT $1, $2, $3, 1, $4, $4 WHERE EXISTS \
+                         (SELECT 1 FROM workflow_instance w WHERE w.id = $1 AND w.owner = $5) \
+                         RETURNING {TASK_COLUMNS}"
+                    )))
+                    .bind(n.workflow_instance_id)
+                    .bind(&n.task_name)
+                    .bind(n.state.as_str())
+                    .bind(t)
+                    .bind(owner)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    match row {
+                        Some(row) => out.push(row.try_into()?),
+                        None => {
+                            drop(tx);
+                            return Err(self
+                                .workflow_conflict(n.workflow_instance_id, &format!("owned by {owner}"))
+                                .await);
+                        }
+                    }
+                }
+                tx.commit().await?;
+                Ok(out)
+            }
+
+            async fn task_instance(&self, id: i64) -> $crate::Result<Option<$crate::TaskInstance>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TASK_COLUMNS} FROM task_instance WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn task_instances_of(&self, workflow_instance_id: i64) -> $crate::Result<Vec<$crate::TaskInstance>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 ORDER BY id"
+                )))
+                .bind(workflow_instance_id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn task_instances_on_worker(
+                &self,
+                worker_addr: &str,
+                states: &[porpoise_core::ExecutionState],
+            ) -> $crate::Result<Vec<$crate::TaskInstance>> {
+                use $crate::sql::*;
+                if states.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let sql = format!(
+                    "SELECT {TASK_COLUMNS} FROM task_instance WHERE worker_addr = $1 AND state IN ({}) ORDER BY id",
+                    placeholders(2, states.len())
+                );
+                let mut q = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(sql)).bind(worker_addr);
+                for s in states {
+                    q = q.bind(s.as_str());
+                }
+                let rows = q.fetch_all(&self.pool).await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn update_task_state(&self, u: &$crate::TaskStateUpdate) -> $crate::Result<$crate::TaskInstance> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE task_instance SET state = $1, attempt = COALESCE($2, attempt), \
+                     worker_addr = COALESCE($3, worker_addr), exit_code = COALESCE($4, exit_code), \
+                     started_at = COALESCE($5, started_at), ended_at = COALESCE($6, ended_at), updated_at = $7 \
+                     WHERE id = $8 AND state = $9 AND attempt = $10 AND EXISTS (SELECT 1 FROM workflow_instance w \
+                     WHERE w.id = task_instance.workflow_instance_id AND w.owner = $11) RETURNING {TASK_COLUMNS}"
+                )))
+                .bind(u.new.as_str())
+                .bind(u.attempt)
+                .bind(&u.worker_addr)
+                .bind(u.exit_code)
+                .bind(u.started_at)
+                .bind(u.ended_at)
+                .bind(now())
+                .bind(u.id)
+                .bind(u.expected.as_str())
+                .bind(u.expected_attempt)
+                .bind(&u.owner)
+                .fetch_optional(&self.pool)
+                .await?;
+                if let Some(row) = row {
+                    return row.try_into();
+                }
+                let found: Option<(String, i32, Option<String>)> = sqlx::query_as::<$db, (String, i32, Option<String>)>(
+                    "SELECT t.state, t.attempt, w.owner FROM task_instance t \
+                     JOIN workflow_instance w ON w.id = t.workflow_instance_id WHERE t.id = $1",
+                )
+                .bind(u.id)
+                .fetch_optional(&self.pool)
+                .await?;
+                Err(match found {
+                    None => $crate::StoreError::NotFound { entity: "task instance", key: u.id.to_string() },
+                    Some((state, attempt, owner)) => $crate::StoreError::Conflict {
+                        entity: "task instance",
+                        id: u.id,
+                        expected: format!("{} attempt {} owned by {}", u.expected, u.expected_attempt, u.owner),
+                        found: format!(
+                            "{state} attempt {attempt} owned by {}",
+                            owner.as_deref().unwrap_or("nobody")
+                        ),
+                    },
+                })
+            }
+
+            async fn record_dead_letter(&self, d: &$crate::NewDeadLetter) -> $crate::Result<i64> {
+                use $crate::sql::*;
+                let (id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO dead_letter (workflow_instance_id, task_instance_id, event_kind, event, reason, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind(d.workflow_instance_id)
+                .bind(d.task_instance_id)
+                .bind(&d.event_kind)
+                .bind(&d.event)
+                .bind(&d.reason)
+                .bind(now())
+                .fetch_one(&self.pool)
+                .await?;
+                Ok(id)
+            }
+
+            async fn dead_letters(&self, limit: u32) -> $crate::Result<Vec<$crate::DeadLetter>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, DeadLetterRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEAD_LETTER_COLUMNS} FROM dead_letter ORDER BY id DESC LIMIT $1"
+                )))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+        }
+
+        impl $store {
+            /// The conflict error for a refused workflow-instance write: what was found instead.
+            async fn workflow_conflict(&self, id: i64, expected: &str) -> $crate::StoreError {
+                let found: Result<Option<(String, Option<String>, i64)>, sqlx::Error> =
+                    sqlx::query_as::<$db, (String, Option<String>, i64)>(
+                        "SELECT state, owner, epoch FROM workflow_instance WHERE id = $1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await;
+                match found {
+                    Err(e) => e.into(),
+                    Ok(None) => $crate::StoreError::NotFound { entity: "workflow instance", key: id.to_string() },
+                    Ok(Some((state, owner, epoch))) => $crate::StoreError::Conflict {
+                        entity: "workflow instance",
+                        id,
+                        expected: expected.to_string(),
+                        found: format!("{state} owned by {} at epoch {epoch}", owner.as_deref().unwrap_or("nobody")),
+                    },
+                }
+            }
+        }
+    };
+}
+
+pub(crate) use impl_store;

@@ -1,0 +1,226 @@
+//! The rows the store keeps and the values written to them.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use porpoise_core::{ExecutionState, Priority};
+
+/// Which database a store runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Postgres,
+    Sqlite,
+}
+
+/// One version of a workflow definition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowDefinition {
+    pub id: i64,
+    pub name: String,
+    pub version: i32,
+    /// The YAML the user applied.
+    pub spec_yaml: String,
+    /// The validated spec in canonical JSON (`porpoise_core::WorkflowSpec`).
+    pub spec_json: String,
+    pub task_count: i32,
+    pub created_at: DateTime<Utc>,
+}
+
+/// What applying a spec did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApplyOutcome {
+    /// The first version of a new workflow.
+    Created { id: i64, version: i32 },
+    /// A new version of an existing workflow.
+    Updated { id: i64, version: i32 },
+    /// The newest version was identical: nothing changed.
+    Unchanged { id: i64, version: i32 },
+}
+
+impl ApplyOutcome {
+    pub fn version(self) -> i32 {
+        match self {
+            Self::Created { version, .. } | Self::Updated { version, .. } | Self::Unchanged { version, .. } => version,
+        }
+    }
+
+    pub fn definition_id(self) -> i64 {
+        match self {
+            Self::Created { id, .. } | Self::Updated { id, .. } | Self::Unchanged { id, .. } => id,
+        }
+    }
+}
+
+/// What a command asks a master to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandKind {
+    /// Start a new run of a workflow definition.
+    StartWorkflow,
+}
+
+impl CommandKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::StartWorkflow => "start-workflow",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        (s == "start-workflow").then_some(Self::StartWorkflow)
+    }
+}
+
+/// A command to insert.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewCommand {
+    pub kind: CommandKind,
+    pub workflow_definition_id: i64,
+    pub params: BTreeMap<String, String>,
+    pub priority: Priority,
+}
+
+/// A stored command.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Command {
+    pub id: i64,
+    pub kind: CommandKind,
+    pub workflow_definition_id: i64,
+    pub params: BTreeMap<String, String>,
+    pub priority: Priority,
+    pub created_at: DateTime<Utc>,
+    pub claimed_by: Option<String>,
+    pub claimed_at: Option<DateTime<Utc>>,
+}
+
+/// A workflow instance to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewWorkflowInstance {
+    pub workflow_definition_id: i64,
+    pub command_id: Option<i64>,
+    pub workflow_name: String,
+    pub owner: String,
+    pub priority: Priority,
+    pub params: BTreeMap<String, String>,
+    pub state: ExecutionState,
+}
+
+/// A stored workflow instance (a run).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowInstance {
+    pub id: i64,
+    pub workflow_definition_id: i64,
+    pub command_id: Option<i64>,
+    pub workflow_name: String,
+    pub state: ExecutionState,
+    /// Why it is in its state, where there is more to say.
+    pub state_reason: Option<String>,
+    pub owner: Option<String>,
+    /// Bumped on every change of owner; fences writes of an earlier owner.
+    pub epoch: i64,
+    pub priority: Priority,
+    pub params: BTreeMap<String, String>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A conditional change of a workflow instance's state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowStateUpdate {
+    pub id: i64,
+    pub owner: String,
+    pub expected: ExecutionState,
+    pub new: ExecutionState,
+    /// Replaces the stored reason (`None` clears it).
+    pub reason: Option<String>,
+    /// Sets `started_at` if given.
+    pub started_at: Option<DateTime<Utc>>,
+    /// Sets `ended_at` if given.
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// A task instance to create.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewTaskInstance {
+    pub workflow_instance_id: i64,
+    pub task_name: String,
+    pub state: ExecutionState,
+}
+
+/// A stored task instance: one task of one run, across its attempts.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskInstance {
+    pub id: i64,
+    pub workflow_instance_id: i64,
+    pub task_name: String,
+    pub state: ExecutionState,
+    /// 1 for the first attempt, raised by each retry.
+    pub attempt: i32,
+    /// The worker the current attempt was dispatched to.
+    pub worker_addr: Option<String>,
+    pub exit_code: Option<i32>,
+    pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A conditional change of a task instance's state. Optional fields left `None` keep their
+/// stored value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskStateUpdate {
+    pub id: i64,
+    /// The master that owns the task's workflow instance.
+    pub owner: String,
+    pub expected: ExecutionState,
+    pub expected_attempt: i32,
+    pub new: ExecutionState,
+    /// Starts a new attempt.
+    pub attempt: Option<i32>,
+    pub worker_addr: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl TaskStateUpdate {
+    /// An update that changes only the state.
+    pub fn new(id: i64, owner: &str, expected: ExecutionState, expected_attempt: i32, new: ExecutionState) -> Self {
+        Self {
+            id,
+            owner: owner.to_string(),
+            expected,
+            expected_attempt,
+            new,
+            attempt: None,
+            worker_addr: None,
+            exit_code: None,
+            started_at: None,
+            ended_at: None,
+        }
+    }
+}
+
+/// A dropped state event to record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewDeadLetter {
+    pub workflow_instance_id: Option<i64>,
+    pub task_instance_id: Option<i64>,
+    pub event_kind: String,
+    /// The event, as JSON.
+    pub event: String,
+    pub reason: String,
+}
+
+/// A recorded dropped state event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeadLetter {
+    pub id: i64,
+    pub workflow_instance_id: Option<i64>,
+    pub task_instance_id: Option<i64>,
+    pub event_kind: String,
+    pub event: String,
+    pub reason: String,
+    pub created_at: DateTime<Utc>,
+}

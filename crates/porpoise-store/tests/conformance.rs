@@ -1,0 +1,312 @@
+//! One suite, run against both stores: the Postgres one on a private test server and the
+//! SQLite one on a file in a temporary directory.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+
+use porpoise_core::{ExecutionState, Priority, WorkflowSpec};
+use porpoise_store::{
+    ApplyOutcome, CommandKind, NewCommand, NewDeadLetter, NewTaskInstance, NewWorkflowInstance, PgStore, SqliteStore,
+    Store, StoreError, TaskStateUpdate, WorkflowStateUpdate,
+};
+use porpoise_testkit::TestPostgres;
+
+use ExecutionState::*;
+
+async fn postgres() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+    let url = TestPostgres::shared().fresh_database().await;
+    let store = PgStore::connect(&url, 16).await.expect("connect to the test Postgres");
+    (Arc::new(store), None)
+}
+
+async fn sqlite() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let store = SqliteStore::open(&dir.path().join("porpoise.db")).await.expect("open SQLite");
+    (Arc::new(store), Some(dir))
+}
+
+fn spec(name: &str, command: &str) -> WorkflowSpec {
+    let yaml = format!("name: {name}\ntasks:\n  - name: a\n    command: {command}\n  - name: b\n    command: echo b\n    depends_on: [a]\n");
+    WorkflowSpec::parse("test.yaml", &yaml).expect("valid spec")
+}
+
+async fn definition(store: &dyn Store, name: &str) -> i64 {
+    store.apply_definition(&spec(name, "echo a"), "yaml").await.expect("apply").definition_id()
+}
+
+async fn instance(store: &dyn Store, owner: &str) -> i64 {
+    let def = definition(store, "wf").await;
+    let new = NewWorkflowInstance {
+        workflow_definition_id: def,
+        command_id: None,
+        workflow_name: "wf".into(),
+        owner: owner.into(),
+        priority: Priority::Medium,
+        params: BTreeMap::from([("day".into(), "2026-01-01".into())]),
+        state: Submitted,
+    };
+    store.create_workflow_instance(&new).await.expect("create instance").id
+}
+
+fn command(def: i64, priority: Priority) -> NewCommand {
+    NewCommand { kind: CommandKind::StartWorkflow, workflow_definition_id: def, params: BTreeMap::new(), priority }
+}
+
+fn wf_update(id: i64, owner: &str, expected: ExecutionState, new: ExecutionState) -> WorkflowStateUpdate {
+    WorkflowStateUpdate { id, owner: owner.into(), expected, new, reason: None, started_at: None, ended_at: None }
+}
+
+async fn definitions_are_versioned(store: Arc<dyn Store>) {
+    let v1 = store.apply_definition(&spec("etl", "echo 1"), "v1").await.expect("apply v1");
+    assert!(matches!(v1, ApplyOutcome::Created { version: 1, .. }), "{v1:?}");
+    let again = store.apply_definition(&spec("etl", "echo 1"), "v1 reformatted").await.expect("re-apply");
+    assert_eq!(again, ApplyOutcome::Unchanged { id: v1.definition_id(), version: 1 });
+    let v2 = store.apply_definition(&spec("etl", "echo 2"), "v2").await.expect("apply v2");
+    assert!(matches!(v2, ApplyOutcome::Updated { version: 2, .. }), "{v2:?}");
+    store.apply_definition(&spec("other", "echo"), "o").await.expect("apply other");
+
+    let latest = store.latest_definition("etl").await.expect("latest").expect("etl exists");
+    assert_eq!((latest.version, latest.spec_yaml.as_str(), latest.task_count), (2, "v2", 2));
+    let parsed: WorkflowSpec = serde_json::from_str(&latest.spec_json).expect("canonical JSON");
+    assert_eq!(parsed, spec("etl", "echo 2"));
+    let first = store.definition(v1.definition_id()).await.expect("by id").expect("v1 kept");
+    assert_eq!(first.version, 1);
+    let all: Vec<(String, i32)> =
+        store.list_definitions().await.expect("list").into_iter().map(|d| (d.name, d.version)).collect();
+    assert_eq!(all, [("etl".to_string(), 2), ("other".to_string(), 1)]);
+    assert!(store.latest_definition("missing").await.expect("query").is_none());
+}
+
+async fn commands_are_claimed_by_priority_then_age(store: Arc<dyn Store>) {
+    let def = definition(&*store, "wf").await;
+    let low = store.insert_command(&command(def, Priority::Low)).await.expect("insert");
+    let medium1 = store.insert_command(&command(def, Priority::Medium)).await.expect("insert");
+    let high = store.insert_command(&command(def, Priority::High)).await.expect("insert");
+    let medium2 = store.insert_command(&command(def, Priority::Medium)).await.expect("insert");
+    let claimed = store.claim_commands("master-1", 3).await.expect("claim");
+    let ids: Vec<i64> = claimed.iter().map(|c| c.id).collect();
+    assert_eq!(ids, [high, medium1, medium2]);
+    assert!(claimed.iter().all(|c| c.claimed_by.as_deref() == Some("master-1") && c.claimed_at.is_some()));
+    let rest = store.claim_commands("master-2", 10).await.expect("claim");
+    assert_eq!(rest.iter().map(|c| c.id).collect::<Vec<_>>(), [low]);
+    assert!(store.claim_commands("master-2", 10).await.expect("claim").is_empty());
+}
+
+async fn concurrent_claimers_claim_each_command_once(store: Arc<dyn Store>) {
+    const COMMANDS: usize = 1000;
+    const CLAIMERS: usize = 8;
+    let def = definition(&*store, "wf").await;
+    for _ in 0..COMMANDS {
+        store.insert_command(&command(def, Priority::Medium)).await.expect("insert");
+    }
+    let mut handles = Vec::new();
+    for c in 0..CLAIMERS {
+        let store = store.clone();
+        handles.push(tokio::spawn(async move {
+            let owner = format!("master-{c}");
+            let mut mine = Vec::new();
+            loop {
+                let batch = store.claim_commands(&owner, 7).await.expect("claim");
+                if batch.is_empty() {
+                    return mine;
+                }
+                assert!(batch.iter().all(|cmd| cmd.claimed_by.as_deref() == Some(owner.as_str())));
+                mine.extend(batch.into_iter().map(|cmd| cmd.id));
+            }
+        }));
+    }
+    let mut all = Vec::new();
+    for h in handles {
+        all.extend(h.await.expect("claimer task"));
+    }
+    let unique: HashSet<i64> = all.iter().copied().collect();
+    assert_eq!(all.len(), COMMANDS, "every command claimed exactly once");
+    assert_eq!(unique.len(), COMMANDS, "no command claimed twice");
+}
+
+async fn workflow_updates_refuse_stale_writers(store: Arc<dyn Store>) {
+    let id = instance(&*store, "master-1").await;
+    let now = chrono::Utc::now();
+    let mut start = wf_update(id, "master-1", Submitted, Running);
+    start.started_at = Some(now);
+    let running = store.update_workflow_state(&start).await.expect("first update");
+    assert_eq!((running.state, running.started_at.is_some()), (Running, true));
+
+    // the same update again: the expected state is stale
+    let err = store.update_workflow_state(&start).await.expect_err("stale state refused");
+    let StoreError::Conflict { found, .. } = &err else { panic!("expected a conflict, got {err:?}") };
+    assert!(found.contains("running owned by master-1"), "{err}");
+
+    // right state, wrong owner
+    let err = store.update_workflow_state(&wf_update(id, "master-2", Running, Success)).await.expect_err("stale owner");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(!err.is_retryable());
+    let unchanged = store.workflow_instance(id).await.expect("read").expect("exists");
+    assert_eq!(unchanged.state, Running, "a refused write changes nothing");
+
+    let err = store.update_workflow_state(&wf_update(9_999_999, "master-1", Running, Success)).await.expect_err("gone");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+
+    let mut fail = wf_update(id, "master-1", Running, Failure);
+    fail.reason = Some("task a failed".into());
+    fail.ended_at = Some(now);
+    let done = store.update_workflow_state(&fail).await.expect("finish");
+    assert_eq!((done.state, done.state_reason.as_deref()), (Failure, Some("task a failed")));
+    assert_eq!(done.params["day"], "2026-01-01");
+}
+
+async fn takeover_fences_the_previous_owner(store: Arc<dyn Store>) {
+    let id = instance(&*store, "master-1").await;
+    let taken = store.take_over_workflow_instance(id, "master-1", 0, "master-2").await.expect("take over");
+    assert_eq!((taken.owner.as_deref(), taken.epoch), (Some("master-2"), 1));
+    // a second takeover from the same stale view is refused
+    let err = store.take_over_workflow_instance(id, "master-1", 0, "master-3").await.expect_err("stale takeover");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    // the old owner can no longer write
+    let err = store.update_workflow_state(&wf_update(id, "master-1", Submitted, Running)).await.expect_err("fenced");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    store.update_workflow_state(&wf_update(id, "master-2", Submitted, Running)).await.expect("new owner writes");
+}
+
+async fn task_updates_refuse_stale_writers(store: Arc<dyn Store>) {
+    let wf = instance(&*store, "master-1").await;
+    let new: Vec<NewTaskInstance> = ["a", "b"]
+        .iter()
+        .map(|n| NewTaskInstance { workflow_instance_id: wf, task_name: n.to_string(), state: Submitted })
+        .collect();
+    let err = store.create_task_instances("master-2", &new).await.expect_err("not the owner");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(store.task_instances_of(wf).await.expect("list").is_empty(), "a refused batch creates nothing");
+    let tasks = store.create_task_instances("master-1", &new).await.expect("create");
+    assert_eq!(tasks.len(), 2);
+    let a = tasks[0].id;
+    assert_eq!((tasks[0].state, tasks[0].attempt), (Submitted, 1));
+
+    let mut dispatch = TaskStateUpdate::new(a, "master-1", Submitted, 1, Dispatched);
+    dispatch.worker_addr = Some("10.0.0.7:5679".into());
+    let t = store.update_task_state(&dispatch).await.expect("dispatch");
+    assert_eq!((t.state, t.worker_addr.as_deref()), (Dispatched, Some("10.0.0.7:5679")));
+
+    // replayed dispatch: stale state
+    let err = store.update_task_state(&dispatch).await.expect_err("stale state");
+    let StoreError::Conflict { found, .. } = &err else { panic!("expected a conflict, got {err:?}") };
+    assert!(found.contains("dispatched attempt 1 owned by master-1"), "{err}");
+    // wrong owner
+    let err =
+        store.update_task_state(&TaskStateUpdate::new(a, "master-2", Dispatched, 1, Running)).await.expect_err("owner");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    // wrong attempt
+    let err =
+        store.update_task_state(&TaskStateUpdate::new(a, "master-1", Dispatched, 2, Running)).await.expect_err("attempt");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let err = store
+        .update_task_state(&TaskStateUpdate::new(8_888_888, "master-1", Dispatched, 1, Running))
+        .await
+        .expect_err("unknown");
+    assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
+    assert_eq!(store.task_instance(a).await.expect("read").expect("exists").state, Dispatched);
+
+    let mut done = TaskStateUpdate::new(a, "master-1", Dispatched, 1, Success);
+    done.exit_code = Some(0);
+    done.ended_at = Some(chrono::Utc::now());
+    let t = store.update_task_state(&done).await.expect("result");
+    assert_eq!((t.state, t.exit_code, t.worker_addr.as_deref()), (Success, Some(0), Some("10.0.0.7:5679")));
+
+    // a retry starts attempt 2
+    let b = tasks[1].id;
+    store.update_task_state(&TaskStateUpdate::new(b, "master-1", Submitted, 1, Dispatched)).await.expect("dispatch b");
+    store.update_task_state(&TaskStateUpdate::new(b, "master-1", Dispatched, 1, Delayed)).await.expect("b failed once");
+    let mut retry = TaskStateUpdate::new(b, "master-1", Delayed, 1, Submitted);
+    retry.attempt = Some(2);
+    assert_eq!(store.update_task_state(&retry).await.expect("retry").attempt, 2);
+}
+
+async fn queries_by_owner_state_and_worker(store: Arc<dyn Store>) {
+    let w1 = instance(&*store, "master-1").await;
+    let w2 = instance(&*store, "master-1").await;
+    let w3 = instance(&*store, "master-2").await;
+    store.update_workflow_state(&wf_update(w2, "master-1", Submitted, Running)).await.expect("run");
+    store.update_workflow_state(&wf_update(w2, "master-1", Running, Success)).await.expect("finish");
+    store.update_workflow_state(&wf_update(w3, "master-2", Submitted, Running)).await.expect("run");
+    let mine: Vec<i64> =
+        store.unfinished_workflow_instances_of("master-1").await.expect("by owner").iter().map(|w| w.id).collect();
+    assert_eq!(mine, [w1]);
+    let running: Vec<i64> =
+        store.workflow_instances_in(&[Running, Submitted], 10).await.expect("by state").iter().map(|w| w.id).collect();
+    assert_eq!(running, [w1, w3]);
+    assert!(store.workflow_instances_in(&[], 10).await.expect("empty").is_empty());
+
+    let tasks = store
+        .create_task_instances("master-2", &[NewTaskInstance { workflow_instance_id: w3, task_name: "a".into(), state: Submitted }])
+        .await
+        .expect("create");
+    let mut d = TaskStateUpdate::new(tasks[0].id, "master-2", Submitted, 1, Dispatched);
+    d.worker_addr = Some("w-1:5679".into());
+    store.update_task_state(&d).await.expect("dispatch");
+    let on_worker = store.task_instances_on_worker("w-1:5679", &[Dispatched, Running]).await.expect("by worker");
+    assert_eq!(on_worker.iter().map(|t| t.id).collect::<Vec<_>>(), [tasks[0].id]);
+    assert!(store.task_instances_on_worker("w-2:5679", &[Dispatched, Running]).await.expect("by worker").is_empty());
+}
+
+async fn dead_letters_keep_event_and_reason(store: Arc<dyn Store>) {
+    let letter = NewDeadLetter {
+        workflow_instance_id: Some(7),
+        task_instance_id: Some(99),
+        event_kind: "task_state_change".into(),
+        event: r#"{"kind":"task_state_change"}"#.into(),
+        reason: "unknown task instance 99".into(),
+    };
+    let id = store.record_dead_letter(&letter).await.expect("record");
+    let letters = store.dead_letters(10).await.expect("read");
+    assert_eq!(letters.len(), 1);
+    let l = &letters[0];
+    assert_eq!((l.id, l.task_instance_id, l.reason.as_str()), (id, Some(99), "unknown task instance 99"));
+    assert_eq!(l.event, letter.event);
+}
+
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let (store, _dir) = super::$backend().await;
+                    super::$case(store).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! suites {
+    ($($case:ident),* $(,)?) => {
+        suite!(postgres: $($case),*);
+        suite!(sqlite: $($case),*);
+    };
+}
+
+suites!(
+    definitions_are_versioned,
+    commands_are_claimed_by_priority_then_age,
+    concurrent_claimers_claim_each_command_once,
+    workflow_updates_refuse_stale_writers,
+    takeover_fences_the_previous_owner,
+    task_updates_refuse_stale_writers,
+    queries_by_owner_state_and_worker,
+    dead_letters_keep_event_and_reason,
+);
+
+/// An outage is a retryable error, and the same store works again once Postgres is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_outage_is_retryable_and_recovers() {
+    let pg = TestPostgres::start();
+    let url = pg.fresh_database().await;
+    let store = PgStore::connect(&url, 4).await.expect("connect");
+    let def = definition(&store, "wf").await;
+    pg.stop();
+    let err = store.insert_command(&command(def, Priority::Medium)).await.expect_err("Postgres is down");
+    assert!(err.is_retryable(), "an outage must be retryable: {err:?}");
+    pg.restart();
+    let id = store.insert_command(&command(def, Priority::Medium)).await.expect("works again after restart");
+    assert_eq!(store.claim_commands("m", 10).await.expect("claim").iter().map(|c| c.id).collect::<Vec<_>>(), [id]);
+}
