@@ -1,8 +1,7 @@
 //! Compiles `proto/*.proto` with the system `protoc` (Debian package `protobuf-compiler`).
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let protos =
-        ["worker.proto", "task_event.proto", "admin.proto"].map(|f| format!("../../proto/{f}"));
+    let protos = ["worker.proto", "task_event.proto", "admin.proto"].map(|f| format!("../../proto/{f}"));
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }

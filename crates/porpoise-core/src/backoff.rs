@@ -12,11 +12,7 @@ pub struct Backoff {
 
 impl Default for Backoff {
     fn default() -> Self {
-        Self {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(30),
-            multiplier: 2.0,
-        }
+        Self { initial: Duration::from_millis(100), max: Duration::from_secs(30), multiplier: 2.0 }
     }
 }
 
@@ -36,11 +32,7 @@ mod tests {
 
     #[test]
     fn doubles_then_caps() {
-        let b = Backoff {
-            initial: Duration::from_millis(100),
-            max: Duration::from_secs(1),
-            multiplier: 2.0,
-        };
+        let b = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(1), multiplier: 2.0 };
         assert_eq!(b.delay(0), Duration::from_millis(100));
         assert_eq!(b.delay(1), Duration::from_millis(200));
         assert_eq!(b.delay(3), Duration::from_millis(800));

@@ -22,20 +22,13 @@ impl Dag {
         let mut upstream = vec![Vec::new(); n];
         let mut downstream = vec![Vec::new(); n];
         for &(from, to) in edges {
-            assert!(
-                from < n && to < n,
-                "edge ({from}, {to}) out of range for {n} tasks"
-            );
+            assert!(from < n && to < n, "edge ({from}, {to}) out of range for {n} tasks");
             if !upstream[to].contains(&from) {
                 upstream[to].push(from);
                 downstream[from].push(to);
             }
         }
-        Dag {
-            names,
-            upstream,
-            downstream,
-        }
+        Dag { names, upstream, downstream }
     }
 
     pub fn len(&self) -> usize {
@@ -68,9 +61,7 @@ impl Dag {
 
     /// Tasks with no upstream, in declaration order.
     pub fn roots(&self) -> Vec<usize> {
-        (0..self.len())
-            .filter(|&t| self.upstream[t].is_empty())
-            .collect()
+        (0..self.len()).filter(|&t| self.upstream[t].is_empty()).collect()
     }
 
     /// Every task after all of its upstream tasks; ties keep declaration order. `None` when
@@ -106,12 +97,7 @@ impl Dag {
         None
     }
 
-    fn cycle_from(
-        &self,
-        start: usize,
-        mark: &mut [u8],
-        path: &mut Vec<usize>,
-    ) -> Option<Vec<usize>> {
+    fn cycle_from(&self, start: usize, mark: &mut [u8], path: &mut Vec<usize>) -> Option<Vec<usize>> {
         // iterative DFS: (node, next child index)
         let mut stack = vec![(start, 0usize)];
         mark[start] = 1;
@@ -143,9 +129,7 @@ impl Dag {
     /// Tasks not yet started whose upstream tasks all succeeded, in declaration order.
     /// `succeeded[t]` and `started[t]` describe task `t`.
     pub fn ready(&self, succeeded: &[bool], started: &[bool]) -> Vec<usize> {
-        (0..self.len())
-            .filter(|&t| !started[t] && self.upstream[t].iter().all(|&u| succeeded[u]))
-            .collect()
+        (0..self.len()).filter(|&t| !started[t] && self.upstream[t].iter().all(|&u| succeeded[u])).collect()
     }
 
     /// Every task reachable downstream of `task`, excluding `task` itself.

@@ -76,10 +76,7 @@ pub enum DropReason {
     #[error("unknown task instance {0}")]
     UnknownTaskInstance(i64),
     #[error("illegal transition from {from} to {to}")]
-    IllegalTransition {
-        from: ExecutionState,
-        to: ExecutionState,
-    },
+    IllegalTransition { from: ExecutionState, to: ExecutionState },
     #[error("no handler for {0} events")]
     NoHandler(StateEventKind),
     #[error("unsupported: {0}")]
@@ -94,10 +91,7 @@ pub enum HandlerError {
     /// A transient fault (the database is down): keep the event at the head of the inbox, roll
     /// back what the attempt changed in memory, and retry after a backoff.
     #[error("retryable: {reason}")]
-    Retryable {
-        reason: String,
-        after: Option<Duration>,
-    },
+    Retryable { reason: String, after: Option<Duration> },
     /// The event is broken: remove it and record it in the dead-letter table.
     #[error("dropped: {0}")]
     Drop(DropReason),
@@ -112,18 +106,13 @@ pub enum Disposition {
 
 impl HandlerError {
     pub fn retryable(reason: impl Into<String>) -> Self {
-        Self::Retryable {
-            reason: reason.into(),
-            after: None,
-        }
+        Self::Retryable { reason: reason.into(), after: None }
     }
 
     pub fn disposition(&self) -> Disposition {
         match self {
             Self::Retryable { after, .. } => Disposition::Retry { after: *after },
-            Self::Drop(reason) => Disposition::Drop {
-                reason: reason.to_string(),
-            },
+            Self::Drop(reason) => Disposition::Drop { reason: reason.to_string() },
         }
     }
 }
@@ -143,12 +132,7 @@ mod tests {
         let e = HandlerError::retryable("database unavailable");
         assert_eq!(e.disposition(), Disposition::Retry { after: None });
         let e: HandlerError = DropReason::UnknownTaskInstance(42).into();
-        assert_eq!(
-            e.disposition(),
-            Disposition::Drop {
-                reason: "unknown task instance 42".into()
-            }
-        );
+        assert_eq!(e.disposition(), Disposition::Drop { reason: "unknown task instance 42".into() });
     }
 
     #[test]

@@ -9,9 +9,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 /// A workflow's or a task's priority. `Highest` runs first.
-#[derive(
-    Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize,
-)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Priority {
     Highest,
@@ -24,13 +22,7 @@ pub enum Priority {
 
 impl Priority {
     /// Every priority, most urgent first.
-    pub const ALL: [Priority; 5] = [
-        Self::Highest,
-        Self::High,
-        Self::Medium,
-        Self::Low,
-        Self::Lowest,
-    ];
+    pub const ALL: [Priority; 5] = [Self::Highest, Self::High, Self::Medium, Self::Low, Self::Lowest];
 
     /// The spelling used in specs, the database and the API.
     pub fn as_str(self) -> &'static str {
@@ -67,9 +59,7 @@ impl FromStr for Priority {
         Self::ALL
             .into_iter()
             .find(|p| p.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown priority {s:?} (expected highest, high, medium, low or lowest)")
-            })
+            .ok_or_else(|| format!("unknown priority {s:?} (expected highest, high, medium, low or lowest)"))
     }
 }
 
@@ -132,10 +122,7 @@ pub struct TaskPriorityQueue<T> {
 
 impl<T> Default for TaskPriorityQueue<T> {
     fn default() -> Self {
-        Self {
-            heap: BinaryHeap::new(),
-            next_seq: 0,
-        }
+        Self { heap: BinaryHeap::new(), next_seq: 0 }
     }
 }
 
@@ -145,19 +132,8 @@ impl<T> TaskPriorityQueue<T> {
     }
 
     /// Queues `item`; among equal priorities, earlier pushes pop first.
-    pub fn push(
-        &mut self,
-        workflow: Priority,
-        task: Priority,
-        task_group: i32,
-        item: T,
-    ) -> QueueKey {
-        let key = QueueKey {
-            workflow,
-            task,
-            task_group,
-            seq: self.next_seq,
-        };
+    pub fn push(&mut self, workflow: Priority, task: Priority, task_group: i32, item: T) -> QueueKey {
+        let key = QueueKey { workflow, task, task_group, seq: self.next_seq };
         self.next_seq += 1;
         self.heap.push(Reverse(Entry { key, item }));
         key
@@ -199,14 +175,7 @@ mod tests {
         let order: Vec<_> = std::iter::from_fn(|| q.pop()).collect();
         assert_eq!(
             order,
-            [
-                "highest workflow",
-                "m-high task",
-                "m-m-group5",
-                "m-m-0 first",
-                "m-m-0 second",
-                "low workflow"
-            ]
+            ["highest workflow", "m-high task", "m-m-group5", "m-m-0 first", "m-m-0 second", "low workflow"]
         );
     }
 

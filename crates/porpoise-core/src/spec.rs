@@ -180,33 +180,16 @@ struct RawTask {
 impl WorkflowSpec {
     /// Parses and validates a spec. `file` names the source in every problem reported.
     pub fn parse(file: &str, source: &str) -> Result<WorkflowSpec, SpecError> {
-        let raw: RawWorkflow = serde_yaml_ng::from_str(source).map_err(|e| SpecError {
-            file: file.to_string(),
-            problems: vec![yaml_problem(source, &e)],
-        })?;
-        let mut v = Validator {
-            source,
-            problems: Vec::new(),
-        };
+        let raw: RawWorkflow = serde_yaml_ng::from_str(source)
+            .map_err(|e| SpecError { file: file.to_string(), problems: vec![yaml_problem(source, &e)] })?;
+        let mut v = Validator { source, problems: Vec::new() };
         let spec = v.workflow(raw);
-        if v.problems.is_empty() {
-            Ok(spec)
-        } else {
-            Err(SpecError {
-                file: file.to_string(),
-                problems: v.problems,
-            })
-        }
+        if v.problems.is_empty() { Ok(spec) } else { Err(SpecError { file: file.to_string(), problems: v.problems }) }
     }
 
     /// The task graph. The spec was validated, so the graph has no cycle.
     pub fn dag(&self) -> Dag {
-        let index: HashMap<&str, usize> = self
-            .tasks
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.as_str(), i))
-            .collect();
+        let index: HashMap<&str, usize> = self.tasks.iter().enumerate().map(|(i, t)| (t.name.as_str(), i)).collect();
         let mut edges = Vec::new();
         for (i, t) in self.tasks.iter().enumerate() {
             for d in &t.depends_on {
@@ -260,9 +243,7 @@ impl Validator<'_> {
                 self.problem(
                     None,
                     Some("params"),
-                    format!(
-                        "param name {k:?} must be letters, digits and _ and not start with a digit"
-                    ),
+                    format!("param name {k:?} must be letters, digits and _ and not start with a digit"),
                 );
             }
             params.insert(k, v.to_string());
@@ -270,21 +251,9 @@ impl Validator<'_> {
         if raw.tasks.is_empty() {
             self.problem(None, Some("tasks"), "the workflow has no tasks".into());
         }
-        let tasks: Vec<TaskSpec> = raw
-            .tasks
-            .into_iter()
-            .enumerate()
-            .map(|(i, t)| self.task(i, t))
-            .collect();
+        let tasks: Vec<TaskSpec> = raw.tasks.into_iter().enumerate().map(|(i, t)| self.task(i, t)).collect();
         self.graph(&tasks);
-        WorkflowSpec {
-            name,
-            description: raw.description,
-            priority,
-            timeout,
-            params,
-            tasks,
-        }
+        WorkflowSpec { name, description: raw.description, priority, timeout, params, tasks }
     }
 
     fn task(&mut self, index: usize, raw: RawTask) -> TaskSpec {
@@ -308,11 +277,7 @@ impl Validator<'_> {
                 Some(k) => k,
                 None => {
                     let known: Vec<_> = TaskType::ALL.iter().map(|k| k.as_str()).collect();
-                    self.problem(
-                        t,
-                        Some("type"),
-                        format!("unknown task type {s:?} (supported: {})", known.join(", ")),
-                    );
+                    self.problem(t, Some("type"), format!("unknown task type {s:?} (supported: {})", known.join(", ")));
                     TaskType::Shell
                 }
             },
@@ -329,20 +294,15 @@ impl Validator<'_> {
                 depends_on.push(d);
             }
         }
-        let retry_interval = self
-            .duration(t, "retry_interval", raw.retry_interval.as_ref(), true)
-            .unwrap_or(DEFAULT_RETRY_INTERVAL);
+        let retry_interval =
+            self.duration(t, "retry_interval", raw.retry_interval.as_ref(), true).unwrap_or(DEFAULT_RETRY_INTERVAL);
         let timeout = self.duration(t, "timeout", raw.timeout.as_ref(), false);
         let timeout_strategy = match raw.timeout_strategy.map(|s| s.to_string()) {
             None => TimeoutStrategy::default(),
             Some(s) => match TimeoutStrategy::parse(&s) {
                 Some(st) => {
                     if timeout.is_none() && raw.timeout.is_none() {
-                        self.problem(
-                            t,
-                            Some("timeout_strategy"),
-                            "is set but the task has no timeout".into(),
-                        );
+                        self.problem(t, Some("timeout_strategy"), "is set but the task has no timeout".into());
                     }
                     st
                 }
@@ -397,30 +357,16 @@ impl Validator<'_> {
         }
     }
 
-    fn duration(
-        &mut self,
-        task: Option<&str>,
-        field: &str,
-        raw: Option<&Scalar>,
-        zero_ok: bool,
-    ) -> Option<Duration> {
+    fn duration(&mut self, task: Option<&str>, field: &str, raw: Option<&Scalar>, zero_ok: bool) -> Option<Duration> {
         let text = raw?.to_string();
         match humantime::parse_duration(text.trim()) {
             Ok(d) if d.is_zero() && !zero_ok => {
-                self.problem(
-                    task,
-                    Some(field),
-                    format!("bad duration {text:?}: must be greater than zero"),
-                );
+                self.problem(task, Some(field), format!("bad duration {text:?}: must be greater than zero"));
                 None
             }
             Ok(d) => Some(d),
             Err(e) => {
-                self.problem(
-                    task,
-                    Some(field),
-                    format!("bad duration {text:?}: {e} (write it like 30s, 5m or 1h30m)"),
-                );
+                self.problem(task, Some(field), format!("bad duration {text:?}: {e} (write it like 30s, 5m or 1h30m)"));
                 None
             }
         }
@@ -443,19 +389,11 @@ impl Validator<'_> {
         for (i, t) in tasks.iter().enumerate() {
             for d in &t.depends_on {
                 if *d == t.name {
-                    self.problem(
-                        Some(&t.name),
-                        Some("depends_on"),
-                        "the task depends on itself".into(),
-                    );
+                    self.problem(Some(&t.name), Some("depends_on"), "the task depends on itself".into());
                 } else if let Some(&u) = index.get(d.as_str()) {
                     edges.push((u, i));
                 } else {
-                    self.problem(
-                        Some(&t.name),
-                        Some("depends_on"),
-                        format!("depends on unknown task {d:?}"),
-                    );
+                    self.problem(Some(&t.name), Some("depends_on"), format!("depends on unknown task {d:?}"));
                 }
             }
         }
@@ -479,13 +417,8 @@ fn check_identifier(s: &str) -> Result<(), String> {
     if s.len() > 128 {
         return Err(format!("{s:?} is longer than 128 characters"));
     }
-    if let Some(c) = s
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')))
-    {
-        return Err(format!(
-            "{s:?} has {c:?}: use letters, digits, '-', '_' and '.'"
-        ));
+    if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
+        return Err(format!("{s:?} has {c:?}: use letters, digits, '-', '_' and '.'"));
     }
     Ok(())
 }
@@ -528,17 +461,9 @@ fn yaml_problem(source: &str, e: &serde_yaml_ng::Error) -> SpecProblem {
         && let Some((key, expected)) = rest.split_once('`')
     {
         field = Some(key.to_string());
-        message = format!(
-            "unknown key{}",
-            expected.replacen(", expected", " (expected", 1) + ")"
-        );
+        message = format!("unknown key{}", expected.replacen(", expected", " (expected", 1) + ")");
     }
-    SpecProblem {
-        task,
-        field,
-        line,
-        message,
-    }
+    SpecProblem { task, field, line, message }
 }
 
 fn task_name_at(source: &str, index: usize) -> Option<String> {
@@ -546,9 +471,7 @@ fn task_name_at(source: &str, index: usize) -> Option<String> {
     let name = value.get("tasks")?.get(index)?.get("name")?;
     match name {
         serde_yaml_ng::Value::String(s) => Some(s.clone()),
-        other => serde_yaml_ng::to_string(other)
-            .ok()
-            .map(|s| s.trim().to_string()),
+        other => serde_yaml_ng::to_string(other).ok().map(|s| s.trim().to_string()),
     }
 }
 
@@ -565,9 +488,7 @@ fn locate(source: &str, task: Option<&str>, field: Option<&str>) -> Option<usize
     let (start, end) = match task {
         None => (0, lines.len()),
         Some(t) => {
-            let start = lines
-                .iter()
-                .position(|l| matches!(key_of(l), Some((_, k, v)) if k == "name" && v == t))?;
+            let start = lines.iter().position(|l| matches!(key_of(l), Some((_, k, v)) if k == "name" && v == t))?;
             let item_indent = lines[start].len() - lines[start].trim_start().len();
             let end = lines[start + 1..]
                 .iter()
@@ -582,11 +503,8 @@ fn locate(source: &str, task: Option<&str>, field: Option<&str>) -> Option<usize
     match field {
         None => Some(start + 1),
         Some(f) => {
-            let found = lines[start..end]
-                .iter()
-                .position(|l| matches!(key_of(l), Some((_, k, _)) if k == f));
-            Some(found.map_or(start, |p| start + p) + 1)
-                .filter(|_| found.is_some() || task.is_some())
+            let found = lines[start..end].iter().position(|l| matches!(key_of(l), Some((_, k, _)) if k == f));
+            Some(found.map_or(start, |p| start + p) + 1).filter(|_| found.is_some() || task.is_some())
         }
     }
 }

@@ -94,9 +94,7 @@ impl ExecutionState {
             (Delayed, Submitted | Stopped | Paused) => true,
             (Paused, Submitted | Running | Stopped) => true,
             // Failover either re-dispatches or adopts what the worker reports.
-            (NeedFaultTolerance, Submitted | Running | Success | Failure | Stopped | Delayed) => {
-                true
-            }
+            (NeedFaultTolerance, Submitted | Running | Success | Failure | Stopped | Delayed) => true,
             _ => false,
         }
     }
@@ -117,10 +115,7 @@ impl FromStr for ExecutionState {
     type Err = UnknownState;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Self::ALL
-            .into_iter()
-            .find(|st| st.as_str() == s)
-            .ok_or_else(|| UnknownState(s.to_string()))
+        Self::ALL.into_iter().find(|st| st.as_str() == s).ok_or_else(|| UnknownState(s.to_string()))
     }
 }
 

@@ -55,7 +55,11 @@ fn is_outage(e: &sqlx::Error) -> bool {
             }
             // Postgres SQLSTATE: 08 connection exception, 57P0x shutdown, 53 insufficient
             // resources, 40001 serialization failure, 40P01 deadlock.
-            code.starts_with("08") || code.starts_with("57P") || code.starts_with("53") || code == "40001" || code == "40P01"
+            code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code == "40001"
+                || code == "40P01"
         }
         _ => false,
     }

@@ -26,7 +26,9 @@ async fn sqlite() -> (Arc<dyn Store>, Option<tempfile::TempDir>) {
 }
 
 fn spec(name: &str, command: &str) -> WorkflowSpec {
-    let yaml = format!("name: {name}\ntasks:\n  - name: a\n    command: {command}\n  - name: b\n    command: echo b\n    depends_on: [a]\n");
+    let yaml = format!(
+        "name: {name}\ntasks:\n  - name: a\n    command: {command}\n  - name: b\n    command: echo b\n    depends_on: [a]\n"
+    );
     WorkflowSpec::parse("test.yaml", &yaml).expect("valid spec")
 }
 
@@ -196,8 +198,10 @@ async fn task_updates_refuse_stale_writers(store: Arc<dyn Store>) {
         store.update_task_state(&TaskStateUpdate::new(a, "master-2", Dispatched, 1, Running)).await.expect_err("owner");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     // wrong attempt
-    let err =
-        store.update_task_state(&TaskStateUpdate::new(a, "master-1", Dispatched, 2, Running)).await.expect_err("attempt");
+    let err = store
+        .update_task_state(&TaskStateUpdate::new(a, "master-1", Dispatched, 2, Running))
+        .await
+        .expect_err("attempt");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     let err = store
         .update_task_state(&TaskStateUpdate::new(8_888_888, "master-1", Dispatched, 1, Running))
@@ -237,7 +241,10 @@ async fn queries_by_owner_state_and_worker(store: Arc<dyn Store>) {
     assert!(store.workflow_instances_in(&[], 10).await.expect("empty").is_empty());
 
     let tasks = store
-        .create_task_instances("master-2", &[NewTaskInstance { workflow_instance_id: w3, task_name: "a".into(), state: Submitted }])
+        .create_task_instances(
+            "master-2",
+            &[NewTaskInstance { workflow_instance_id: w3, task_name: "a".into(), state: Submitted }],
+        )
         .await
         .expect("create");
     let mut d = TaskStateUpdate::new(tasks[0].id, "master-2", Submitted, 1, Dispatched);

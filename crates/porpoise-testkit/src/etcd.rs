@@ -81,7 +81,8 @@ impl TestEtcd {
     /// Starts the server again on the same ports and data after [`TestEtcd::kill`].
     pub fn restart(&self) {
         let pid_file = self.data_dir.with_file_name("pid");
-        let child = spawn(&self.binary, &self.data_dir, self.client_port, self.peer_port, &pid_file).unwrap_or_else(|e| panic!("cannot restart the test etcd: {e}"));
+        let child = spawn(&self.binary, &self.data_dir, self.client_port, self.peer_port, &pid_file)
+            .unwrap_or_else(|e| panic!("cannot restart the test etcd: {e}"));
         *lock(&self.child) = Some(child);
     }
 }

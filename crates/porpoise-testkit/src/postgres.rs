@@ -54,9 +54,15 @@ impl TestPostgres {
             shell_quote(root.path())
         ));
         let mut init = Command::new(&initdb);
-        init.args(["-D"])
-            .arg(&data_dir)
-            .args(["-U", SUPERUSER, "--auth=trust", "--no-sync", "-E", "UTF8", "--locale=C"]);
+        init.args(["-D"]).arg(&data_dir).args([
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--no-sync",
+            "-E",
+            "UTF8",
+            "--locale=C",
+        ]);
         run(as_user(&mut init, ids), "initdb");
         let pg = TestPostgres { port: 0, data_dir, pg_ctl, ids, _root: root, _guardian: guardian };
         // A port taken by another process between our probe and the bind makes the start fail:
@@ -90,7 +96,10 @@ impl TestPostgres {
         if status.success() {
             Ok(())
         } else {
-            Err(format!("pg_ctl start failed ({status}); server log:\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
+            Err(format!(
+                "pg_ctl start failed ({status}); server log:\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            ))
         }
     }
 

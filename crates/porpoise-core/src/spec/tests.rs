@@ -72,28 +72,19 @@ fn the_canonical_form_round_trips_through_json() {
 
 #[test]
 fn unknown_task_key_names_task_field_and_line() {
-    let p =
-        single("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n");
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n");
     assert_eq!(p.task.as_deref(), Some("b"));
     assert_eq!(p.field.as_deref(), Some("comand"));
     assert_eq!(p.line, Some(6));
     assert!(p.message.starts_with("unknown key"), "{}", p.message);
-    let shown =
-        err("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n")
-            .to_string();
-    assert!(
-        shown.starts_with("wf.yaml:6: task \"b\", field \"comand\": unknown key"),
-        "{shown}"
-    );
+    let shown = err("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    comand: echo\n").to_string();
+    assert!(shown.starts_with("wf.yaml:6: task \"b\", field \"comand\": unknown key"), "{shown}");
 }
 
 #[test]
 fn unknown_workflow_key() {
     let p = single("name: x\nowner: me\ntasks:\n  - name: a\n    command: echo\n");
-    assert_eq!(
-        (p.task, p.field.as_deref(), p.line),
-        (None, Some("owner"), Some(2))
-    );
+    assert_eq!((p.task, p.field.as_deref(), p.line), (None, Some("owner"), Some(2)));
 }
 
 #[test]
@@ -106,9 +97,7 @@ fn missing_task_name() {
 
 #[test]
 fn duplicate_task_name() {
-    let p = single(
-        "name: x\ntasks:\n  - name: a\n    command: echo\n  - name: a\n    command: echo 2\n",
-    );
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n  - name: a\n    command: echo 2\n");
     assert_eq!(p.task.as_deref(), Some("a"));
     assert!(p.message.contains("duplicate task name"), "{}", p.message);
 }
@@ -116,39 +105,22 @@ fn duplicate_task_name() {
 #[test]
 fn dependency_on_unknown_task() {
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [ghost]\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref(), p.line),
-        (Some("a"), Some("depends_on"), Some(5))
-    );
-    assert!(
-        p.message.contains("unknown task \"ghost\""),
-        "{}",
-        p.message
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("depends_on"), Some(5)));
+    assert!(p.message.contains("unknown task \"ghost\""), "{}", p.message);
 }
 
 #[test]
 fn cycle_names_the_tasks_on_it() {
     let src = "name: x\ntasks:\n  - name: a\n    command: echo\n  - name: b\n    command: echo\n    depends_on: [a, d]\n  - name: c\n    command: echo\n    depends_on: [b]\n  - name: d\n    command: echo\n    depends_on: [c]\n";
     let p = single(src);
-    assert!(
-        p.message.contains("dependency cycle: b -> c -> d -> b"),
-        "{}",
-        p.message
-    );
+    assert!(p.message.contains("dependency cycle: b -> c -> d -> b"), "{}", p.message);
 }
 
 #[test]
 fn empty_command() {
-    for src in [
-        "name: x\ntasks:\n  - name: a\n    command: '  '\n",
-        "name: x\ntasks:\n  - name: a\n",
-    ] {
+    for src in ["name: x\ntasks:\n  - name: a\n    command: '  '\n", "name: x\ntasks:\n  - name: a\n"] {
         let p = single(src);
-        assert_eq!(
-            (p.task.as_deref(), p.field.as_deref()),
-            (Some("a"), Some("command"))
-        );
+        assert_eq!((p.task.as_deref(), p.field.as_deref()), (Some("a"), Some("command")));
         assert!(p.message.contains("empty"), "{}", p.message);
     }
 }
@@ -156,10 +128,7 @@ fn empty_command() {
 #[test]
 fn bad_durations() {
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    timeout: 5x\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref(), p.line),
-        (Some("a"), Some("timeout"), Some(5))
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("timeout"), Some(5)));
     assert!(p.message.contains("bad duration \"5x\""), "{}", p.message);
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    retry_interval: 10\n");
     assert_eq!(p.field.as_deref(), Some("retry_interval"));
@@ -171,61 +140,32 @@ fn bad_durations() {
 #[test]
 fn bad_priority_and_strategy() {
     let p = single("name: x\npriority: urgent\ntasks:\n  - name: a\n    command: echo\n");
-    assert_eq!(
-        (p.task, p.field.as_deref(), p.line),
-        (None, Some("priority"), Some(2))
-    );
+    assert_eq!((p.task, p.field.as_deref(), p.line), (None, Some("priority"), Some(2)));
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    priority: 3\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref()),
-        (Some("a"), Some("priority"))
-    );
-    let p = single(
-        "name: x\ntasks:\n  - name: a\n    command: echo\n    timeout: 1m\n    timeout_strategy: retry\n",
-    );
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref()),
-        (Some("a"), Some("timeout_strategy"))
-    );
-    assert!(
-        p.message.contains("warn, fail or warnfail"),
-        "{}",
-        p.message
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref()), (Some("a"), Some("priority")));
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    timeout: 1m\n    timeout_strategy: retry\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref()), (Some("a"), Some("timeout_strategy")));
+    assert!(p.message.contains("warn, fail or warnfail"), "{}", p.message);
 }
 
 #[test]
 fn unknown_task_type() {
     let p = single("name: x\ntasks:\n  - name: a\n    type: spark\n    command: echo\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref(), p.line),
-        (Some("a"), Some("type"), Some(4))
-    );
-    assert!(
-        p.message
-            .contains("unknown task type \"spark\" (supported: shell)"),
-        "{}",
-        p.message
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("type"), Some(4)));
+    assert!(p.message.contains("unknown task type \"spark\" (supported: shell)"), "{}", p.message);
 }
 
 #[test]
 fn self_dependency() {
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [a]\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref()),
-        (Some("a"), Some("depends_on"))
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref()), (Some("a"), Some("depends_on")));
     assert!(p.message.contains("depends on itself"), "{}", p.message);
 }
 
 #[test]
 fn wrong_value_type_names_task_and_field() {
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    retries: -1\n");
-    assert_eq!(
-        (p.task.as_deref(), p.field.as_deref(), p.line),
-        (Some("a"), Some("retries"), Some(5))
-    );
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("retries"), Some(5)));
 }
 
 #[test]
