@@ -185,6 +185,6 @@ mod tests {
             assert_eq!(p.as_str().parse::<Priority>(), Ok(p));
             assert_eq!(Priority::from_rank(p.rank()), Some(p));
         }
-        assert!("urgent".parse::<Priority>().unwrap_err().contains("urgent"));
+        assert!("urgent".parse::<Priority>().expect_err("unknown priority").contains("urgent"));
     }
 }
