@@ -70,8 +70,8 @@ impl Registration {
         request(&self.control, |tx| Control::Update(heartbeat, tx)).await
     }
 
-    /// Removes the member now.
-    pub async fn revoke(self) -> Result<()> {
+    /// Removes the member now; renewals stop.
+    pub async fn revoke(&self) -> Result<()> {
         request(&self.control, Control::Release).await
     }
 }

@@ -1,0 +1,154 @@
+//! Porpoise's worker: accepts task dispatches up to its slot count (`WorkerService`), runs each
+//! shell task in its own process group with a per-task log file, and reports RUNNING and RESULT
+//! events to the dispatching master, keeping every event until the master ACKs it.
+
+/// Running one task attempt: working directory, command, log, timeout, kill.
+pub mod executor;
+/// Delivers task events to masters in batches, resending until each is ACKed.
+pub mod reporter;
+/// The `WorkerService` gRPC server.
+pub mod server;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use reporter::Reporter;
+pub use server::WorkerServer;
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Where to listen, e.g. `127.0.0.1:0` for any free port.
+    pub listen: SocketAddr,
+    /// The address masters reach this worker at; the listen address when `None`.
+    pub advertise: Option<String>,
+    pub group: String,
+    /// How many tasks run at once.
+    pub slots: u32,
+    /// Task working directories and logs live below `data_dir/tasks/`.
+    pub data_dir: PathBuf,
+    /// The registry lease TTL.
+    pub lease_ttl: Duration,
+}
+
+/// Errors starting a worker.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot create the data directory {path}: {source}")]
+    DataDir { path: PathBuf, source: std::io::Error },
+    #[error("cannot register in the registry: {0}")]
+    Register(#[from] porpoise_registry::RegistryError),
+}
+
+/// A running worker.
+#[derive(Debug)]
+pub struct WorkerHandle {
+    pub addr: String,
+    server: Arc<WorkerServer>,
+    registration: Option<Arc<Registration>>,
+    shutdown: Option<oneshot::Sender<()>>,
+    serve: JoinHandle<()>,
+    heartbeat: JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Starts serving, then registers in `registry` under `workers/<group>/<addr>`.
+    pub async fn start(config: WorkerConfig, registry: Arc<dyn Registry>) -> Result<WorkerHandle, WorkerError> {
+        let tasks_dir = config.data_dir.join("tasks");
+        std::fs::create_dir_all(&tasks_dir)
+            .map_err(|source| WorkerError::DataDir { path: tasks_dir.clone(), source })?;
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
+        let bound = listener.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
+        let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let reporter = Reporter::start(addr.clone());
+        let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let svc =
+            porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()));
+        let serve = tokio::spawn(async move {
+            let incoming = tonic::transport::server::TcpIncoming::from(listener);
+            let result = tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "worker gRPC server stopped");
+            }
+        });
+        let key = MemberKey::worker(config.group.clone(), addr.clone());
+        let registration = registry.register(key, server.heartbeat(), config.lease_ttl).await?;
+        info!(%addr, group = %config.group, slots = config.slots, "worker started");
+        let registration = Arc::new(registration);
+        let heartbeat = tokio::spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
+        Ok(WorkerHandle { addr, server, registration: Some(registration), shutdown: Some(shutdown), serve, heartbeat })
+    }
+
+    /// Events not yet ACKed by a master.
+    pub fn unacked_events(&self) -> usize {
+        self.server.reporter().pending()
+    }
+
+    /// Leaves the registry and stops serving. Running tasks are killed with the process.
+    pub async fn stop(mut self) {
+        self.heartbeat.abort();
+        if let Some(r) = self.registration.take()
+            && let Err(e) = r.revoke().await
+        {
+            warn!(error = %e, "cannot leave the registry cleanly");
+        }
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        let _ = (&mut self.serve).await;
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.heartbeat.abort();
+        self.serve.abort();
+    }
+}
+
+/// Publishes the worker's load every `every` so lowest-load selection sees it.
+async fn publish_heartbeats(server: Arc<WorkerServer>, registration: Arc<Registration>, every: Duration) {
+    let mut tick = tokio::time::interval(every.max(Duration::from_secs(1)));
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        if let Err(e) = registration.update(server.heartbeat()).await {
+            warn!(error = %e, "cannot publish the worker heartbeat");
+        }
+    }
+}
+
+/// The current time in milliseconds since the Unix epoch.
+pub(crate) fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}
+
+/// A worker's heartbeat value.
+pub(crate) fn heartbeat(slots: u32, running: u32, started_at: chrono::DateTime<chrono::Utc>) -> Heartbeat {
+    Heartbeat { cpu: 0.0, memory: 0.0, load: load_average(), running_tasks: running, slots, started_at }
+}
+
+fn load_average() -> f64 {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse().ok()))
+        .unwrap_or(0.0)
+}

@@ -1,0 +1,160 @@
+//! Delivers task events to masters: events queue in order, go out in batches per master, and
+//! stay queued until the master ACKs them `HANDLED`. A failed call or `RETRY_LATER` keeps them
+//! for the next round, after a capped exponential backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use porpoise_core::Backoff;
+use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
+use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent};
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tracing::{debug, warn};
+
+/// Events sent in one call, at most.
+const BATCH: usize = 512;
+
+/// The handle through which executors queue events.
+#[derive(Debug, Clone)]
+pub struct Reporter {
+    tx: mpsc::UnboundedSender<(String, TaskEvent)>,
+    next_id: Arc<AtomicU64>,
+    pending: Arc<AtomicUsize>,
+    worker_addr: String,
+}
+
+impl Reporter {
+    /// Starts the delivery task for a worker serving at `worker_addr`.
+    pub fn start(worker_addr: String) -> Reporter {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
+        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone()));
+        Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, worker_addr }
+    }
+
+    /// Queues `event` for `master_addr`, giving it a unique id. Returns the id.
+    pub fn send(&self, master_addr: &str, mut event: TaskEvent) -> String {
+        let id = format!("{}#{}", self.worker_addr, self.next_id.fetch_add(1, Ordering::Relaxed));
+        event.event_id = id.clone();
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if self.tx.send((master_addr.to_string(), event)).is_err() {
+            warn!(event_id = %id, "event reporter stopped; event not queued");
+        }
+        id
+    }
+
+    /// Events queued and not yet ACKed.
+    pub fn pending(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+}
+
+async fn deliver(worker_addr: String, mut rx: mpsc::UnboundedReceiver<(String, TaskEvent)>, pending: Arc<AtomicUsize>) {
+    // seq → (master, event): insertion order is delivery order
+    let mut queue: BTreeMap<u64, (String, TaskEvent)> = BTreeMap::new();
+    let mut seq = 0u64;
+    let mut clients: HashMap<String, TaskEventServiceClient<Channel>> = HashMap::new();
+    let backoff = Backoff { initial: Duration::from_millis(50), max: Duration::from_secs(5), multiplier: 2.0 };
+    let mut failures = 0u32;
+    loop {
+        if queue.is_empty() {
+            match rx.recv().await {
+                Some((master, event)) => {
+                    queue.insert(seq, (master, event));
+                    seq += 1;
+                }
+                None => return,
+            }
+        }
+        while let Ok((master, event)) = rx.try_recv() {
+            queue.insert(seq, (master, event));
+            seq += 1;
+        }
+        let mut all_ok = true;
+        let masters: Vec<String> = {
+            let mut m: Vec<String> = queue.values().map(|(m, _)| m.clone()).collect();
+            m.dedup();
+            m.sort();
+            m.dedup();
+            m
+        };
+        for master in masters {
+            let batch: Vec<(u64, TaskEvent)> = queue
+                .iter()
+                .filter(|(_, (m, _))| *m == master)
+                .take(BATCH)
+                .map(|(s, (_, e))| (*s, e.clone()))
+                .collect();
+            match send_batch(&mut clients, &worker_addr, &master, batch.iter().map(|(_, e)| e.clone()).collect()).await
+            {
+                Ok(handled) => {
+                    for (s, e) in &batch {
+                        if handled.contains(&e.event_id) {
+                            queue.remove(s);
+                            pending.fetch_sub(1, Ordering::Relaxed);
+                        } else {
+                            all_ok = false;
+                        }
+                    }
+                }
+                Err(e) => {
+                    all_ok = false;
+                    clients.remove(&master);
+                    warn!(%master, error = %e, events = batch.len(), "cannot deliver task events; will resend");
+                }
+            }
+        }
+        if all_ok {
+            failures = 0;
+        } else {
+            failures += 1;
+            let delay = backoff.delay(failures.saturating_sub(1));
+            debug!(?delay, queued = queue.len(), "events not all ACKed; backing off");
+            // keep accepting new events while waiting
+            let sleep = tokio::time::sleep(delay);
+            tokio::pin!(sleep);
+            loop {
+                tokio::select! {
+                    _ = &mut sleep => break,
+                    msg = rx.recv() => match msg {
+                        Some((master, event)) => {
+                            queue.insert(seq, (master, event));
+                            seq += 1;
+                        }
+                        None => break,
+                    },
+                }
+            }
+        }
+    }
+}
+
+/// Sends one batch; returns the ids the master ACKed as handled.
+async fn send_batch(
+    clients: &mut HashMap<String, TaskEventServiceClient<Channel>>,
+    worker_addr: &str,
+    master: &str,
+    events: Vec<TaskEvent>,
+) -> Result<Vec<String>, String> {
+    if !clients.contains_key(master) {
+        let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
+        let endpoint = Channel::from_shared(url).map_err(|e| format!("bad master address {master:?}: {e}"))?;
+        let channel = endpoint
+            .connect_timeout(Duration::from_secs(3))
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+            .map_err(|e| e.to_string())?;
+        clients.insert(master.to_string(), TaskEventServiceClient::new(channel));
+    }
+    let client = clients.get_mut(master).ok_or("no client")?;
+    let reply = client
+        .report_task_events(ReportTaskEventsRequest { worker_addr: worker_addr.to_string(), events })
+        .await
+        .map_err(|s| s.to_string())?
+        .into_inner();
+    Ok(reply.acks.into_iter().filter(|a| a.status == AckStatus::Handled as i32).map(|a| a.event_id).collect())
+}

@@ -1,0 +1,199 @@
+//! The `WorkerService` gRPC server: dispatches are accepted up to the slot count and are
+//! idempotent per (task instance, attempt); kills and log reads address an attempt.
+
+use std::collections::HashMap;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use porpoise_proto::v1::worker_service_server::WorkerService;
+use porpoise_proto::v1::{
+    DispatchStatus, DispatchTaskReply, DispatchTaskRequest, GetTaskLogReply, GetTaskLogRequest, KillTaskReply,
+    KillTaskRequest, TaskEvent, task_event,
+};
+use porpoise_registry::Heartbeat;
+use tokio::sync::Notify;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::executor::{self, Attempt};
+use crate::{Reporter, heartbeat};
+
+/// The most a log read returns at once.
+const LOG_SLICE: u32 = 256 * 1024;
+
+type AttemptKey = (i64, i32);
+
+#[derive(Debug)]
+enum Slot {
+    Running(Arc<Notify>),
+    Done,
+}
+
+/// The worker's service state.
+#[derive(Debug)]
+pub struct WorkerServer {
+    addr: String,
+    slots: u32,
+    tasks_dir: PathBuf,
+    reporter: Reporter,
+    attempts: Mutex<HashMap<AttemptKey, Slot>>,
+    started_at: chrono::DateTime<chrono::Utc>,
+}
+
+impl WorkerServer {
+    pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter) -> Self {
+        Self { addr, slots, tasks_dir, reporter, attempts: Mutex::new(HashMap::new()), started_at: chrono::Utc::now() }
+    }
+
+    fn attempts(&self) -> MutexGuard<'_, HashMap<AttemptKey, Slot>> {
+        self.attempts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn reporter(&self) -> &Reporter {
+        &self.reporter
+    }
+
+    /// Tasks running now.
+    pub fn running(&self) -> u32 {
+        self.attempts().values().filter(|s| matches!(s, Slot::Running(_))).count() as u32
+    }
+
+    pub fn heartbeat(&self) -> Heartbeat {
+        heartbeat(self.slots, self.running(), self.started_at)
+    }
+
+    fn reply(&self, status: DispatchStatus, message: impl Into<String>) -> Response<DispatchTaskReply> {
+        Response::new(DispatchTaskReply {
+            status: status as i32,
+            message: message.into(),
+            worker_addr: self.addr.clone(),
+        })
+    }
+
+    fn start_attempt(self: &Arc<Self>, req: DispatchTaskRequest, kill: Arc<Notify>) {
+        let attempt = Attempt {
+            task_instance_id: req.task_instance_id,
+            attempt: req.attempt,
+            command: req.command,
+            params: req.params,
+            timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+        };
+        let master = req.master_addr;
+        let workflow_instance_id = req.workflow_instance_id;
+        let this = self.clone();
+        tokio::spawn(async move {
+            let event = |kind| TaskEvent {
+                event_id: String::new(),
+                task_instance_id: attempt.task_instance_id,
+                attempt: attempt.attempt,
+                workflow_instance_id,
+                kind: Some(kind),
+            };
+            let result = executor::run(&this.tasks_dir, &attempt, &this.addr, kill, |running| {
+                this.reporter.send(&master, event(task_event::Kind::Running(running)));
+            })
+            .await;
+            info!(
+                task_instance_id = attempt.task_instance_id,
+                attempt = attempt.attempt,
+                outcome = result.outcome,
+                exit_code = ?result.exit_code,
+                "task finished"
+            );
+            this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
+            this.reporter.send(&master, event(task_event::Kind::Result(result)));
+        });
+    }
+}
+
+fn invalid(req: &DispatchTaskRequest) -> Option<String> {
+    if req.task_instance_id <= 0 {
+        return Some(format!("task_instance_id must be positive, got {}", req.task_instance_id));
+    }
+    if req.attempt <= 0 {
+        return Some(format!("attempt must be positive, got {}", req.attempt));
+    }
+    if req.command.trim().is_empty() {
+        return Some("command is empty".into());
+    }
+    if req.master_addr.is_empty() {
+        return Some("master_addr is empty".into());
+    }
+    if !req.task_type.is_empty() && req.task_type != "shell" {
+        return Some(format!("unsupported task type {:?}", req.task_type));
+    }
+    None
+}
+
+/// The gRPC face of a shared [`WorkerServer`].
+#[derive(Debug, Clone)]
+pub struct WorkerGrpc(pub Arc<WorkerServer>);
+
+impl std::ops::Deref for WorkerGrpc {
+    type Target = Arc<WorkerServer>;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkerGrpc {
+    async fn dispatch_task(
+        &self,
+        request: Request<DispatchTaskRequest>,
+    ) -> Result<Response<DispatchTaskReply>, Status> {
+        let req = request.into_inner();
+        if let Some(problem) = invalid(&req) {
+            warn!(task_instance_id = req.task_instance_id, %problem, "rejected malformed dispatch");
+            return Ok(self.reply(DispatchStatus::Invalid, problem));
+        }
+        let key = (req.task_instance_id, req.attempt);
+        let kill = {
+            let mut attempts = self.attempts();
+            if attempts.contains_key(&key) {
+                // a resent dispatch (the reply was lost): the attempt runs or ran once already
+                return Ok(self.reply(DispatchStatus::Accepted, "already accepted"));
+            }
+            let running = attempts.values().filter(|s| matches!(s, Slot::Running(_))).count() as u32;
+            if running >= self.slots {
+                return Ok(self.reply(DispatchStatus::Full, format!("all {} slots are busy", self.slots)));
+            }
+            let kill = Arc::new(Notify::new());
+            attempts.insert(key, Slot::Running(kill.clone()));
+            kill
+        };
+        self.start_attempt(req, kill);
+        Ok(self.reply(DispatchStatus::Accepted, ""))
+    }
+
+    async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskReply>, Status> {
+        let req = request.into_inner();
+        let found = match self.attempts().get(&(req.task_instance_id, req.attempt)) {
+            Some(Slot::Running(kill)) => {
+                kill.notify_one();
+                true
+            }
+            _ => false,
+        };
+        Ok(Response::new(KillTaskReply { found }))
+    }
+
+    async fn get_task_log(&self, request: Request<GetTaskLogRequest>) -> Result<Response<GetTaskLogReply>, Status> {
+        let req = request.into_inner();
+        let path = executor::log_path(&self.tasks_dir, req.task_instance_id, req.attempt);
+        let mut file = std::fs::File::open(&path).map_err(|e| {
+            Status::not_found(format!("no log for task instance {} attempt {}: {e}", req.task_instance_id, req.attempt))
+        })?;
+        let len = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();
+        let limit = if req.limit == 0 { LOG_SLICE } else { req.limit.min(LOG_SLICE) };
+        let offset = req.offset.min(len);
+        file.seek(SeekFrom::Start(offset)).map_err(|e| Status::internal(e.to_string()))?;
+        let mut content = Vec::new();
+        file.take(u64::from(limit)).read_to_end(&mut content).map_err(|e| Status::internal(e.to_string()))?;
+        let next_offset = offset + content.len() as u64;
+        let done = !matches!(self.attempts().get(&(req.task_instance_id, req.attempt)), Some(Slot::Running(_)));
+        Ok(Response::new(GetTaskLogReply { content, next_offset, eof: done && next_offset >= len }))
+    }
+}

@@ -1,0 +1,296 @@
+//! The worker as a real gRPC server, dispatched to by a real gRPC client and reporting to a
+//! test master that serves a real `TaskEventService` on loopback.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use porpoise_proto::v1::task_event_service_server::{TaskEventService, TaskEventServiceServer};
+use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
+use porpoise_proto::v1::{
+    AckStatus, DispatchStatus, DispatchTaskRequest, EventAck, GetTaskLogRequest, KillTaskRequest,
+    ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, task_event,
+};
+use porpoise_registry::{MemoryRegistry, Registry, Selector};
+use porpoise_worker::{WorkerConfig, WorkerHandle};
+use tokio::sync::Notify;
+use tonic::transport::Channel;
+use tonic::{Request, Response, Status};
+
+/// Events the test master handled, in arrival order, and how many report calls to refuse.
+#[derive(Debug, Default)]
+struct Master {
+    handled: Mutex<Vec<TaskEvent>>,
+    refuse_calls: Mutex<u32>,
+    calls: Mutex<u32>,
+    changed: Notify,
+}
+
+#[derive(Debug, Clone)]
+struct MasterSvc(Arc<Master>);
+
+#[tonic::async_trait]
+impl TaskEventService for MasterSvc {
+    async fn report_task_events(
+        &self,
+        request: Request<ReportTaskEventsRequest>,
+    ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        let events = request.into_inner().events;
+        *self.0.calls.lock().expect("lock") += 1;
+        let refuse = {
+            let mut r = self.0.refuse_calls.lock().expect("lock");
+            let refuse = *r > 0;
+            *r = r.saturating_sub(1);
+            refuse
+        };
+        let status = if refuse { AckStatus::RetryLater } else { AckStatus::Handled };
+        let acks = events
+            .iter()
+            .map(|e| EventAck { event_id: e.event_id.clone(), status: status as i32, message: String::new() })
+            .collect();
+        if !refuse {
+            self.0.handled.lock().expect("lock").extend(events);
+            self.0.changed.notify_waiters();
+        }
+        Ok(Response::new(ReportTaskEventsReply { acks }))
+    }
+}
+
+impl Master {
+    async fn serve_on(listener: tokio::net::TcpListener, refuse_calls: u32) -> Arc<Master> {
+        let master = Arc::new(Master { refuse_calls: Mutex::new(refuse_calls), ..Master::default() });
+        let svc = TaskEventServiceServer::new(MasterSvc(master.clone()));
+        tokio::spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+                .await
+                .expect("test master serves");
+        });
+        master
+    }
+
+    async fn start(refuse_calls: u32) -> (Arc<Master>, SocketAddr) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        (Master::serve_on(listener, refuse_calls).await, addr)
+    }
+
+    /// Waits until the events of attempt `(ti, attempt)` include a RESULT; returns them all.
+    async fn wait_result(&self, ti: i64, attempt: i32) -> Vec<TaskEvent> {
+        tokio::time::timeout(Duration::from_secs(30), async {
+            loop {
+                let notified = self.changed.notified();
+                tokio::pin!(notified);
+                notified.as_mut().enable();
+                let events: Vec<TaskEvent> = self
+                    .handled
+                    .lock()
+                    .expect("lock")
+                    .iter()
+                    .filter(|e| e.task_instance_id == ti && e.attempt == attempt)
+                    .cloned()
+                    .collect();
+                if events.iter().any(|e| matches!(e.kind, Some(task_event::Kind::Result(_)))) {
+                    return events;
+                }
+                notified.await;
+            }
+        })
+        .await
+        .expect("the task's RESULT arrives in time")
+    }
+}
+
+struct Setup {
+    worker: WorkerHandle,
+    client: WorkerServiceClient<Channel>,
+    registry: MemoryRegistry,
+    _dir: tempfile::TempDir,
+}
+
+async fn worker(slots: u32) -> Setup {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let registry = MemoryRegistry::new();
+    let config = WorkerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        group: "default".into(),
+        slots,
+        data_dir: dir.path().to_path_buf(),
+        lease_ttl: Duration::from_secs(5),
+    };
+    let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
+    let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");
+    Setup { worker, client, registry, _dir: dir }
+}
+
+fn dispatch(ti: i64, command: &str, master: SocketAddr) -> DispatchTaskRequest {
+    DispatchTaskRequest {
+        task_instance_id: ti,
+        attempt: 1,
+        workflow_instance_id: 1,
+        workflow_name: "wf".into(),
+        task_name: format!("t{ti}"),
+        task_type: "shell".into(),
+        command: command.into(),
+        params: HashMap::from([("day".to_string(), "2026-01-01".to_string())]),
+        timeout_ms: 0,
+        master_addr: master.to_string(),
+        epoch: 0,
+    }
+}
+
+async fn send(client: &mut WorkerServiceClient<Channel>, req: DispatchTaskRequest) -> DispatchStatus {
+    let reply = client.dispatch_task(req).await.expect("dispatch call").into_inner();
+    DispatchStatus::try_from(reply.status).expect("known status")
+}
+
+fn result_of(events: &[TaskEvent]) -> porpoise_proto::v1::TaskResult {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            Some(task_event::Kind::Result(r)) => Some(r.clone()),
+            _ => None,
+        })
+        .expect("a RESULT event")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn runs_a_shell_task_reports_running_then_result_and_serves_its_log() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(4).await;
+    let cmd = r#"echo "hello ${day}"; echo "env $day"; echo oops >&2; pwd"#;
+    assert_eq!(send(&mut s.client, dispatch(11, cmd, addr)).await, DispatchStatus::Accepted);
+    let events = master.wait_result(11, 1).await;
+    assert_eq!(events.len(), 2, "one RUNNING and one RESULT: {events:?}");
+    assert!(matches!(events[0].kind, Some(task_event::Kind::Running(_))), "RUNNING first");
+    let result = result_of(&events);
+    assert_eq!((result.outcome, result.exit_code), (TaskOutcome::Success as i32, Some(0)));
+    assert!(result.ended_at_ms >= result.started_at_ms);
+
+    let log = s
+        .client
+        .get_task_log(GetTaskLogRequest { task_instance_id: 11, attempt: 1, offset: 0, limit: 0 })
+        .await
+        .expect("log")
+        .into_inner();
+    let text = String::from_utf8_lossy(&log.content);
+    assert!(text.contains("hello 2026-01-01"), "params substituted: {text}");
+    assert!(text.contains("env 2026-01-01"), "params exported: {text}");
+    assert!(text.contains("oops"), "stderr captured: {text}");
+    assert!(text.contains("/tasks/11/1"), "runs in its own working directory: {text}");
+    assert!(log.eof);
+
+    let workers = s.registry.members(&Selector::Workers { group: Some("default".into()) }).await.expect("members");
+    assert_eq!(workers.len(), 1);
+    assert_eq!((workers[0].key.addr.as_str(), workers[0].heartbeat.slots), (s.worker.addr.as_str(), 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_task_reports_its_exit_code() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(4).await;
+    send(&mut s.client, dispatch(12, "echo failing; exit 3", addr)).await;
+    let result = result_of(&master.wait_result(12, 1).await);
+    assert_eq!((result.outcome, result.exit_code), (TaskOutcome::Failure as i32, Some(3)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resent_dispatch_runs_the_task_once() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(4).await;
+    let marker = tempfile::tempdir().expect("dir");
+    let file = marker.path().join("runs");
+    let cmd = format!("echo run >> {}; sleep 0.3", file.display());
+    assert_eq!(send(&mut s.client, dispatch(13, &cmd, addr)).await, DispatchStatus::Accepted);
+    // the reply was "lost": the master sends the same attempt again, while it runs and after
+    assert_eq!(send(&mut s.client, dispatch(13, &cmd, addr)).await, DispatchStatus::Accepted);
+    master.wait_result(13, 1).await;
+    assert_eq!(send(&mut s.client, dispatch(13, &cmd, addr)).await, DispatchStatus::Accepted);
+    let runs = std::fs::read_to_string(&file).expect("marker");
+    assert_eq!(runs.lines().count(), 1, "ran exactly once");
+    let events = master.handled.lock().expect("lock").iter().filter(|e| e.task_instance_id == 13).count();
+    assert_eq!(events, 2, "one RUNNING and one RESULT, no more");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dispatches_beyond_the_slots_are_rejected_and_kill_frees_the_slot() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(1).await;
+    assert_eq!(send(&mut s.client, dispatch(14, "sleep 60", addr)).await, DispatchStatus::Accepted);
+    assert_eq!(send(&mut s.client, dispatch(15, "echo second", addr)).await, DispatchStatus::Full);
+    let killed = s.client.kill_task(KillTaskRequest { task_instance_id: 14, attempt: 1 }).await.expect("kill");
+    assert!(killed.into_inner().found);
+    let result = result_of(&master.wait_result(14, 1).await);
+    assert_eq!(result.outcome, TaskOutcome::Killed as i32);
+    assert_eq!(send(&mut s.client, dispatch(15, "echo second", addr)).await, DispatchStatus::Accepted);
+    master.wait_result(15, 1).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_past_its_timeout_is_ended_with_its_children() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(2).await;
+    let marker = tempfile::tempdir().expect("dir");
+    let late = marker.path().join("late");
+    // a child in the background would write the marker if it survived the kill
+    let cmd = format!("(sleep 1; echo survived > {}) & sleep 60", late.display());
+    let mut req = dispatch(16, &cmd, addr);
+    req.timeout_ms = 300;
+    send(&mut s.client, req).await;
+    let result = result_of(&master.wait_result(16, 1).await);
+    assert_eq!(result.outcome, TaskOutcome::TimedOut as i32);
+    // the background child was in the process group: give it time it would need, then check
+    let (m2, addr2) = Master::start(0).await;
+    send(&mut s.client, dispatch(17, "sleep 1.5", addr2)).await;
+    m2.wait_result(17, 1).await;
+    assert!(!late.exists(), "the task's child outlived the timeout kill");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_are_kept_until_acked_even_while_the_master_is_away() {
+    // the master's address is known but nothing listens there yet
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    drop(listener);
+    let mut s = worker(2).await;
+    send(&mut s.client, dispatch(18, "echo done", addr)).await;
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while s.worker.unacked_events() < 2 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+    .expect("both events queued");
+    // the master comes up, and refuses the first two calls (RETRY_LATER: a lost ACK)
+    let listener = tokio::net::TcpListener::bind(addr).await.expect("rebind the master's port");
+    let master = Master::serve_on(listener, 2).await;
+    let events = master.wait_result(18, 1).await;
+    assert_eq!(events.len(), 2, "each event handled exactly once: {events:?}");
+    assert!(*master.calls.lock().expect("lock") >= 3, "refused calls were resent");
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while s.worker.unacked_events() > 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("nothing left unacked");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_dispatch_is_rejected_and_the_worker_keeps_serving() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(2).await;
+    let mut bad = dispatch(0, "echo", addr);
+    assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
+    bad.task_instance_id = 19;
+    bad.command = "  ".into();
+    assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
+    bad.command = "echo".into();
+    bad.task_type = "spark".into();
+    assert_eq!(send(&mut s.client, bad).await, DispatchStatus::Invalid);
+    assert_eq!(send(&mut s.client, dispatch(20, "echo fine", addr)).await, DispatchStatus::Accepted);
+    master.wait_result(20, 1).await;
+}
