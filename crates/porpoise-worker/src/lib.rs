@@ -2,6 +2,8 @@
 //! shell task in its own process group with a per-task log file, and reports RUNNING and RESULT
 //! events to the dispatching master, keeping every event until the master ACKs it.
 
+/// Command line and environment settings.
+pub mod config;
 /// Running one task attempt: working directory, command, log, timeout, kill.
 pub mod executor;
 /// Delivers task events to masters in batches, resending until each is ACKed.

@@ -1,0 +1,85 @@
+//! The worker's command line and environment, validated into a [`WorkerConfig`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::WorkerConfig;
+
+/// Command-line arguments of `porpoise-worker`; each has an environment variable too.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "porpoise-worker", version, about = "Porpoise worker: runs the tasks masters dispatch")]
+pub struct Args {
+    /// Address to serve WorkerService on.
+    #[arg(long, env = "PORPOISE_WORKER_LISTEN", default_value = "0.0.0.0:5679")]
+    pub listen: SocketAddr,
+    /// Address masters use to reach this worker (host:port); defaults to the listen address.
+    #[arg(long, env = "PORPOISE_WORKER_ADVERTISE")]
+    pub advertise: Option<String>,
+    /// Worker group this worker serves.
+    #[arg(long, env = "PORPOISE_WORKER_GROUP", default_value = "default")]
+    pub group: String,
+    /// How many tasks run at once.
+    #[arg(long, env = "PORPOISE_WORKER_SLOTS", default_value_t = 16)]
+    pub slots: u32,
+    /// Directory for task working directories and logs.
+    #[arg(long, env = "PORPOISE_WORKER_DATA_DIR", default_value = "/var/lib/porpoise/worker")]
+    pub data_dir: PathBuf,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "PORPOISE_ETCD", value_delimiter = ',', required = true)]
+    pub etcd: Vec<String>,
+    /// Key root in etcd.
+    #[arg(long, env = "PORPOISE_ETCD_ROOT", default_value = porpoise_registry::etcd::DEFAULT_ROOT)]
+    pub etcd_root: String,
+    /// Registry lease TTL in seconds: how long after a crash the worker is considered gone.
+    #[arg(long, env = "PORPOISE_LEASE_TTL_SECS", default_value_t = 10)]
+    pub lease_ttl_secs: u64,
+}
+
+/// A setting that cannot work, named.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid setting --{field}: {problem}")]
+pub struct ConfigError {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+impl TryFrom<&Args> for WorkerConfig {
+    type Error = ConfigError;
+
+    fn try_from(a: &Args) -> Result<Self, ConfigError> {
+        if a.slots == 0 {
+            return Err(ConfigError { field: "slots", problem: "must be at least 1".into() });
+        }
+        if a.group.is_empty() || a.group.contains('/') {
+            return Err(ConfigError {
+                field: "group",
+                problem: format!("{:?} must be non-empty and have no '/'", a.group),
+            });
+        }
+        if a.lease_ttl_secs < 2 {
+            return Err(ConfigError { field: "lease-ttl-secs", problem: "must be at least 2".into() });
+        }
+        if let Some(adv) = &a.advertise
+            && !adv.contains(':')
+        {
+            return Err(ConfigError { field: "advertise", problem: format!("{adv:?} is not host:port") });
+        }
+        if a.advertise.is_none() && a.listen.ip().is_unspecified() {
+            return Err(ConfigError {
+                field: "advertise",
+                problem: format!("listening on {} needs an address masters can reach (host:port)", a.listen),
+            });
+        }
+        Ok(WorkerConfig {
+            listen: a.listen,
+            advertise: a.advertise.clone(),
+            group: a.group.clone(),
+            slots: a.slots,
+            data_dir: a.data_dir.clone(),
+            lease_ttl: Duration::from_secs(a.lease_ttl_secs),
+        })
+    }
+}
