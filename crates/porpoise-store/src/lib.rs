@@ -50,6 +50,13 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Concurrent claimers never claim the same command.
     async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>>;
 
+    /// Requests a run: creates an unowned workflow instance in `submitted` and the command that
+    /// starts it, in one transaction. Returns the instance and the command id.
+    async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)>;
+    /// Makes `owner` the owner of an instance nobody owns yet (bumping the epoch).
+    async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> Result<WorkflowInstance>;
+    /// Runs of one workflow (or of all), newest first.
+    async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>>;
     /// Creates a workflow instance owned by `new.owner`.
     async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
     async fn workflow_instance(&self, id: i64) -> Result<Option<WorkflowInstance>>;

@@ -10,7 +10,7 @@ use crate::{Command, CommandKind, DeadLetter, StoreError, TaskInstance, Workflow
 
 pub(crate) const DEFINITION_COLUMNS: &str = "id, name, version, spec_yaml, spec_json, task_count, created_at";
 pub(crate) const COMMAND_COLUMNS: &str =
-    "id, kind, workflow_definition_id, params, priority, created_at, claimed_by, claimed_at";
+    "id, kind, workflow_definition_id, workflow_instance_id, params, priority, created_at, claimed_by, claimed_at";
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
      owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
@@ -75,6 +75,7 @@ pub(crate) struct CommandRow {
     id: i64,
     kind: String,
     workflow_definition_id: i64,
+    workflow_instance_id: Option<i64>,
     params: String,
     priority: i32,
     created_at: DateTime<Utc>,
@@ -89,6 +90,7 @@ impl TryFrom<CommandRow> for Command {
             id: r.id,
             kind: CommandKind::parse(&r.kind).ok_or_else(|| StoreError::corrupt("command kind", &r.kind))?,
             workflow_definition_id: r.workflow_definition_id,
+            workflow_instance_id: r.workflow_instance_id,
             params: params(&r.params)?,
             priority: priority(r.priority)?,
             created_at: r.created_at,
@@ -100,7 +102,7 @@ impl TryFrom<CommandRow> for Command {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct WorkflowRow {
-    id: i64,
+    pub(crate) id: i64,
     workflow_definition_id: i64,
     command_id: Option<i64>,
     workflow_name: String,
@@ -292,11 +294,12 @@ macro_rules! impl_store {
             async fn insert_command(&self, command: &$crate::NewCommand) -> $crate::Result<i64> {
                 use $crate::sql::*;
                 let (id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
-                    "INSERT INTO command (kind, workflow_definition_id, params, priority, created_at) \
-                     VALUES ($1, $2, $3, $4, $5) RETURNING id",
+                    "INSERT INTO command (kind, workflow_definition_id, workflow_instance_id, params, priority, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 )
                 .bind(command.kind.as_str())
                 .bind(command.workflow_definition_id)
+                .bind(command.workflow_instance_id)
                 .bind(params_json(&command.params))
                 .bind(command.priority.rank())
                 .bind(now())
@@ -316,6 +319,80 @@ macro_rules! impl_store {
                 let mut commands = rows.into_iter().map(TryInto::try_into).collect::<$crate::Result<Vec<_>>>()?;
                 commands.sort_by_key(|c: &$crate::Command| (c.priority, c.id));
                 Ok(commands)
+            }
+
+            async fn create_run(&self, run: &$crate::NewRun) -> $crate::Result<($crate::WorkflowInstance, i64)> {
+                use $crate::sql::*;
+                let t = now();
+                let params = params_json(&run.params);
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO workflow_instance (workflow_definition_id, workflow_name, state, epoch, priority, \
+                     params, created_at, updated_at) VALUES ($1, $2, 'submitted', 0, $3, $4, $5, $5) \
+                     RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(run.workflow_definition_id)
+                .bind(&run.workflow_name)
+                .bind(run.priority.rank())
+                .bind(&params)
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                let (command_id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO command (kind, workflow_definition_id, workflow_instance_id, params, priority, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind($crate::CommandKind::StartWorkflow.as_str())
+                .bind(run.workflow_definition_id)
+                .bind(row.id)
+                .bind(&params)
+                .bind(run.priority.rank())
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                sqlx::query::<$db>("UPDATE workflow_instance SET command_id = $1 WHERE id = $2")
+                    .bind(command_id)
+                    .bind(row.id)
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                let mut instance: $crate::WorkflowInstance = row.try_into()?;
+                instance.command_id = Some(command_id);
+                Ok((instance, command_id))
+            }
+
+            async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> $crate::Result<$crate::WorkflowInstance> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workflow_instance SET owner = $1, epoch = epoch + 1, updated_at = $2 \
+                     WHERE id = $3 AND owner IS NULL RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(owner)
+                .bind(now())
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                match row {
+                    Some(row) => row.try_into(),
+                    None => Err(self.workflow_conflict(id, "owned by nobody").await),
+                }
+            }
+
+            async fn list_workflow_instances(
+                &self,
+                workflow_name: Option<&str>,
+                limit: u32,
+            ) -> $crate::Result<Vec<$crate::WorkflowInstance>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance WHERE ($1 IS NULL OR workflow_name = $1) \
+                     ORDER BY id DESC LIMIT $2"
+                )))
+                .bind(workflow_name)
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
             }
 
             async fn create_workflow_instance(

@@ -75,6 +75,8 @@ impl CommandKind {
 pub struct NewCommand {
     pub kind: CommandKind,
     pub workflow_definition_id: i64,
+    /// The run the command starts, when it was created with one.
+    pub workflow_instance_id: Option<i64>,
     pub params: BTreeMap<String, String>,
     pub priority: Priority,
 }
@@ -85,11 +87,21 @@ pub struct Command {
     pub id: i64,
     pub kind: CommandKind,
     pub workflow_definition_id: i64,
+    pub workflow_instance_id: Option<i64>,
     pub params: BTreeMap<String, String>,
     pub priority: Priority,
     pub created_at: DateTime<Utc>,
     pub claimed_by: Option<String>,
     pub claimed_at: Option<DateTime<Utc>>,
+}
+
+/// A run to request: an unowned workflow instance and the command that starts it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRun {
+    pub workflow_definition_id: i64,
+    pub workflow_name: String,
+    pub priority: Priority,
+    pub params: BTreeMap<String, String>,
 }
 
 /// A workflow instance to create.

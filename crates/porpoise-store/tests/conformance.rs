@@ -51,7 +51,13 @@ async fn instance(store: &dyn Store, owner: &str) -> i64 {
 }
 
 fn command(def: i64, priority: Priority) -> NewCommand {
-    NewCommand { kind: CommandKind::StartWorkflow, workflow_definition_id: def, params: BTreeMap::new(), priority }
+    NewCommand {
+        kind: CommandKind::StartWorkflow,
+        workflow_definition_id: def,
+        workflow_instance_id: None,
+        params: BTreeMap::new(),
+        priority,
+    }
 }
 
 fn wf_update(id: i64, owner: &str, expected: ExecutionState, new: ExecutionState) -> WorkflowStateUpdate {
@@ -255,6 +261,31 @@ async fn queries_by_owner_state_and_worker(store: Arc<dyn Store>) {
     assert!(store.task_instances_on_worker("w-2:5679", &[Dispatched, Running]).await.expect("by worker").is_empty());
 }
 
+async fn a_run_is_requested_then_adopted(store: Arc<dyn Store>) {
+    let def = definition(&*store, "wf").await;
+    let run = porpoise_store::NewRun {
+        workflow_definition_id: def,
+        workflow_name: "wf".into(),
+        priority: Priority::High,
+        params: BTreeMap::from([("day".into(), "d1".into())]),
+    };
+    let (instance, command_id) = store.create_run(&run).await.expect("create run");
+    assert_eq!((instance.state, instance.owner.as_deref(), instance.command_id), (Submitted, None, Some(command_id)));
+    let claimed = store.claim_commands("master-1", 10).await.expect("claim");
+    assert_eq!(claimed.len(), 1);
+    assert_eq!((claimed[0].workflow_instance_id, claimed[0].params["day"].as_str()), (Some(instance.id), "d1"));
+    let adopted = store.adopt_workflow_instance(instance.id, "master-1").await.expect("adopt");
+    assert_eq!((adopted.owner.as_deref(), adopted.epoch), (Some("master-1"), 1));
+    let err = store.adopt_workflow_instance(instance.id, "master-2").await.expect_err("already owned");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    let (second, _) = store.create_run(&run).await.expect("second run");
+    let newest: Vec<i64> =
+        store.list_workflow_instances(Some("wf"), 10).await.expect("list").iter().map(|w| w.id).collect();
+    assert_eq!(newest, [second.id, instance.id]);
+    assert!(store.list_workflow_instances(Some("other"), 10).await.expect("list").is_empty());
+    assert_eq!(store.list_workflow_instances(None, 1).await.expect("list").len(), 1);
+}
+
 async fn dead_letters_keep_event_and_reason(store: Arc<dyn Store>) {
     let letter = NewDeadLetter {
         workflow_instance_id: Some(7),
@@ -301,6 +332,7 @@ suites!(
     task_updates_refuse_stale_writers,
     queries_by_owner_state_and_worker,
     dead_letters_keep_event_and_reason,
+    a_run_is_requested_then_adopted,
 );
 
 /// An outage is a retryable error, and the same store works again once Postgres is back.
