@@ -78,6 +78,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     ) -> Result<WorkflowInstance>;
 
     /// Creates task instances for a workflow instance owned by `owner`, in one transaction.
+    /// Idempotent: a task instance that already exists is returned as it is.
     async fn create_task_instances(&self, owner: &str, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
     async fn task_instance(&self, id: i64) -> Result<Option<TaskInstance>>;
     /// Every task instance of a workflow instance, by id.

@@ -528,30 +528,45 @@ macro_rules! impl_store {
                 use $crate::sql::*;
                 let mut tx = self.pool.begin().await?;
                 let mut out = Vec::with_capacity(new.len());
+                let mut checked: Vec<i64> = Vec::new();
                 let t = now();
                 for n in new {
-                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
-                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
-                         updated_at) SELECT $1, $2, $3, 1, $4, $4 WHERE EXISTS \
-                         (SELECT 1 FROM workflow_instance w WHERE w.id = $1 AND w.owner = $5) \
-                         RETURNING {TASK_COLUMNS}"
-                    )))
-                    .bind(n.workflow_instance_id)
-                    .bind(&n.task_name)
-                    .bind(n.state.as_str())
-                    .bind(t)
-                    .bind(owner)
-                    .fetch_optional(&mut *tx)
-                    .await?;
-                    match row {
-                        Some(row) => out.push(row.try_into()?),
-                        None => {
+                    if !checked.contains(&n.workflow_instance_id) {
+                        let owned: Option<(i64,)> = sqlx::query_as::<$db, (i64,)>(
+                            "SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2",
+                        )
+                        .bind(n.workflow_instance_id)
+                        .bind(owner)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if owned.is_none() {
                             drop(tx);
                             return Err(self
                                 .workflow_conflict(n.workflow_instance_id, &format!("owned by {owner}"))
                                 .await);
                         }
+                        checked.push(n.workflow_instance_id);
                     }
+                    // idempotent: a retried creation finds the row the first attempt made
+                    sqlx::query::<$db>(
+                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
+                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) \
+                         ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
+                    )
+                    .bind(n.workflow_instance_id)
+                    .bind(&n.task_name)
+                    .bind(n.state.as_str())
+                    .bind(t)
+                    .execute(&mut *tx)
+                    .await?;
+                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                        "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = $2"
+                    )))
+                    .bind(n.workflow_instance_id)
+                    .bind(&n.task_name)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    out.push(row.try_into()?);
                 }
                 tx.commit().await?;
                 Ok(out)

@@ -187,6 +187,8 @@ async fn task_updates_refuse_stale_writers(store: Arc<dyn Store>) {
     assert!(store.task_instances_of(wf).await.expect("list").is_empty(), "a refused batch creates nothing");
     let tasks = store.create_task_instances("master-1", &new).await.expect("create");
     assert_eq!(tasks.len(), 2);
+    let again = store.create_task_instances("master-1", &new).await.expect("re-create is idempotent");
+    assert_eq!(again, tasks);
     let a = tasks[0].id;
     assert_eq!((tasks[0].state, tasks[0].attempt), (Submitted, 1));
 
