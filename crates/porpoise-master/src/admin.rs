@@ -1,0 +1,208 @@
+//! AdminService: what the `porpoise` CLI talks to — apply and list workflows, start and inspect
+//! runs, fetch task logs (through the worker that ran the task).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use porpoise_core::WorkflowSpec;
+use porpoise_proto::v1::admin_service_server::AdminService;
+use porpoise_proto::v1::{
+    ApplyWorkflowReply, ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogReply,
+    GetTaskInstanceLogRequest, GetTaskLogRequest, ListRunsReply, ListRunsRequest, ListWorkflowsReply,
+    ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary, StartRunReply,
+    StartRunRequest, TaskInstanceInfo, WorkflowSummary,
+};
+use porpoise_store::{ApplyOutcome, NewRun, StoreError, WorkflowInstance};
+use tonic::{Request, Response, Status};
+use tracing::info;
+
+use crate::Shared;
+
+/// The gRPC face of the master for operators.
+#[derive(Debug, Clone)]
+pub(crate) struct Admin(pub Arc<Shared>);
+
+fn status(e: StoreError) -> Status {
+    match e {
+        StoreError::NotFound { .. } => Status::not_found(e.to_string()),
+        StoreError::Conflict { .. } => Status::aborted(e.to_string()),
+        e if e.is_retryable() => Status::unavailable(e.to_string()),
+        e => Status::internal(e.to_string()),
+    }
+}
+
+fn ms(t: Option<chrono::DateTime<chrono::Utc>>) -> i64 {
+    t.map_or(0, |t| t.timestamp_millis())
+}
+
+impl Admin {
+    fn summary(&self, w: &WorkflowInstance, version: i32) -> RunSummary {
+        let stall = self.0.stall(w.id);
+        RunSummary {
+            run_id: w.id,
+            workflow_name: w.workflow_name.clone(),
+            workflow_version: version,
+            state: w.state.as_str().to_string(),
+            state_reason: stall.or_else(|| w.state_reason.clone()).unwrap_or_default(),
+            owner: w.owner.clone().unwrap_or_default(),
+            created_at_ms: w.created_at.timestamp_millis(),
+            started_at_ms: ms(w.started_at),
+            ended_at_ms: ms(w.ended_at),
+        }
+    }
+
+    async fn version_of(&self, definition_id: i64) -> i32 {
+        match self.0.store.definition(definition_id).await {
+            Ok(Some(d)) => d.version,
+            _ => 0,
+        }
+    }
+}
+
+fn later(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available yet in this version of Porpoise"))
+}
+
+#[tonic::async_trait]
+impl AdminService for Admin {
+    async fn apply_workflow(
+        &self,
+        request: Request<ApplyWorkflowRequest>,
+    ) -> Result<Response<ApplyWorkflowReply>, Status> {
+        let req = request.into_inner();
+        let file = if req.file_name.is_empty() { "<spec>".to_string() } else { req.file_name };
+        let spec = WorkflowSpec::parse(&file, &req.spec_yaml).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let outcome = self.0.store.apply_definition(&spec, &req.spec_yaml).await.map_err(status)?;
+        let changed = !matches!(outcome, ApplyOutcome::Unchanged { .. });
+        info!(workflow = %spec.name, version = outcome.version(), changed, "workflow applied");
+        Ok(Response::new(ApplyWorkflowReply { name: spec.name, version: outcome.version(), changed }))
+    }
+
+    async fn list_workflows(&self, _: Request<ListWorkflowsRequest>) -> Result<Response<ListWorkflowsReply>, Status> {
+        let defs = self.0.store.list_definitions().await.map_err(status)?;
+        let workflows = defs
+            .into_iter()
+            .map(|d| WorkflowSummary {
+                name: d.name,
+                version: d.version,
+                task_count: d.task_count as u32,
+                updated_at_ms: d.created_at.timestamp_millis(),
+            })
+            .collect();
+        Ok(Response::new(ListWorkflowsReply { workflows }))
+    }
+
+    async fn start_run(&self, request: Request<StartRunRequest>) -> Result<Response<StartRunReply>, Status> {
+        let req = request.into_inner();
+        let def =
+            self.0.store.latest_definition(&req.workflow_name).await.map_err(status)?.ok_or_else(|| {
+                Status::not_found(format!("no workflow named {:?}; apply it first", req.workflow_name))
+            })?;
+        let spec: WorkflowSpec = serde_json::from_str(&def.spec_json)
+            .map_err(|e| Status::internal(format!("stored spec of {} is unreadable: {e}", def.name)))?;
+        for key in req.params.keys() {
+            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+            if !valid {
+                return Err(Status::invalid_argument(format!(
+                    "param name {key:?} must be letters, digits and _ and not start with a digit"
+                )));
+            }
+        }
+        let params: BTreeMap<String, String> = req.params.into_iter().collect();
+        let run =
+            NewRun { workflow_definition_id: def.id, workflow_name: def.name.clone(), priority: spec.priority, params };
+        let (instance, _) = self.0.store.create_run(&run).await.map_err(status)?;
+        self.0.wake_consumer();
+        info!(workflow = %def.name, run_id = instance.id, "run requested");
+        Ok(Response::new(StartRunReply { run_id: instance.id }))
+    }
+
+    async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<GetRunReply>, Status> {
+        let id = request.into_inner().run_id;
+        let run = self
+            .0
+            .store
+            .workflow_instance(id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("no run {id}")))?;
+        let tasks = self.0.store.task_instances_of(id).await.map_err(status)?;
+        let version = self.version_of(run.workflow_definition_id).await;
+        let tasks = tasks
+            .into_iter()
+            .map(|t| TaskInstanceInfo {
+                task_instance_id: t.id,
+                task_name: t.task_name,
+                state: t.state.as_str().to_string(),
+                attempt: t.attempt,
+                worker_addr: t.worker_addr.unwrap_or_default(),
+                started_at_ms: ms(t.started_at),
+                ended_at_ms: ms(t.ended_at),
+                exit_code: t.exit_code,
+            })
+            .collect();
+        Ok(Response::new(GetRunReply { run: Some(self.summary(&run, version)), tasks }))
+    }
+
+    async fn list_runs(&self, request: Request<ListRunsRequest>) -> Result<Response<ListRunsReply>, Status> {
+        let req = request.into_inner();
+        let name = (!req.workflow_name.is_empty()).then_some(req.workflow_name.as_str());
+        let limit = if req.limit == 0 { 50 } else { req.limit.min(1000) };
+        let runs = self.0.store.list_workflow_instances(name, limit).await.map_err(status)?;
+        let mut out = Vec::with_capacity(runs.len());
+        for r in &runs {
+            out.push(self.summary(r, self.version_of(r.workflow_definition_id).await));
+        }
+        Ok(Response::new(ListRunsReply { runs: out }))
+    }
+
+    async fn stop_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        Err(later("stopping a run"))
+    }
+
+    async fn pause_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        Err(later("pausing a run"))
+    }
+
+    async fn resume_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        Err(later("resuming a run"))
+    }
+
+    async fn rerun_run(&self, _: Request<RerunRunRequest>) -> Result<Response<StartRunReply>, Status> {
+        Err(later("rerunning a run"))
+    }
+
+    async fn get_task_log(
+        &self,
+        request: Request<GetTaskInstanceLogRequest>,
+    ) -> Result<Response<GetTaskInstanceLogReply>, Status> {
+        let req = request.into_inner();
+        let task = self
+            .0
+            .store
+            .task_instance(req.task_instance_id)
+            .await
+            .map_err(status)?
+            .ok_or_else(|| Status::not_found(format!("no task instance {}", req.task_instance_id)))?;
+        let worker = task.worker_addr.ok_or_else(|| {
+            Status::failed_precondition(format!("task instance {} has not been dispatched yet", task.id))
+        })?;
+        let mut client = self.0.workers.client(&worker).map_err(Status::internal)?;
+        let reply = client
+            .get_task_log(GetTaskLogRequest {
+                task_instance_id: task.id,
+                attempt: task.attempt,
+                offset: req.offset,
+                limit: 0,
+            })
+            .await
+            .map_err(|s| Status::unavailable(format!("cannot read the log from worker {worker}: {}", s.message())))?
+            .into_inner();
+        Ok(Response::new(GetTaskInstanceLogReply {
+            content: reply.content,
+            next_offset: reply.next_offset,
+            eof: reply.eof,
+        }))
+    }
+}

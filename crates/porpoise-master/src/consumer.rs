@@ -1,0 +1,163 @@
+//! The command consumer: claims commands as they arrive (Postgres LISTEN/NOTIFY, or a wake-up
+//! from this master's own AdminService; a slow poll only as a fallback), adopts the run each
+//! one names and starts its runner.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use porpoise_core::{Backoff, WorkflowSpec};
+use porpoise_store::{Command, NewWorkflowInstance, WorkflowInstance};
+use sqlx::postgres::{PgListener, PgPool};
+use tracing::{error, info, warn};
+
+use crate::Shared;
+use crate::metrics as m;
+use crate::runner::Runner;
+
+/// Commands claimed per round.
+const BATCH: u32 = 64;
+/// The poll that catches commands whose notification was missed.
+const FALLBACK_POLL: Duration = Duration::from_secs(5);
+/// The channel the `command_notify` trigger notifies.
+const CHANNEL: &str = "porpoise_command";
+
+/// Runs forever: claims commands and starts runs.
+pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
+    let mut listener = match notifications {
+        Some(pool) => listen(&pool).await,
+        None => None,
+    };
+    let backoff = Backoff::default();
+    let mut failures = 0u32;
+    loop {
+        match shared.store.claim_commands(&shared.addr, BATCH).await {
+            Ok(commands) => {
+                failures = 0;
+                let full = commands.len() as u32 == BATCH;
+                for c in commands {
+                    metrics::counter!(m::COMMANDS_CONSUMED).increment(1);
+                    tokio::spawn(start(shared.clone(), c));
+                }
+                if full {
+                    continue;
+                }
+            }
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, failures, "cannot claim commands; retrying");
+                tokio::time::sleep(backoff.delay(failures - 1)).await;
+                continue;
+            }
+        }
+        tokio::select! {
+            _ = shared.consumer_wake.notified() => {}
+            got = next_notification(&mut listener) => {
+                if !got {
+                    listener = None;
+                }
+            }
+            _ = tokio::time::sleep(FALLBACK_POLL) => {}
+        }
+    }
+}
+
+async fn listen(pool: &PgPool) -> Option<PgListener> {
+    match PgListener::connect_with(pool).await {
+        Ok(mut l) => match l.listen(CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                warn!(error = %e, "cannot LISTEN for commands; polling instead");
+                None
+            }
+        },
+        Err(e) => {
+            warn!(error = %e, "cannot LISTEN for commands; polling instead");
+            None
+        }
+    }
+}
+
+/// Waits for a notification; `false` when the listener broke (it reconnects by itself on the
+/// next call in sqlx, so we keep it unless it errors).
+async fn next_notification(listener: &mut Option<PgListener>) -> bool {
+    match listener {
+        Some(l) => match l.recv().await {
+            Ok(_) => true,
+            Err(e) => {
+                warn!(error = %e, "command notifications broke; polling until they are back");
+                tokio::time::sleep(FALLBACK_POLL).await;
+                true
+            }
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Starts the run of one claimed command, retrying outages until it has started.
+async fn start(shared: Arc<Shared>, command: Command) {
+    let backoff = Backoff::default();
+    let mut failures = 0u32;
+    loop {
+        match try_start(&shared, &command).await {
+            Ok(()) => return,
+            Err(StartError::Retry(e)) => {
+                failures += 1;
+                warn!(command_id = command.id, error = %e, failures, "cannot start the run yet; retrying");
+                tokio::time::sleep(backoff.delay(failures - 1)).await;
+            }
+            Err(StartError::Fatal(e)) => {
+                error!(command_id = command.id, error = %e, "cannot start the run");
+                return;
+            }
+        }
+    }
+}
+
+enum StartError {
+    Retry(String),
+    Fatal(String),
+}
+
+fn classify(e: porpoise_store::StoreError) -> StartError {
+    if e.is_retryable() { StartError::Retry(e.to_string()) } else { StartError::Fatal(e.to_string()) }
+}
+
+async fn try_start(shared: &Arc<Shared>, command: &Command) -> Result<(), StartError> {
+    let def =
+        shared.store.definition(command.workflow_definition_id).await.map_err(classify)?.ok_or_else(|| {
+            StartError::Fatal(format!("workflow definition {} is gone", command.workflow_definition_id))
+        })?;
+    let spec: WorkflowSpec = serde_json::from_str(&def.spec_json)
+        .map_err(|e| StartError::Fatal(format!("stored spec of {} is unreadable: {e}", def.name)))?;
+    let instance: WorkflowInstance = match command.workflow_instance_id {
+        Some(id) => match shared.store.adopt_workflow_instance(id, &shared.addr).await {
+            Ok(i) => i,
+            Err(porpoise_store::StoreError::Conflict { .. }) => {
+                // adopted by us in an attempt whose answer was lost?
+                match shared.store.workflow_instance(id).await.map_err(classify)? {
+                    Some(i) if i.owner.as_deref() == Some(shared.addr.as_str()) => i,
+                    other => return Err(StartError::Fatal(format!("run {id} is already owned: {other:?}"))),
+                }
+            }
+            Err(e) => return Err(classify(e)),
+        },
+        None => shared
+            .store
+            .create_workflow_instance(&NewWorkflowInstance {
+                workflow_definition_id: def.id,
+                command_id: Some(command.id),
+                workflow_name: def.name.clone(),
+                owner: shared.addr.clone(),
+                priority: command.priority,
+                params: command.params.clone(),
+                state: porpoise_core::ExecutionState::Submitted,
+            })
+            .await
+            .map_err(classify)?,
+    };
+    if shared.runner(instance.id).is_none() {
+        info!(run_id = instance.id, workflow = %def.name, "starting run");
+        Runner::spawn(shared.clone(), instance, spec);
+    }
+    Ok(())
+}

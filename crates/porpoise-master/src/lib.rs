@@ -1,0 +1,250 @@
+//! Porpoise's master: claims commands, runs one [`runner`] per workflow instance, queues ready
+//! tasks by priority and dispatches them to workers, takes the workers' task events
+//! (TaskEventService) and serves the CLI (AdminService).
+
+/// AdminService.
+mod admin;
+/// The command consumer.
+mod consumer;
+/// The dispatcher.
+mod dispatch;
+/// TaskEventService.
+mod events;
+/// Metric names and descriptions.
+pub mod metrics;
+/// The task priority queue with per-group parking.
+mod queue;
+/// Workflow runners and their state-event handlers.
+mod runner;
+/// The live workers and the worker selector.
+pub mod workers;
+
+use std::collections::{HashMap, HashSet};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use porpoise_core::Backoff;
+use porpoise_proto::v1::admin_service_server::AdminServiceServer;
+use porpoise_proto::v1::task_event_service_server::TaskEventServiceServer;
+use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
+use porpoise_store::Store;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, oneshot};
+use tokio::task::JoinHandle;
+use tracing::{info, warn};
+
+pub use workers::WorkerSelector;
+
+use crate::queue::DispatchQueue;
+use crate::runner::RunnerHandle;
+use crate::workers::WorkerDirectory;
+
+/// How a master is set up.
+#[derive(Debug, Clone)]
+pub struct MasterConfig {
+    /// Where to serve TaskEventService and AdminService; port 0 picks a free one.
+    pub listen: SocketAddr,
+    /// The address workers and the CLI reach this master at; the listen address when `None`.
+    pub advertise: Option<String>,
+    pub selector: WorkerSelector,
+    /// The registry lease TTL.
+    pub lease_ttl: Duration,
+    /// Backoff between retries of a state event that failed with a retryable error.
+    pub event_backoff: Backoff,
+}
+
+impl Default for MasterConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            selector: WorkerSelector::LowestLoad,
+            lease_ttl: Duration::from_secs(10),
+            event_backoff: Backoff {
+                initial: Duration::from_millis(100),
+                max: Duration::from_secs(5),
+                multiplier: 2.0,
+            },
+        }
+    }
+}
+
+/// Errors starting a master.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    #[error("cannot listen on {addr}: {source}")]
+    Listen { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot register in the registry: {0}")]
+    Register(#[from] porpoise_registry::RegistryError),
+}
+
+/// State shared by the master's parts.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// This master's address: its identity as an owner of workflow instances.
+    pub addr: String,
+    pub store: Arc<dyn Store>,
+    pub queue: DispatchQueue,
+    pub workers: WorkerDirectory,
+    pub event_backoff: Backoff,
+    pub consumer_wake: Notify,
+    runners: Mutex<HashMap<i64, RunnerHandle>>,
+    stalls: Mutex<HashMap<i64, String>>,
+    warned_groups: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl Shared {
+    pub fn runner(&self, workflow_instance_id: i64) -> Option<RunnerHandle> {
+        lock(&self.runners).get(&workflow_instance_id).cloned()
+    }
+
+    pub fn add_runner(&self, workflow_instance_id: i64, handle: RunnerHandle) {
+        let n = {
+            let mut r = lock(&self.runners);
+            r.insert(workflow_instance_id, handle);
+            r.len()
+        };
+        ::metrics::gauge!(metrics::WORKFLOWS_RUNNING).set(n as f64);
+    }
+
+    pub fn remove_runner(&self, workflow_instance_id: i64) {
+        let n = {
+            let mut r = lock(&self.runners);
+            r.remove(&workflow_instance_id);
+            r.len()
+        };
+        self.clear_stall(workflow_instance_id);
+        ::metrics::gauge!(metrics::WORKFLOWS_RUNNING).set(n as f64);
+    }
+
+    pub fn set_stall(&self, workflow_instance_id: i64, reason: String) {
+        let n = {
+            let mut s = lock(&self.stalls);
+            s.insert(workflow_instance_id, reason);
+            s.len()
+        };
+        ::metrics::gauge!(metrics::WORKFLOWS_STALLED).set(n as f64);
+    }
+
+    pub fn clear_stall(&self, workflow_instance_id: i64) {
+        let n = {
+            let mut s = lock(&self.stalls);
+            if s.remove(&workflow_instance_id).is_none() {
+                return;
+            }
+            s.len()
+        };
+        ::metrics::gauge!(metrics::WORKFLOWS_STALLED).set(n as f64);
+    }
+
+    /// Why the run is stalled, if it is.
+    pub fn stall(&self, workflow_instance_id: i64) -> Option<String> {
+        lock(&self.stalls).get(&workflow_instance_id).cloned()
+    }
+
+    /// Frees a slot counted on `worker` and lets a parked task of its group take it.
+    pub fn release_worker(&self, worker: &str) {
+        if let Some(group) = self.workers.release(worker) {
+            self.queue.unpark(&group, 1);
+        }
+    }
+
+    /// Says once per group (until a worker joins it) that tasks wait for a worker.
+    pub fn warn_no_worker(&self, group: &str) {
+        if lock(&self.warned_groups).insert(group.to_string()) {
+            warn!(%group, "tasks wait: no worker with a free slot in the group");
+        }
+    }
+
+    pub fn wake_consumer(&self) {
+        self.consumer_wake.notify_one();
+    }
+}
+
+/// A running master.
+#[derive(Debug)]
+pub struct MasterHandle {
+    pub addr: String,
+    registration: Arc<Registration>,
+    shutdown: Option<oneshot::Sender<()>>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl MasterHandle {
+    /// Starts a master on `store` and `registry`. `notifications` is the Postgres pool to
+    /// LISTEN on for new commands (`None` on SQLite).
+    pub async fn start(
+        config: MasterConfig,
+        store: Arc<dyn Store>,
+        registry: Arc<dyn Registry>,
+        notifications: Option<sqlx::PgPool>,
+    ) -> Result<MasterHandle, MasterError> {
+        metrics::describe();
+        let listener = TcpListener::bind(config.listen)
+            .await
+            .map_err(|source| MasterError::Listen { addr: config.listen, source })?;
+        let bound = listener.local_addr().map_err(|source| MasterError::Listen { addr: config.listen, source })?;
+        let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let shared = Arc::new(Shared {
+            addr: addr.clone(),
+            store,
+            queue: DispatchQueue::default(),
+            workers: WorkerDirectory::new(config.selector),
+            event_backoff: config.event_backoff,
+            consumer_wake: Notify::new(),
+            runners: Mutex::default(),
+            stalls: Mutex::default(),
+            warned_groups: Mutex::default(),
+        });
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone())));
+        tasks.push(tokio::spawn(dispatch::run(shared.clone())));
+
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
+        let admin = AdminServiceServer::new(admin::Admin(shared.clone()));
+        tasks.push(tokio::spawn(async move {
+            let result = tonic::transport::Server::builder()
+                .add_service(events)
+                .add_service(admin)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = result {
+                warn!(error = %e, "master gRPC server stopped");
+            }
+        }));
+        let registration =
+            Arc::new(registry.register(MemberKey::master(addr.clone()), Heartbeat::idle(0), config.lease_ttl).await?);
+        tasks.push(tokio::spawn(consumer::run(shared.clone(), notifications)));
+        info!(%addr, "master started");
+        Ok(MasterHandle { addr, registration, shutdown: Some(shutdown), tasks })
+    }
+
+    /// Leaves the registry and stops.
+    pub async fn stop(mut self) {
+        if let Err(e) = self.registration.revoke().await {
+            warn!(error = %e, "cannot leave the registry cleanly");
+        }
+        if let Some(s) = self.shutdown.take() {
+            let _ = s.send(());
+        }
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+impl Drop for MasterHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}

@@ -1,0 +1,40 @@
+//! Metric names (Prometheus, `porpoise_` prefix) and their descriptions, registered at start.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+pub const COMMANDS_CONSUMED: &str = "porpoise_commands_consumed_total";
+pub const WORKFLOWS_SUBMITTED: &str = "porpoise_workflow_instances_submitted_total";
+pub const WORKFLOWS_FINISHED: &str = "porpoise_workflow_instances_finished_total";
+pub const WORKFLOWS_RUNNING: &str = "porpoise_workflow_instances_running";
+pub const TASKS_SUBMITTED: &str = "porpoise_tasks_submitted_total";
+pub const TASKS_DISPATCHED: &str = "porpoise_tasks_dispatched_total";
+pub const TASKS_DISPATCH_FAILED: &str = "porpoise_tasks_dispatch_failed_total";
+pub const TASKS_FINISHED: &str = "porpoise_tasks_finished_total";
+pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
+pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
+pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
+pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
+pub const STATE_EVENTS_DROPPED: &str = "porpoise_state_events_dropped_total";
+pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
+pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
+pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
+
+/// Registers every metric's description with the installed recorder.
+pub fn describe() {
+    describe_counter!(COMMANDS_CONSUMED, "Commands claimed from the database");
+    describe_counter!(WORKFLOWS_SUBMITTED, "Workflow instances this master started");
+    describe_counter!(WORKFLOWS_FINISHED, "Workflow instances finished, by state");
+    describe_gauge!(WORKFLOWS_RUNNING, "Workflow instances with a runner on this master");
+    describe_counter!(TASKS_SUBMITTED, "Task attempts queued for dispatch");
+    describe_counter!(TASKS_DISPATCHED, "Task attempts accepted by a worker");
+    describe_counter!(TASKS_DISPATCH_FAILED, "Dispatch attempts rejected or failed, by reason");
+    describe_counter!(TASKS_FINISHED, "Task attempts finished, by state");
+    describe_counter!(TASKS_RETRIED, "Task retries scheduled");
+    describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
+    describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
+    describe_counter!(STATE_EVENTS_RETRIED, "State event handling attempts that failed and will be retried, by kind");
+    describe_counter!(STATE_EVENTS_DROPPED, "State events dropped and dead-lettered, by kind");
+    describe_gauge!(WORKFLOWS_STALLED, "Workflow instances whose event handling keeps failing");
+    describe_counter!(TASK_EVENTS_REJECTED, "Malformed task events received from workers");
+    describe_histogram!(DISPATCH_SECONDS, "Time from queueing a task to a worker accepting it");
+}

@@ -1,0 +1,118 @@
+//! The master's task priority queue, with parking: a task whose worker group has no free
+//! worker waits in its group's own queue until a worker joins or a slot frees.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use porpoise_core::{Priority, TaskPriorityQueue};
+use tokio::sync::Notify;
+
+use crate::runner::RunnerHandle;
+
+/// A task attempt ready to be dispatched.
+#[derive(Debug, Clone)]
+pub(crate) struct QueuedTask {
+    pub workflow_instance_id: i64,
+    pub task_instance_id: i64,
+    pub attempt: i32,
+    pub epoch: i64,
+    pub workflow_name: String,
+    pub task_name: String,
+    pub task_type: String,
+    pub command: String,
+    pub params: HashMap<String, String>,
+    pub timeout_ms: u64,
+    pub worker_group: String,
+    pub workflow_priority: Priority,
+    pub task_priority: Priority,
+    pub queued_at: Instant,
+    pub runner: RunnerHandle,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    ready: TaskPriorityQueue<QueuedTask>,
+    parked: HashMap<String, TaskPriorityQueue<QueuedTask>>,
+    /// (task instance, attempt) queued or parked: a second push is ignored.
+    present: HashSet<(i64, i32)>,
+}
+
+/// The queue shared by runners (push) and the dispatcher (pop).
+#[derive(Debug, Default, Clone)]
+pub(crate) struct DispatchQueue {
+    state: Arc<Mutex<State>>,
+    ready: Arc<Notify>,
+}
+
+impl DispatchQueue {
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn push(&self, task: QueuedTask) {
+        let mut st = self.state();
+        if !st.present.insert((task.task_instance_id, task.attempt)) {
+            return;
+        }
+        st.ready.push(task.workflow_priority, task.task_priority, 0, task);
+        drop(st);
+        self.ready.notify_one();
+    }
+
+    /// Pushes `task` after `delay` (a rejected dispatch backs off).
+    pub fn push_after(&self, task: QueuedTask, delay: Duration) {
+        if delay.is_zero() {
+            return self.push(task);
+        }
+        let q = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            q.push(task);
+        });
+    }
+
+    /// The most urgent ready task, waiting for one if there is none.
+    pub async fn pop(&self) -> QueuedTask {
+        loop {
+            let notified = self.ready.notified();
+            {
+                let mut st = self.state();
+                if let Some(t) = st.ready.pop() {
+                    st.present.remove(&(t.task_instance_id, t.attempt));
+                    return t;
+                }
+            }
+            notified.await;
+        }
+    }
+
+    /// Parks `task` until its group has a free worker. Returns how many tasks are parked.
+    pub fn park(&self, task: QueuedTask) -> usize {
+        let mut st = self.state();
+        if !st.present.insert((task.task_instance_id, task.attempt)) {
+            return st.parked.values().map(TaskPriorityQueue::len).sum();
+        }
+        let group = task.worker_group.clone();
+        st.parked.entry(group).or_default().push(task.workflow_priority, task.task_priority, 0, task);
+        st.parked.values().map(TaskPriorityQueue::len).sum()
+    }
+
+    /// Moves up to `n` of `group`'s parked tasks (most urgent first) back to the ready queue.
+    pub fn unpark(&self, group: &str, n: usize) -> usize {
+        let mut st = self.state();
+        let mut moved = 0;
+        while moved < n {
+            let Some(t) = st.parked.get_mut(group).and_then(TaskPriorityQueue::pop) else { break };
+            st.ready.push(t.workflow_priority, t.task_priority, 0, t);
+            moved += 1;
+        }
+        let parked = st.parked.values().map(TaskPriorityQueue::len).sum::<usize>();
+        drop(st);
+        if moved > 0 {
+            self.ready.notify_one();
+        }
+        metrics::gauge!(crate::metrics::TASKS_WAITING_FOR_WORKER).set(parked as f64);
+        moved
+    }
+}

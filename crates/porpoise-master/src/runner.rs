@@ -1,0 +1,564 @@
+//! The workflow runner (DolphinScheduler's WorkflowExecuteRunnable): one tokio task per
+//! workflow instance owning its DAG state. Every change arrives as a [`StateEvent`] in its
+//! inbox and is handled one at a time, in order, by the handler for its kind.
+//!
+//! A handler persists first and changes memory only after the write succeeded. Its error is
+//! typed: a retryable error restores the memory the attempt touched, keeps the event at the head
+//! of the inbox and retries it with capped exponential backoff (after a few failures the run is
+//! reported stalled); a drop error removes the event and records it in the dead-letter table.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use porpoise_core::{Backoff, Dag, DropReason, ExecutionState, HandlerError, StateEvent, StateEventKind, WorkflowSpec};
+use porpoise_store::{
+    NewDeadLetter, NewTaskInstance, StoreError, TaskStateUpdate, WorkflowInstance, WorkflowStateUpdate,
+};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::Shared;
+use crate::metrics as m;
+use crate::queue::QueuedTask;
+
+use ExecutionState::*;
+
+/// What became of an event.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Ack {
+    /// Applied.
+    Handled,
+    /// Nothing to do: a duplicate, a late or a stale event.
+    Ignored,
+    /// Could not be handled now; it stays queued and will be retried.
+    RetryLater(String),
+    /// Broken; recorded in the dead-letter table.
+    Dropped(String),
+}
+
+/// The details of a task state change, carried in [`StateEvent::detail`].
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub(crate) struct TaskChange {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at_ms: Option<i64>,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// For a dispatch that went back to `submitted`: how long to wait before queueing again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requeue_after_ms: Option<u64>,
+}
+
+struct Envelope {
+    event: StateEvent,
+    reply: Option<oneshot::Sender<Ack>>,
+    /// Reply at the first outcome (a worker's event: RetryLater lets the worker resend) rather
+    /// than the final one (the dispatcher waits for the write).
+    early: bool,
+}
+
+/// Sends events to one runner.
+#[derive(Debug, Clone)]
+pub(crate) struct RunnerHandle {
+    tx: mpsc::UnboundedSender<Envelope>,
+}
+
+impl RunnerHandle {
+    /// Queues an event nobody waits for (timers).
+    pub fn post(&self, event: StateEvent) {
+        let _ = self.tx.send(Envelope { event, reply: None, early: false });
+    }
+
+    /// Queues a worker's event; the receiver gets the first outcome. `Err` if the runner is gone.
+    pub fn report(&self, event: StateEvent) -> Result<oneshot::Receiver<Ack>, StateEvent> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(Envelope { event, reply: Some(tx), early: true }).map_err(|e| e.0.event)?;
+        Ok(rx)
+    }
+
+    /// Queues an event and waits for its final outcome.
+    pub async fn request(&self, event: StateEvent) -> Ack {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Envelope { event, reply: Some(tx), early: false }).is_err() {
+            return Ack::Ignored;
+        }
+        rx.await.unwrap_or(Ack::Ignored)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct TaskRt {
+    id: i64,
+    state: ExecutionState,
+    attempt: i32,
+    worker: Option<String>,
+}
+
+#[derive(Clone)]
+struct Memory {
+    instance: WorkflowInstance,
+    tasks: Vec<Option<TaskRt>>,
+    by_id: HashMap<i64, usize>,
+    failing: Option<String>,
+}
+
+/// One workflow instance's runner.
+pub(crate) struct Runner {
+    shared: Arc<Shared>,
+    spec: WorkflowSpec,
+    dag: Dag,
+    params: HashMap<String, String>,
+    mem: Memory,
+    handle: RunnerHandle,
+    finished: bool,
+}
+
+/// How many failed attempts at one event before the run is reported stalled.
+const STALL_AFTER: u32 = 5;
+
+impl Runner {
+    /// Starts the runner of `instance` (owned by this master) and registers it.
+    pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, spec: WorkflowSpec) -> RunnerHandle {
+        let (tx, inbox) = mpsc::unbounded_channel();
+        let handle = RunnerHandle { tx };
+        let mut params: HashMap<String, String> = spec.params.clone().into_iter().collect();
+        params.extend(instance.params.clone());
+        let dag = spec.dag();
+        let id = instance.id;
+        let runner = Runner {
+            shared: shared.clone(),
+            params,
+            mem: Memory { instance, tasks: vec![None; dag.len()], by_id: HashMap::new(), failing: None },
+            spec,
+            dag,
+            handle: handle.clone(),
+            finished: false,
+        };
+        shared.add_runner(id, handle.clone());
+        handle.post(StateEvent {
+            kind: StateEventKind::WorkflowStateChange,
+            workflow_instance_id: id,
+            task_instance_id: None,
+            attempt: None,
+            state: Some(Running),
+            detail: serde_json::Value::Null,
+        });
+        metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
+        tokio::spawn(runner.run(inbox));
+        handle
+    }
+
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
+        let id = self.mem.instance.id;
+        while let Some(env) = inbox.recv().await {
+            self.process(env).await;
+            if self.finished {
+                break;
+            }
+        }
+        self.shared.remove_runner(id);
+        inbox.close();
+        // events that raced with the end of the run are late: nothing to do
+        while let Ok(env) = inbox.try_recv() {
+            if let Some(tx) = env.reply {
+                let _ = tx.send(Ack::Ignored);
+            }
+        }
+        debug!(workflow_instance_id = id, "runner finished");
+    }
+
+    async fn process(&mut self, env: Envelope) {
+        let Envelope { event, mut reply, early } = env;
+        let kind = event.kind.as_str();
+        let backoff = self.shared.event_backoff;
+        let mut failures = 0u32;
+        loop {
+            let snapshot = self.mem.clone();
+            match self.handle(&event).await {
+                Ok(applied) => {
+                    metrics::counter!(m::STATE_EVENTS_HANDLED, "kind" => kind).increment(1);
+                    if failures >= STALL_AFTER {
+                        self.shared.clear_stall(self.mem.instance.id);
+                    }
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(if applied { Ack::Handled } else { Ack::Ignored });
+                    }
+                    return;
+                }
+                Err(HandlerError::Drop(reason)) => {
+                    self.mem = snapshot;
+                    let reason = reason.to_string();
+                    self.dead_letter(&event, &reason).await;
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(Ack::Dropped(reason));
+                    }
+                    return;
+                }
+                Err(HandlerError::Retryable { reason, after }) => {
+                    self.mem = snapshot;
+                    failures += 1;
+                    metrics::counter!(m::STATE_EVENTS_RETRIED, "kind" => kind).increment(1);
+                    if early && let Some(tx) = reply.take() {
+                        let _ = tx.send(Ack::RetryLater(reason.clone()));
+                    }
+                    let delay = after.unwrap_or_else(|| backoff.delay(failures - 1));
+                    error!(
+                        workflow_instance_id = self.mem.instance.id,
+                        kind,
+                        failures,
+                        retry_in = ?delay,
+                        %reason,
+                        "state event handling failed; will retry"
+                    );
+                    if failures == STALL_AFTER {
+                        self.shared
+                            .set_stall(self.mem.instance.id, format!("stalled handling a {kind} event: {reason}"));
+                    }
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        }
+    }
+
+    /// Records a dropped event; retries the write until it succeeds (it must not be lost).
+    async fn dead_letter(&self, event: &StateEvent, reason: &str) {
+        let kind = event.kind.as_str();
+        metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind).increment(1);
+        warn!(workflow_instance_id = event.workflow_instance_id, task_instance_id = ?event.task_instance_id, kind, %reason, "state event dropped");
+        record_dead_letter(&self.shared, event, reason).await;
+    }
+
+    /// Dispatches to the handler of the event's kind. `Ok(false)`: nothing to do.
+    async fn handle(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        match event.kind {
+            StateEventKind::TaskStateChange => self.on_task_state_change(event).await,
+            StateEventKind::TaskRetry => self.on_task_retry(event).await,
+            StateEventKind::WorkflowStateChange => self.on_workflow_state_change(event).await,
+            kind @ (StateEventKind::TaskTimeout
+            | StateEventKind::WorkflowTimeout
+            | StateEventKind::WaitTaskGroup
+            | StateEventKind::WorkflowBlocked) => {
+                Err(DropReason::Unsupported(format!("{kind} events are not handled yet")).into())
+            }
+        }
+    }
+
+    async fn on_workflow_state_change(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let target = event.state.ok_or_else(|| DropReason::Malformed("no target state".into()))?;
+        let current = self.mem.instance.state;
+        match (current, target) {
+            (Submitted, Running) => {
+                self.persist_workflow(Running, None, Some(Utc::now()), None).await?;
+                info!(workflow_instance_id = self.mem.instance.id, workflow = %self.spec.name, "run started");
+                self.submit_ready().await?;
+                self.maybe_finish().await?;
+                Ok(true)
+            }
+            (c, t) if c == t => Ok(false),
+            (c, t) => {
+                Err(DropReason::Unsupported(format!("workflow transition {c} -> {t} (run control comes later)")).into())
+            }
+        }
+    }
+
+    async fn on_task_state_change(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let (idx, cur) = self.task_of(event)?;
+        let attempt = event.attempt.ok_or_else(|| DropReason::Malformed("no attempt".into()))?;
+        let requested = event.state.ok_or_else(|| DropReason::Malformed("no target state".into()))?;
+        let change: TaskChange = if event.detail.is_null() {
+            TaskChange::default()
+        } else {
+            serde_json::from_value(event.detail.clone()).map_err(|e| DropReason::Malformed(e.to_string()))?
+        };
+        if attempt < cur.attempt {
+            debug!(task_instance_id = cur.id, attempt, current = cur.attempt, "event of an earlier attempt ignored");
+            return Ok(false);
+        }
+        if attempt > cur.attempt {
+            return Err(DropReason::Malformed(format!(
+                "attempt {attempt} is ahead of the current attempt {}",
+                cur.attempt
+            ))
+            .into());
+        }
+        let task = self.spec.tasks[idx].clone();
+        let target = if requested == Failure && cur.attempt as u32 <= task.retries { Delayed } else { requested };
+        if cur.state == target {
+            return Ok(false);
+        }
+        if target == Dispatched && cur.state != Submitted {
+            // the dispatcher raced with another dispatch of the same attempt: only one may send it
+            return Ok(false);
+        }
+        if !cur.state.can_transition_to(target) {
+            if cur.state.is_terminal() || cur.state == Delayed || (target == Running && cur.state != Submitted) {
+                debug!(task_instance_id = cur.id, from = %cur.state, to = %target, "late event ignored");
+                return Ok(false);
+            }
+            return Err(DropReason::IllegalTransition { from: cur.state, to: target }.into());
+        }
+        let mut update = TaskStateUpdate::new(cur.id, &self.shared.addr, cur.state, cur.attempt, target);
+        if matches!(target, Dispatched | Running) {
+            update.worker_addr = change.worker.clone();
+        }
+        update.exit_code = change.exit_code;
+        update.started_at = change.started_at_ms.and_then(DateTime::from_timestamp_millis);
+        if target.is_terminal() || target == Delayed {
+            update.ended_at = change.ended_at_ms.and_then(DateTime::from_timestamp_millis).or(Some(Utc::now()));
+        }
+        self.persist_task(&update).await?;
+
+        // the write is durable: now memory
+        let leaving_worker = matches!(cur.state, Dispatched | Running) && !matches!(target, Dispatched | Running);
+        let rt = self.mem.tasks[idx].as_mut().ok_or(DropReason::UnknownTaskInstance(cur.id))?;
+        rt.state = target;
+        if matches!(target, Dispatched | Running) && change.worker.is_some() {
+            rt.worker = change.worker.clone();
+        }
+        if leaving_worker && let Some(worker) = cur.worker.as_deref().or(change.worker.as_deref()) {
+            self.shared.release_worker(worker);
+        }
+        match target {
+            Success => {
+                metrics::counter!(m::TASKS_FINISHED, "state" => "success").increment(1);
+                self.submit_ready().await?;
+            }
+            Failure | Stopped => {
+                metrics::counter!(m::TASKS_FINISHED, "state" => target.as_str()).increment(1);
+                let why = match change.exit_code {
+                    Some(code) => format!("task {} failed with exit code {code}", task.name),
+                    None if change.message.is_empty() => format!("task {} failed", task.name),
+                    None => format!("task {} failed: {}", task.name, change.message),
+                };
+                self.mem.failing.get_or_insert(why);
+            }
+            Delayed => {
+                metrics::counter!(m::TASKS_RETRIED).increment(1);
+                self.schedule_retry(cur.id, cur.attempt, task.retry_interval);
+            }
+            Submitted => {
+                let delay = Duration::from_millis(change.requeue_after_ms.unwrap_or(0));
+                self.enqueue(idx, delay);
+            }
+            _ => {}
+        }
+        self.maybe_finish().await?;
+        Ok(true)
+    }
+
+    async fn on_task_retry(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let (idx, cur) = self.task_of(event)?;
+        if cur.state != Delayed || event.attempt != Some(cur.attempt) || self.mem.failing.is_some() {
+            return Ok(false);
+        }
+        let mut update = TaskStateUpdate::new(cur.id, &self.shared.addr, Delayed, cur.attempt, Submitted);
+        update.attempt = Some(cur.attempt + 1);
+        self.persist_task(&update).await?;
+        if let Some(rt) = self.mem.tasks[idx].as_mut() {
+            rt.state = Submitted;
+            rt.attempt = cur.attempt + 1;
+            rt.worker = None;
+        }
+        info!(task_instance_id = cur.id, attempt = cur.attempt + 1, "task retried");
+        self.enqueue(idx, Duration::ZERO);
+        Ok(true)
+    }
+
+    fn task_of(&self, event: &StateEvent) -> Result<(usize, TaskRt), HandlerError> {
+        let ti = event.task_instance_id.ok_or_else(|| DropReason::Malformed("no task instance".into()))?;
+        let idx = *self.mem.by_id.get(&ti).ok_or(DropReason::UnknownTaskInstance(ti))?;
+        let rt = self.mem.tasks[idx].clone().ok_or(DropReason::UnknownTaskInstance(ti))?;
+        Ok((idx, rt))
+    }
+
+    fn schedule_retry(&self, task_instance_id: i64, attempt: i32, after: Duration) {
+        let handle = self.handle.clone();
+        let wi = self.mem.instance.id;
+        tokio::spawn(async move {
+            tokio::time::sleep(after).await;
+            handle.post(StateEvent {
+                kind: StateEventKind::TaskRetry,
+                workflow_instance_id: wi,
+                task_instance_id: Some(task_instance_id),
+                attempt: Some(attempt),
+                state: Some(Submitted),
+                detail: serde_json::Value::Null,
+            });
+        });
+    }
+
+    /// Creates the task instances that became ready and queues them.
+    async fn submit_ready(&mut self) -> Result<(), HandlerError> {
+        if self.mem.failing.is_some() {
+            return Ok(());
+        }
+        let succeeded: Vec<bool> =
+            self.mem.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state == Success)).collect();
+        let started: Vec<bool> = self.mem.tasks.iter().map(Option::is_some).collect();
+        let ready = self.dag.ready(&succeeded, &started);
+        if ready.is_empty() {
+            return Ok(());
+        }
+        let wi = self.mem.instance.id;
+        let new: Vec<NewTaskInstance> = ready
+            .iter()
+            .map(|&i| NewTaskInstance {
+                workflow_instance_id: wi,
+                task_name: self.dag.name(i).to_string(),
+                state: Submitted,
+            })
+            .collect();
+        let created = self.shared.store.create_task_instances(&self.shared.addr, &new).await.map_err(store_error)?;
+        for (&idx, ti) in ready.iter().zip(created) {
+            self.mem.by_id.insert(ti.id, idx);
+            self.mem.tasks[idx] =
+                Some(TaskRt { id: ti.id, state: ti.state, attempt: ti.attempt, worker: ti.worker_addr.clone() });
+        }
+        for idx in ready {
+            if self.mem.tasks[idx].as_ref().is_some_and(|t| t.state == Submitted) {
+                self.enqueue(idx, Duration::ZERO);
+            }
+        }
+        Ok(())
+    }
+
+    fn enqueue(&self, idx: usize, delay: Duration) {
+        let Some(rt) = &self.mem.tasks[idx] else { return };
+        let task = &self.spec.tasks[idx];
+        metrics::counter!(m::TASKS_SUBMITTED).increment(1);
+        let queued = QueuedTask {
+            workflow_instance_id: self.mem.instance.id,
+            task_instance_id: rt.id,
+            attempt: rt.attempt,
+            epoch: self.mem.instance.epoch,
+            workflow_name: self.spec.name.clone(),
+            task_name: task.name.clone(),
+            task_type: task.task_type.as_str().to_string(),
+            command: task.command.clone(),
+            params: self.params.clone(),
+            timeout_ms: task.timeout.map_or(0, |t| t.as_millis() as u64),
+            worker_group: task.worker_group.clone(),
+            workflow_priority: self.spec.priority,
+            task_priority: task.priority,
+            queued_at: Instant::now(),
+            runner: self.handle.clone(),
+        };
+        self.shared.queue.push_after(queued, delay);
+    }
+
+    /// Ends the run when nothing is active: failure if a task failed, success if all succeeded.
+    async fn maybe_finish(&mut self) -> Result<(), HandlerError> {
+        if self.mem.instance.state != Running {
+            return Ok(());
+        }
+        let active = self.mem.tasks.iter().flatten().any(|t| !t.state.is_terminal());
+        if active {
+            return Ok(());
+        }
+        let all_done = self.mem.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state == Success));
+        let (state, reason) = match &self.mem.failing {
+            Some(reason) => (Failure, Some(reason.clone())),
+            None if all_done => (Success, None),
+            None => return Ok(()),
+        };
+        self.persist_workflow(state, reason.clone(), None, Some(Utc::now())).await?;
+        metrics::counter!(m::WORKFLOWS_FINISHED, "state" => state.as_str()).increment(1);
+        info!(workflow_instance_id = self.mem.instance.id, workflow = %self.spec.name, %state, reason = reason.unwrap_or_default(), "run finished");
+        self.finished = true;
+        Ok(())
+    }
+
+    async fn persist_workflow(
+        &mut self,
+        new: ExecutionState,
+        reason: Option<String>,
+        started_at: Option<DateTime<Utc>>,
+        ended_at: Option<DateTime<Utc>>,
+    ) -> Result<(), HandlerError> {
+        let update = WorkflowStateUpdate {
+            id: self.mem.instance.id,
+            owner: self.shared.addr.clone(),
+            expected: self.mem.instance.state,
+            new,
+            reason,
+            started_at,
+            ended_at,
+        };
+        match self.shared.store.update_workflow_state(&update).await {
+            Ok(instance) => {
+                self.mem.instance = instance;
+                Ok(())
+            }
+            Err(StoreError::Conflict { .. }) => {
+                // a retry after a write whose answer was lost: the database may already have it
+                match self.shared.store.workflow_instance(update.id).await.map_err(store_error)? {
+                    Some(found) if found.state == new && found.owner.as_deref() == Some(&self.shared.addr) => {
+                        self.mem.instance = found;
+                        Ok(())
+                    }
+                    Some(found) => Err(DropReason::Unsupported(format!(
+                        "workflow instance {} is {} owned by {:?}, not {} owned by this master",
+                        found.id, found.state, found.owner, update.expected
+                    ))
+                    .into()),
+                    None => Err(DropReason::UnknownWorkflowInstance(update.id).into()),
+                }
+            }
+            Err(e) => Err(store_error(e)),
+        }
+    }
+
+    async fn persist_task(&self, update: &TaskStateUpdate) -> Result<(), HandlerError> {
+        match self.shared.store.update_task_state(update).await {
+            Ok(_) => Ok(()),
+            Err(StoreError::Conflict { found, .. }) => {
+                let row = self.shared.store.task_instance(update.id).await.map_err(store_error)?;
+                let attempt = update.attempt.unwrap_or(update.expected_attempt);
+                match row {
+                    Some(t) if t.state == update.new && t.attempt == attempt => Ok(()),
+                    _ => {
+                        Err(DropReason::Unsupported(format!("task instance {} changed underneath: {found}", update.id))
+                            .into())
+                    }
+                }
+            }
+            Err(StoreError::NotFound { .. }) => Err(DropReason::UnknownTaskInstance(update.id).into()),
+            Err(e) => Err(store_error(e)),
+        }
+    }
+}
+
+/// Maps a store failure to a handler error: an outage is retryable, anything else drops.
+pub(crate) fn store_error(e: StoreError) -> HandlerError {
+    if e.is_retryable() {
+        HandlerError::retryable(e.to_string())
+    } else {
+        DropReason::Unsupported(format!("database refused the change: {e}")).into()
+    }
+}
+
+/// Writes a dead letter, retrying until it is stored.
+pub(crate) async fn record_dead_letter(shared: &Shared, event: &StateEvent, reason: &str) {
+    let letter = NewDeadLetter {
+        workflow_instance_id: Some(event.workflow_instance_id),
+        task_instance_id: event.task_instance_id,
+        event_kind: event.kind.as_str().to_string(),
+        event: serde_json::to_string(event).unwrap_or_else(|e| format!("unserialisable event: {e}")),
+        reason: reason.to_string(),
+    };
+    let backoff = Backoff::default();
+    let mut failures = 0u32;
+    while let Err(e) = shared.store.record_dead_letter(&letter).await {
+        failures += 1;
+        error!(error = %e, failures, "cannot record a dead letter; retrying");
+        tokio::time::sleep(backoff.delay(failures - 1)).await;
+    }
+}
