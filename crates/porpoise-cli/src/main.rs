@@ -1,18 +1,22 @@
-//! The `porpoise` command. Until the daemons exist it validates workflow specs offline;
-//! client commands and `porpoise standalone` come with the master and the worker.
+//! The `porpoise` command: validate, apply and list workflows, start and inspect runs, read task
+//! logs — and `porpoise standalone`, which runs a master and a worker in one process.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use porpoise_cli::client::{self, DEFAULT_SERVER};
+use porpoise_cli::standalone::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, Standalone};
+use porpoise_cli::{EXIT_INVALID, fail, init_tracing, shutdown_signal};
 use porpoise_core::WorkflowSpec;
-
-/// Exit code for input the user must fix (an invalid spec, a missing file, bad arguments).
-const EXIT_INVALID: u8 = 2;
 
 #[derive(Debug, Parser)]
 #[command(name = "porpoise", version, about = "Porpoise: a distributed workflow scheduler")]
 struct Cli {
+    /// The master to talk to.
+    #[arg(long, global = true, env = "PORPOISE_SERVER", default_value = DEFAULT_SERVER)]
+    server: String,
     #[command(subcommand)]
     command: Command,
 }
@@ -24,6 +28,38 @@ enum Command {
         #[command(subcommand)]
         command: WorkflowCommand,
     },
+    /// Starts a run of a workflow and prints its run id.
+    Run {
+        /// The workflow's name.
+        name: String,
+        /// A run parameter, name=value; repeatable. Overrides the spec's params.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
+        /// Waits for the run to end: exit 0 if it succeeded, 1 otherwise.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Shows a run and every task instance in it.
+    Status {
+        run_id: i64,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints the log of a task instance's latest attempt.
+    Logs { task_instance_id: i64 },
+    /// Runs a master and a worker in this process, on SQLite, with no other service.
+    Standalone {
+        /// Where the database and task logs live.
+        #[arg(long, default_value = DEFAULT_DATA_DIR)]
+        data_dir: PathBuf,
+        /// Where the CLI reaches this instance (`--server http://HOST:PORT`).
+        #[arg(long, default_value = DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// How many tasks run at once.
+        #[arg(long, default_value_t = 16)]
+        slots: u32,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,13 +70,59 @@ enum WorkflowCommand {
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
+    /// Validates and stores workflow specs on the server (a changed spec makes a new version).
+    Apply {
+        #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
+        files: Vec<PathBuf>,
+    },
+    /// Lists the workflows on the server, newest version of each.
+    List,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Workflow { command: WorkflowCommand::Validate { files } } => validate(&files),
+    if let Command::Workflow { command: WorkflowCommand::Validate { files } } = &cli.command {
+        return validate(files);
     }
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
+    };
+    runtime.block_on(async_main(cli))
+}
+
+async fn async_main(cli: Cli) -> ExitCode {
+    let server = cli.server.as_str();
+    let result = match cli.command {
+        Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
+        Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
+        Command::Workflow { command: WorkflowCommand::List } => client::list(server).await,
+        Command::Run { name, params, wait } => client::run(server, &name, &params, wait).await,
+        Command::Status { run_id, json } => client::status(server, run_id, json).await,
+        Command::Logs { task_instance_id } => client::logs(server, task_instance_id).await,
+        Command::Standalone { data_dir, listen, slots } => return standalone(data_dir, listen, slots).await,
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => e.exit(),
+    }
+}
+
+async fn standalone(data_dir: PathBuf, listen: SocketAddr, slots: u32) -> ExitCode {
+    init_tracing();
+    if slots == 0 {
+        return fail(EXIT_INVALID, "--slots must be at least 1");
+    }
+    let s = match Standalone::start(data_dir.clone(), listen, slots).await {
+        Ok(s) => s,
+        Err(e) => return fail(1, e),
+    };
+    println!("porpoise standalone: master on http://{} (use --server http://{})", s.master.addr, s.master.addr);
+    println!("porpoise standalone: worker on {} with {slots} slots", s.worker.addr);
+    println!("porpoise standalone: data in {}", data_dir.display());
+    shutdown_signal().await;
+    s.stop().await;
+    ExitCode::SUCCESS
 }
 
 fn validate(files: &[PathBuf]) -> ExitCode {

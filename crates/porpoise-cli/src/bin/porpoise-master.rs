@@ -1,0 +1,95 @@
+//! `porpoise-master`: claims runs from Postgres, drives them, dispatches their tasks to workers
+//! found in etcd, and serves the CLI, until stopped.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use porpoise_cli::{EXIT_INVALID, fail, init_tracing, shutdown_signal};
+use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
+use porpoise_registry::EtcdRegistry;
+use porpoise_store::PgStore;
+
+/// Command-line arguments of `porpoise-master`; each has an environment variable too.
+#[derive(Debug, Parser)]
+#[command(name = "porpoise-master", version, about = "Porpoise master: drives workflow runs")]
+struct Args {
+    /// Address to serve TaskEventService and AdminService on.
+    #[arg(long, env = "PORPOISE_MASTER_LISTEN", default_value = "0.0.0.0:5678")]
+    listen: SocketAddr,
+    /// Address workers and the CLI use to reach this master (host:port); defaults to the listen
+    /// address. It is also this master's identity as the owner of runs.
+    #[arg(long, env = "PORPOISE_MASTER_ADVERTISE")]
+    advertise: Option<String>,
+    /// Postgres URL, e.g. postgres://porpoise:secret@db:5432/porpoise
+    #[arg(long, env = "PORPOISE_DATABASE_URL")]
+    database_url: String,
+    /// Largest number of database connections.
+    #[arg(long, env = "PORPOISE_DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
+    database_max_connections: u32,
+    /// etcd endpoints, comma-separated.
+    #[arg(long, env = "PORPOISE_ETCD", value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// Key root in etcd.
+    #[arg(long, env = "PORPOISE_ETCD_ROOT", default_value = porpoise_registry::etcd::DEFAULT_ROOT)]
+    etcd_root: String,
+    /// How a worker is picked: random, round-robin or lowest-load.
+    #[arg(long, env = "PORPOISE_WORKER_SELECTOR", default_value = "lowest-load")]
+    selector: String,
+    /// Registry lease TTL in seconds.
+    #[arg(long, env = "PORPOISE_LEASE_TTL_SECS", default_value_t = 10)]
+    lease_ttl_secs: u64,
+    /// Where to serve Prometheus metrics (/metrics); none when unset.
+    #[arg(long, env = "PORPOISE_METRICS_LISTEN")]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    init_tracing();
+    let args = Args::parse();
+    let selector: WorkerSelector = match args.selector.parse() {
+        Ok(s) => s,
+        Err(e) => return fail(EXIT_INVALID, format!("invalid setting --selector: {e}")),
+    };
+    if args.lease_ttl_secs < 2 {
+        return fail(EXIT_INVALID, "invalid setting --lease-ttl-secs: must be at least 2");
+    }
+    if args.advertise.is_none() && args.listen.ip().is_unspecified() {
+        return fail(
+            EXIT_INVALID,
+            format!("invalid setting --advertise: listening on {} needs an address workers can reach", args.listen),
+        );
+    }
+    if let Some(addr) = args.metrics_listen
+        && let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()
+    {
+        return fail(1, format!("cannot serve metrics on {addr}: {e}"));
+    }
+    let store = match PgStore::connect(&args.database_url, args.database_max_connections).await {
+        Ok(s) => s,
+        Err(e) => return fail(1, format!("cannot open the database: {e}")),
+    };
+    let registry = match EtcdRegistry::connect(&args.etcd, &args.etcd_root).await {
+        Ok(r) => r,
+        Err(e) => return fail(1, format!("cannot connect to etcd at {}: {e}", args.etcd.join(","))),
+    };
+    let config = MasterConfig {
+        listen: args.listen,
+        advertise: args.advertise.clone(),
+        selector,
+        lease_ttl: Duration::from_secs(args.lease_ttl_secs),
+        ..MasterConfig::default()
+    };
+    let notifications = Some(store.pool().clone());
+    let master = match MasterHandle::start(config, Arc::new(store), Arc::new(registry), notifications).await {
+        Ok(m) => m,
+        Err(e) => return fail(1, e),
+    };
+    println!("porpoise-master listening on {}", master.addr);
+    shutdown_signal().await;
+    master.stop().await;
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,272 @@
+//! Client subcommands: apply and list workflows, start runs (and wait for them), show a run's
+//! status, print a task's log. Each failure is one line on stderr and a non-zero exit.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use porpoise_proto::v1::admin_service_client::AdminServiceClient;
+use porpoise_proto::v1::{
+    ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, ListWorkflowsRequest, StartRunRequest,
+};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::{EXIT_INVALID, fail};
+
+/// The server the CLI talks to when neither `--server` nor `PORPOISE_SERVER` says otherwise.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:5678";
+
+/// A failed client command: its exit code and message.
+#[derive(Debug)]
+pub struct ClientError {
+    pub code: u8,
+    pub message: String,
+}
+
+impl ClientError {
+    fn invalid(message: impl Into<String>) -> Self {
+        Self { code: EXIT_INVALID, message: message.into() }
+    }
+
+    fn failed(message: impl Into<String>) -> Self {
+        Self { code: 1, message: message.into() }
+    }
+
+    pub fn exit(self) -> ExitCode {
+        fail(self.code, self.message)
+    }
+}
+
+fn from_status(s: tonic::Status) -> ClientError {
+    match s.code() {
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => ClientError::invalid(s.message()),
+        _ => ClientError::failed(s.message()),
+    }
+}
+
+/// Connects to the master's AdminService at `server`.
+pub async fn connect(server: &str) -> Result<AdminServiceClient<Channel>, ClientError> {
+    let endpoint = Channel::from_shared(server.to_string())
+        .map_err(|e| ClientError::invalid(format!("bad server address {server:?}: {e}")))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint
+        .connect()
+        .await
+        .map_err(|e| ClientError::failed(format!("cannot reach the Porpoise server at {server}: {e}")))?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+/// `porpoise workflow apply -f FILE...`
+pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    for file in files {
+        let shown = file.display().to_string();
+        let spec_yaml =
+            std::fs::read_to_string(file).map_err(|e| ClientError::invalid(format!("{shown}: cannot read: {e}")))?;
+        // validate locally first: the same message as `workflow validate`, no round trip
+        porpoise_core::WorkflowSpec::parse(&shown, &spec_yaml).map_err(|e| ClientError::invalid(e.to_string()))?;
+        let reply = client
+            .apply_workflow(ApplyWorkflowRequest { spec_yaml, file_name: shown.clone() })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        let what = if reply.changed { "applied" } else { "unchanged" };
+        println!("{shown}: {what}: workflow {} version {}", reply.name, reply.version);
+    }
+    Ok(())
+}
+
+/// `porpoise workflow list`
+pub async fn list(server: &str) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let reply = client.list_workflows(ListWorkflowsRequest {}).await.map_err(from_status)?.into_inner();
+    println!("{:<32} {:>7} {:>6}", "WORKFLOW", "VERSION", "TASKS");
+    for w in reply.workflows {
+        println!("{:<32} {:>7} {:>6}", w.name, w.version, w.task_count);
+    }
+    Ok(())
+}
+
+/// Parses `k=v` params.
+pub fn parse_params(raw: &[String]) -> Result<HashMap<String, String>, ClientError> {
+    raw.iter()
+        .map(|p| {
+            p.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or_else(|| ClientError::invalid(format!("--param {p:?} is not name=value")))
+        })
+        .collect()
+}
+
+/// `porpoise run NAME [--param k=v]... [--wait]`: prints the run id; with `wait`, waits for the
+/// run to end and fails unless it succeeded.
+pub async fn run(server: &str, name: &str, params: &[String], wait: bool) -> Result<(), ClientError> {
+    let params = parse_params(params)?;
+    let mut client = connect(server).await?;
+    let reply = client
+        .start_run(StartRunRequest { workflow_name: name.to_string(), params })
+        .await
+        .map_err(from_status)?
+        .into_inner();
+    println!("{}", reply.run_id);
+    if !wait {
+        return Ok(());
+    }
+    let mut delay = Duration::from_millis(20);
+    loop {
+        let run = get_run(&mut client, reply.run_id).await?;
+        let summary = run.run.unwrap_or_default();
+        match summary.state.as_str() {
+            "success" => {
+                eprintln!("run {} succeeded", reply.run_id);
+                return Ok(());
+            }
+            "failure" | "stopped" => {
+                let why =
+                    if summary.state_reason.is_empty() { String::new() } else { format!(": {}", summary.state_reason) };
+                return Err(ClientError::failed(format!("run {} ended in {}{why}", reply.run_id, summary.state)));
+            }
+            _ => {}
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(500));
+    }
+}
+
+async fn get_run(client: &mut AdminServiceClient<Channel>, run_id: i64) -> Result<GetRunReply, ClientError> {
+    Ok(client.get_run(GetRunRequest { run_id }).await.map_err(from_status)?.into_inner())
+}
+
+fn time(ms: i64) -> String {
+    if ms == 0 {
+        return "-".into();
+    }
+    chrono_like(ms)
+}
+
+/// RFC 3339 in UTC, to the millisecond, without a date library.
+fn chrono_like(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let millis = ms.rem_euclid(1000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil from days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `porpoise status RUN [--json]`
+pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let reply = get_run(&mut client, run_id).await?;
+    let run = reply.run.unwrap_or_default();
+    if json {
+        let tasks: Vec<serde_json::Value> = reply
+            .tasks
+            .iter()
+            .map(|t| {
+                serde_json::json!({
+                    "task_instance_id": t.task_instance_id,
+                    "task": t.task_name,
+                    "state": t.state,
+                    "attempt": t.attempt,
+                    "worker": (!t.worker_addr.is_empty()).then_some(&t.worker_addr),
+                    "started_at_ms": (t.started_at_ms != 0).then_some(t.started_at_ms),
+                    "ended_at_ms": (t.ended_at_ms != 0).then_some(t.ended_at_ms),
+                    "exit_code": t.exit_code,
+                })
+            })
+            .collect();
+        let out = serde_json::json!({
+            "run_id": run.run_id,
+            "workflow": run.workflow_name,
+            "version": run.workflow_version,
+            "state": run.state,
+            "reason": (!run.state_reason.is_empty()).then_some(&run.state_reason),
+            "owner": run.owner,
+            "created_at_ms": run.created_at_ms,
+            "started_at_ms": (run.started_at_ms != 0).then_some(run.started_at_ms),
+            "ended_at_ms": (run.ended_at_ms != 0).then_some(run.ended_at_ms),
+            "tasks": tasks,
+        });
+        println!("{out:#}");
+        return Ok(());
+    }
+    println!("run {} of {} (version {}): {}", run.run_id, run.workflow_name, run.workflow_version, run.state);
+    if !run.state_reason.is_empty() {
+        println!("  reason: {}", run.state_reason);
+    }
+    println!("  started {}  ended {}", time(run.started_at_ms), time(run.ended_at_ms));
+    println!(
+        "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
+        "ID", "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "STARTED", "ENDED"
+    );
+    for t in reply.tasks {
+        let exit = t.exit_code.map_or("-".to_string(), |c| c.to_string());
+        let worker = if t.worker_addr.is_empty() { "-".to_string() } else { t.worker_addr };
+        println!(
+            "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
+            t.task_instance_id,
+            t.task_name,
+            t.state,
+            t.attempt,
+            worker,
+            exit,
+            time(t.started_at_ms),
+            time(t.ended_at_ms)
+        );
+    }
+    Ok(())
+}
+
+/// `porpoise logs TASK_INSTANCE`: the whole log of the task's latest attempt.
+pub async fn logs(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+    use std::io::Write;
+    let mut client = connect(server).await?;
+    let mut offset = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let reply = client
+            .get_task_log(GetTaskInstanceLogRequest { task_instance_id, offset })
+            .await
+            .map_err(from_status)?
+            .into_inner();
+        out.write_all(&reply.content).map_err(|e| ClientError::failed(format!("cannot write the log: {e}")))?;
+        if reply.content.is_empty() || reply.next_offset <= offset {
+            break;
+        }
+        offset = reply.next_offset;
+        if reply.eof {
+            break;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_utc_times() {
+        assert_eq!(chrono_like(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(chrono_like(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(chrono_like(951_782_400_000), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn params_must_be_name_value() {
+        assert_eq!(parse_params(&["a=1".into(), "b=x=y".into()]).expect("valid")["b"], "x=y");
+        assert_eq!(parse_params(&["oops".into()]).expect_err("invalid").code, EXIT_INVALID);
+    }
+}

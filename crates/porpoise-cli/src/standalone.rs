@@ -1,0 +1,55 @@
+//! `porpoise standalone`: a master and a worker in one process, on SQLite and the in-memory
+//! registry, talking over the same gRPC paths on loopback as a cluster does.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use porpoise_master::{MasterConfig, MasterHandle};
+use porpoise_registry::MemoryRegistry;
+use porpoise_store::SqliteStore;
+use porpoise_worker::{WorkerConfig, WorkerHandle};
+
+/// Where standalone keeps its database and task logs by default.
+pub const DEFAULT_DATA_DIR: &str = "porpoise-data";
+/// Where standalone serves the CLI by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
+
+/// A running standalone instance.
+#[derive(Debug)]
+pub struct Standalone {
+    pub master: MasterHandle,
+    pub worker: WorkerHandle,
+}
+
+impl Standalone {
+    /// Opens the database under `data_dir`, then starts the master on `listen` and a worker
+    /// with `slots` slots on a free loopback port.
+    pub async fn start(data_dir: PathBuf, listen: SocketAddr, slots: u32) -> Result<Standalone, String> {
+        std::fs::create_dir_all(&data_dir).map_err(|e| format!("cannot create {}: {e}", data_dir.display()))?;
+        let db = data_dir.join("porpoise.db");
+        let store = SqliteStore::open(&db).await.map_err(|e| format!("cannot open {}: {e}", db.display()))?;
+        let registry = Arc::new(MemoryRegistry::new());
+        let config = MasterConfig { listen, ..MasterConfig::default() };
+        let master = MasterHandle::start(config, Arc::new(store), registry.clone(), None)
+            .await
+            .map_err(|e| format!("cannot start the master: {e}"))?;
+        let worker_config = WorkerConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            advertise: None,
+            group: "default".into(),
+            slots,
+            data_dir: data_dir.join("worker"),
+            lease_ttl: Duration::from_secs(10),
+        };
+        let worker =
+            WorkerHandle::start(worker_config, registry).await.map_err(|e| format!("cannot start the worker: {e}"))?;
+        Ok(Standalone { master, worker })
+    }
+
+    pub async fn stop(self) {
+        self.worker.stop().await;
+        self.master.stop().await;
+    }
+}
