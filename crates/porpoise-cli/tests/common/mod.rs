@@ -1,0 +1,305 @@
+//! End-to-end harness: Porpoise's real binaries as separate processes — `porpoise-master` and
+//! `porpoise-worker` on the test Postgres and etcd, or `porpoise standalone` — driven through
+//! the `porpoise` CLI and the gRPC API. Processes are killed when the harness is dropped.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+use porpoise_proto::v1::admin_service_client::AdminServiceClient;
+use porpoise_proto::v1::{GetRunReply, GetRunRequest};
+use porpoise_registry::{EtcdRegistry, Registry, Selector};
+use porpoise_testkit::{TestEtcd, TestPostgres, free_port, unique_name};
+use tonic::transport::Channel;
+
+/// Where the database of a test deployment is.
+#[derive(Debug, Clone)]
+pub enum Database {
+    Postgres(String),
+    Sqlite(PathBuf),
+}
+
+/// One deployment under test.
+pub struct Deployment {
+    /// `http://127.0.0.1:PORT` of the master's AdminService.
+    pub server: String,
+    /// The master's address (host:port), where TaskEventService is served.
+    pub master_addr: String,
+    pub metrics: Option<String>,
+    pub database: Database,
+    pub dir: tempfile::TempDir,
+    children: Vec<(String, Child)>,
+}
+
+/// Options for a cluster deployment.
+#[derive(Debug, Default, Clone)]
+pub struct ClusterOptions {
+    /// The address the master advertises to workers (a proxy in front of it); its own when None.
+    pub advertise: Option<String>,
+    pub slots: Option<u32>,
+}
+
+fn bin(name: &str) -> &'static str {
+    match name {
+        "porpoise" => env!("CARGO_BIN_EXE_porpoise"),
+        "porpoise-master" => env!("CARGO_BIN_EXE_porpoise-master"),
+        "porpoise-worker" => env!("CARGO_BIN_EXE_porpoise-worker"),
+        other => panic!("unknown binary {other}"),
+    }
+}
+
+impl Deployment {
+    fn spawn(&mut self, name: &str, args: &[String]) {
+        let log = self.dir.path().join(format!("{name}.log"));
+        let file = std::fs::File::create(&log).expect("log file");
+        let err = file.try_clone().expect("log file");
+        let child = Command::new(bin(name))
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(file)
+            .stderr(err)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        self.children.push((name.to_string(), child));
+    }
+
+    /// A master and a worker as separate processes on the shared test Postgres and etcd.
+    pub async fn cluster() -> Deployment {
+        Self::cluster_on(TestPostgres::shared(), ClusterOptions::default()).await
+    }
+
+    /// A master and a worker on `pg` (a fresh database) and the shared test etcd.
+    pub async fn cluster_on(pg: &TestPostgres, options: ClusterOptions) -> Deployment {
+        let url = pg.fresh_database().await;
+        let etcd = TestEtcd::shared();
+        let root = format!("/{}", unique_name("porpoise-e2e"));
+        let master_port = free_port();
+        let metrics_port = free_port();
+        let master_addr = format!("127.0.0.1:{master_port}");
+        let mut d = Deployment {
+            server: format!("http://{master_addr}"),
+            master_addr: master_addr.clone(),
+            metrics: Some(format!("127.0.0.1:{metrics_port}")),
+            database: Database::Postgres(url.clone()),
+            dir: tempfile::tempdir().expect("temporary directory"),
+            children: Vec::new(),
+        };
+        let mut master_args = vec![
+            "--listen".into(),
+            master_addr.clone(),
+            "--database-url".into(),
+            url,
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--etcd-root".into(),
+            root.clone(),
+            "--lease-ttl-secs".into(),
+            "3".into(),
+            "--metrics-listen".into(),
+            format!("127.0.0.1:{metrics_port}"),
+        ];
+        if let Some(adv) = &options.advertise {
+            master_args.extend(["--advertise".to_string(), adv.clone()]);
+        }
+        d.spawn("porpoise-master", &master_args);
+        let worker_dir = d.dir.path().join("worker");
+        let worker_addr = format!("127.0.0.1:{}", free_port());
+        d.spawn(
+            "porpoise-worker",
+            &[
+                "--listen".into(),
+                worker_addr.clone(),
+                "--slots".into(),
+                options.slots.unwrap_or(16).to_string(),
+                "--etcd".into(),
+                etcd.endpoint(),
+                "--etcd-root".into(),
+                root.clone(),
+                "--lease-ttl-secs".into(),
+                "3".into(),
+                "--data-dir".into(),
+                worker_dir.display().to_string(),
+            ],
+        );
+        d.wait_for_master().await;
+        let registry = EtcdRegistry::connect(&[etcd.endpoint()], &root).await.expect("connect etcd");
+        d.wait_until("the worker registers", || {
+            let registry = registry.clone();
+            async move { registry.members(&Selector::Workers { group: None }).await.map(|m| !m.is_empty()).unwrap_or(false) }
+        })
+        .await;
+        d
+    }
+
+    /// `porpoise standalone` as one process.
+    pub async fn standalone() -> Deployment {
+        let port = free_port();
+        let master_addr = format!("127.0.0.1:{port}");
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let data = dir.path().join("data");
+        let mut d = Deployment {
+            server: format!("http://{master_addr}"),
+            master_addr: master_addr.clone(),
+            metrics: None,
+            database: Database::Sqlite(data.join("porpoise.db")),
+            dir,
+            children: Vec::new(),
+        };
+        d.spawn(
+            "porpoise",
+            &["standalone".into(), "--data-dir".into(), data.display().to_string(), "--listen".into(), master_addr],
+        );
+        d.wait_for_master().await;
+        d
+    }
+
+    async fn wait_for_master(&mut self) {
+        let server = self.server.clone();
+        self.wait_until("the master serves", || {
+            let server = server.clone();
+            async move { AdminServiceClient::connect(server).await.is_ok() }
+        })
+        .await;
+    }
+
+    /// Waits for `check` to hold, up to 60 s; fails with the process logs otherwise.
+    pub async fn wait_until<F, Fut>(&mut self, what: &str, mut check: F)
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let mut delay = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            if check().await {
+                return;
+            }
+            let exited = self
+                .children
+                .iter_mut()
+                .find_map(|(name, child)| child.try_wait().ok().flatten().map(|status| (name.clone(), status)));
+            if let Some((name, status)) = exited {
+                panic!("{name} exited ({status}) while waiting for {what}:\n{}", self.logs_text());
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(200));
+        }
+        panic!("timed out waiting for {what}:\n{}", self.logs_text());
+    }
+
+    /// Everything the processes logged, for failure messages.
+    pub fn logs_text(&self) -> String {
+        let mut out = String::new();
+        for (name, _) in &self.children {
+            let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(60).collect();
+            out.push_str(&format!("--- {name} (last lines) ---\n"));
+            for l in tail.into_iter().rev() {
+                out.push_str(l);
+                out.push('\n');
+            }
+        }
+        out
+    }
+
+    /// Runs the `porpoise` CLI against this deployment.
+    pub fn porpoise(&self, args: &[&str]) -> Output {
+        Command::new(bin("porpoise"))
+            .arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .expect("run porpoise")
+    }
+
+    /// Writes `yaml` to a file and applies it with the CLI.
+    pub fn apply(&self, name: &str, yaml: &str) {
+        let file = self.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&file, yaml).expect("write spec");
+        let out = self.porpoise(&["workflow", "apply", "-f", file.to_str().expect("utf-8")]);
+        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub async fn admin(&self) -> AdminServiceClient<Channel> {
+        AdminServiceClient::connect(self.server.clone()).await.expect("connect to the master")
+    }
+
+    /// Waits for run `id` to end and returns it.
+    pub async fn finished_run(&mut self, id: i64) -> GetRunReply {
+        let mut admin = self.admin().await;
+        let mut last = None;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut delay = Duration::from_millis(10);
+        while tokio::time::Instant::now() < deadline {
+            let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get run").into_inner();
+            let state = run.run.as_ref().map(|r| r.state.clone()).unwrap_or_default();
+            if matches!(state.as_str(), "success" | "failure" | "stopped") {
+                return run;
+            }
+            last = Some(run);
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(250));
+        }
+        panic!("run {id} did not finish in time: {last:?}\n{}", self.logs_text());
+    }
+
+    /// `(state, count)` rows of one SQL query against the deployment's database.
+    pub async fn query_strings(&self, sql: &'static str, bind: i64) -> Vec<String> {
+        match &self.database {
+            Database::Postgres(url) => {
+                let pool = sqlx::PgPool::connect(url).await.expect("connect to the test database");
+                sqlx::query_scalar::<_, String>(sql).bind(bind).fetch_all(&pool).await.expect("query")
+            }
+            Database::Sqlite(path) => {
+                let pool =
+                    sqlx::SqlitePool::connect(&format!("sqlite://{}", path.display())).await.expect("open SQLite");
+                sqlx::query_scalar::<_, String>(sql).bind(bind).fetch_all(&pool).await.expect("query")
+            }
+        }
+    }
+
+    /// The reasons of every dead letter.
+    pub async fn dead_letters(&self) -> Vec<String> {
+        self.query_strings("SELECT reason FROM dead_letter WHERE id > $1 ORDER BY id", 0).await
+    }
+
+    /// The master's Prometheus metrics text.
+    pub async fn metrics_text(&self) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let addr = self.metrics.as_ref().expect("this deployment serves metrics");
+        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("request");
+        let mut body = String::new();
+        s.read_to_string(&mut body).await.expect("read metrics");
+        body
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+}
+
+impl Drop for Deployment {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// The run id a `porpoise run` printed.
+pub fn run_id(out: &Output) -> i64 {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    stdout.lines().next().and_then(|l| l.trim().parse().ok()).unwrap_or_else(|| {
+        panic!("porpoise run printed no run id: stdout {stdout:?} stderr {:?}", String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+/// Lines of a marker file (empty when it does not exist).
+pub fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+}

@@ -1,0 +1,186 @@
+//! A workflow runs end to end through the real binaries: on a cluster (master and worker as
+//! separate processes on Postgres and etcd) and in standalone mode.
+
+mod common;
+
+use std::collections::{HashMap, HashSet};
+
+use common::{Deployment, lines, run_id};
+use porpoise_proto::v1::{GetRunRequest, StartRunRequest};
+
+fn diamond(marks: &str) -> String {
+    format!(
+        r#"name: diamond
+params: {{ day: "2026-01-01" }}
+tasks:
+  - name: a
+    command: echo "a ${{day}}"; echo a >> {marks}
+  - name: b
+    depends_on: [a]
+    command: sleep 0.2; echo "b ${{day}}"; echo b >> {marks}
+  - name: c
+    depends_on: [a]
+    command: echo "c $day"; echo c >> {marks}
+  - name: d
+    depends_on: [b, c]
+    command: echo "d ${{day}}"; echo d >> {marks}
+"#
+    )
+}
+
+async fn diamond_runs_in_order_with_params_and_logs(d: Deployment) {
+    let marks = d.path("marks");
+    d.apply("diamond", &diamond(&marks.display().to_string()));
+    let out = d.porpoise(&["run", "diamond", "--param", "day=2026-02-03", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "run --wait: {}\n{}", String::from_utf8_lossy(&out.stderr), d.logs_text());
+    let id = run_id(&out);
+
+    let out = d.porpoise(&["status", &id.to_string(), "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json is JSON");
+    assert_eq!(status["state"], "success");
+    let tasks: HashMap<String, serde_json::Value> = status["tasks"]
+        .as_array()
+        .expect("tasks")
+        .iter()
+        .map(|t| (t["task"].as_str().expect("name").to_string(), t.clone()))
+        .collect();
+    assert_eq!(tasks.len(), 4);
+    for (name, t) in &tasks {
+        assert_eq!(t["state"], "success", "{name}");
+        assert_eq!(t["attempt"], 1, "{name}");
+        assert_eq!(t["exit_code"], 0, "{name}");
+        assert!(t["worker"].as_str().is_some_and(|w| !w.is_empty()), "{name} records its worker");
+    }
+    let ms = |name: &str, field: &str| tasks[name][field].as_i64().expect("time");
+    assert!(ms("d", "started_at_ms") >= ms("b", "ended_at_ms"), "d started before b ended");
+    assert!(ms("d", "started_at_ms") >= ms("c", "ended_at_ms"), "d started before c ended");
+    assert_eq!(lines(&marks).last().map(String::as_str), Some("d"));
+    assert_eq!(lines(&marks).len(), 4, "each task ran once");
+
+    // the database says the same
+    let states = d.query_strings("SELECT state FROM task_instance WHERE workflow_instance_id = $1", id).await;
+    assert_eq!(states, ["success"; 4]);
+    let run_state = d.query_strings("SELECT state FROM workflow_instance WHERE id = $1", id).await;
+    assert_eq!(run_state, ["success"]);
+
+    for name in ["a", "b", "c", "d"] {
+        let ti = tasks[name]["task_instance_id"].as_i64().expect("id").to_string();
+        let out = d.porpoise(&["logs", &ti]);
+        assert!(out.status.success(), "logs {name}: {}", String::from_utf8_lossy(&out.stderr));
+        let log = String::from_utf8_lossy(&out.stdout);
+        assert!(log.contains(&format!("{name} 2026-02-03")), "{name}'s log holds its output with the param: {log:?}");
+    }
+}
+
+fn failing(marks: &str) -> String {
+    format!(
+        r#"name: failing
+tasks:
+  - name: first
+    command: echo first >> {marks}
+  - name: broken
+    depends_on: [first]
+    command: echo broken >> {marks}; exit 3
+  - name: after-broken
+    depends_on: [broken]
+    command: echo after-broken >> {marks}
+  - name: sibling
+    depends_on: [first]
+    command: sleep 0.3; echo sibling >> {marks}
+"#
+    )
+}
+
+async fn a_failing_task_fails_the_run(d: Deployment) {
+    let marks = d.path("marks");
+    d.apply("failing", &failing(&marks.display().to_string()));
+    let out = d.porpoise(&["run", "failing", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "run --wait exits 1 on failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("task broken failed with exit code 3"), "{stderr}");
+    let id = run_id(&out);
+    let ran = lines(&marks);
+    assert!(!ran.contains(&"after-broken".to_string()), "a task downstream of the failure ran: {ran:?}");
+    assert!(ran.contains(&"sibling".to_string()), "the running sibling was let finish: {ran:?}");
+    let states = d.query_strings("SELECT state FROM workflow_instance WHERE id = $1", id).await;
+    assert_eq!(states, ["failure"]);
+    let names =
+        d.query_strings("SELECT task_name FROM task_instance WHERE workflow_instance_id = $1 ORDER BY id", id).await;
+    assert!(!names.contains(&"after-broken".to_string()), "{names:?}");
+}
+
+fn ten_tasks(marks: &str) -> String {
+    let mut yaml = String::from("name: ten\ntasks:\n");
+    let mark = format!("echo $PORPOISE_TASK_INSTANCE_ID >> {marks}");
+    yaml.push_str(&format!("  - name: t0\n    command: {mark}\n"));
+    for i in 1..9 {
+        yaml.push_str(&format!("  - name: t{i}\n    depends_on: [t0]\n    command: {mark}\n"));
+    }
+    yaml.push_str(&format!("  - name: t9\n    depends_on: [t1, t2, t3, t4, t5, t6, t7, t8]\n    command: {mark}\n"));
+    yaml
+}
+
+async fn two_hundred_concurrent_runs_each_task_once(mut d: Deployment) {
+    const RUNS: usize = 200;
+    let marks = d.path("marks");
+    d.apply("ten", &ten_tasks(&marks.display().to_string()));
+    let admin = d.admin().await;
+    let mut starts = Vec::new();
+    for _ in 0..RUNS {
+        let mut admin = admin.clone();
+        starts.push(tokio::spawn(async move {
+            admin
+                .start_run(StartRunRequest { workflow_name: "ten".into(), params: Default::default() })
+                .await
+                .expect("start run")
+                .into_inner()
+                .run_id
+        }));
+    }
+    let mut ids = Vec::new();
+    for s in starts {
+        ids.push(s.await.expect("join"));
+    }
+    let mut task_ids = HashSet::new();
+    for id in &ids {
+        let run = d.finished_run(*id).await;
+        assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "run {id}: {run:?}");
+        assert_eq!(run.tasks.len(), 10);
+        task_ids.extend(run.tasks.iter().map(|t| t.task_instance_id.to_string()));
+    }
+    let ran = lines(&marks);
+    let unique: HashSet<String> = ran.iter().cloned().collect();
+    assert_eq!(ran.len(), RUNS * 10, "every task ran exactly once (no more, no less)");
+    assert_eq!(unique, task_ids, "the markers are exactly the task instances");
+    let mut admin = d.admin().await;
+    let one = admin.get_run(GetRunRequest { run_id: ids[0] }).await.expect("get").into_inner();
+    assert!(one.tasks.iter().all(|t| t.attempt == 1));
+}
+
+macro_rules! both_modes {
+    ($($case:ident),* $(,)?) => {
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::cluster().await).await;
+                }
+            )*
+        }
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::standalone().await).await;
+                }
+            )*
+        }
+    };
+}
+
+both_modes!(
+    diamond_runs_in_order_with_params_and_logs,
+    a_failing_task_fails_the_run,
+    two_hundred_concurrent_runs_each_task_once,
+);
