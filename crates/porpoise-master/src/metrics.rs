@@ -13,6 +13,7 @@ pub const TASKS_FINISHED: &str = "porpoise_tasks_finished_total";
 pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
+pub const STATE_EVENTS_IGNORED: &str = "porpoise_state_events_ignored_total";
 pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
 pub const STATE_EVENTS_DROPPED: &str = "porpoise_state_events_dropped_total";
 pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
@@ -32,6 +33,7 @@ pub fn describe() {
     describe_counter!(TASKS_RETRIED, "Task retries scheduled");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
+    describe_counter!(STATE_EVENTS_IGNORED, "State events with nothing to do (duplicate, late or stale), by kind");
     describe_counter!(STATE_EVENTS_RETRIED, "State event handling attempts that failed and will be retried, by kind");
     describe_counter!(STATE_EVENTS_DROPPED, "State events dropped and dead-lettered, by kind");
     describe_gauge!(WORKFLOWS_STALLED, "Workflow instances whose event handling keeps failing");

@@ -184,7 +184,8 @@ impl Runner {
             let snapshot = self.mem.clone();
             match self.handle(&event).await {
                 Ok(applied) => {
-                    metrics::counter!(m::STATE_EVENTS_HANDLED, "kind" => kind).increment(1);
+                    let counter = if applied { m::STATE_EVENTS_HANDLED } else { m::STATE_EVENTS_IGNORED };
+                    metrics::counter!(counter, "kind" => kind).increment(1);
                     if failures >= STALL_AFTER {
                         self.shared.clear_stall(self.mem.instance.id);
                     }

@@ -26,6 +26,8 @@ pub struct Deployment {
     pub server: String,
     /// The master's address (host:port), where TaskEventService is served.
     pub master_addr: String,
+    /// The worker's own address (cluster only).
+    pub worker_addr: Option<String>,
     pub metrics: Option<String>,
     pub database: Database,
     pub dir: tempfile::TempDir,
@@ -37,6 +39,8 @@ pub struct Deployment {
 pub struct ClusterOptions {
     /// The address the master advertises to workers (a proxy in front of it); its own when None.
     pub advertise: Option<String>,
+    /// The address the worker advertises to masters (a proxy in front of it); its own when None.
+    pub worker_advertise: Option<String>,
     pub slots: Option<u32>,
 }
 
@@ -81,6 +85,7 @@ impl Deployment {
         let mut d = Deployment {
             server: format!("http://{master_addr}"),
             master_addr: master_addr.clone(),
+            worker_addr: None,
             metrics: Some(format!("127.0.0.1:{metrics_port}")),
             database: Database::Postgres(url.clone()),
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -106,23 +111,24 @@ impl Deployment {
         d.spawn("porpoise-master", &master_args);
         let worker_dir = d.dir.path().join("worker");
         let worker_addr = format!("127.0.0.1:{}", free_port());
-        d.spawn(
-            "porpoise-worker",
-            &[
-                "--listen".into(),
-                worker_addr.clone(),
-                "--slots".into(),
-                options.slots.unwrap_or(16).to_string(),
-                "--etcd".into(),
-                etcd.endpoint(),
-                "--etcd-root".into(),
-                root.clone(),
-                "--lease-ttl-secs".into(),
-                "3".into(),
-                "--data-dir".into(),
-                worker_dir.display().to_string(),
-            ],
-        );
+        d.worker_addr = Some(worker_addr.clone());
+        let mut worker_args: Vec<String> =
+            options.worker_advertise.iter().flat_map(|a| ["--advertise".to_string(), a.clone()]).collect();
+        worker_args.extend([
+            "--listen".into(),
+            worker_addr.clone(),
+            "--slots".into(),
+            options.slots.unwrap_or(16).to_string(),
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--etcd-root".into(),
+            root.clone(),
+            "--lease-ttl-secs".into(),
+            "3".into(),
+            "--data-dir".into(),
+            worker_dir.display().to_string(),
+        ]);
+        d.spawn("porpoise-worker", &worker_args);
         d.wait_for_master().await;
         let registry = EtcdRegistry::connect(&[etcd.endpoint()], &root).await.expect("connect etcd");
         d.wait_until("the worker registers", || {
@@ -142,6 +148,7 @@ impl Deployment {
         let mut d = Deployment {
             server: format!("http://{master_addr}"),
             master_addr: master_addr.clone(),
+            worker_addr: None,
             metrics: None,
             database: Database::Sqlite(data.join("porpoise.db")),
             dir,

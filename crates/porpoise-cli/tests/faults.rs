@@ -1,0 +1,398 @@
+//! Faults a cluster must survive without losing or doubling anything: lost ACKs, late and
+//! duplicate events, a Postgres outage mid-run, and events that can never be handled.
+
+mod common;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{ClusterOptions, Deployment, lines};
+use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
+use porpoise_proto::v1::task_event_service_server::{TaskEventService, TaskEventServiceServer};
+use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
+use porpoise_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use porpoise_proto::v1::{
+    AckStatus, DispatchTaskReply, DispatchTaskRequest, GetRunRequest, GetTaskLogReply, GetTaskLogRequest,
+    KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, StartRunRequest, TaskEvent,
+    TaskOutcome, TaskResult, TaskRunning, task_event,
+};
+use porpoise_testkit::TestPostgres;
+use tonic::{Request, Response, Status};
+
+/// Sits between the workers and the master: forwards every report, but for the first
+/// `drop_replies` calls throws the master's reply away and tells the worker the call failed —
+/// the master handled the events, the worker never learns it.
+#[derive(Clone)]
+struct AckDropper {
+    /// The master's real address, known once it has started.
+    master: Arc<Mutex<String>>,
+    drop_replies: Arc<Mutex<u32>>,
+    forwarded: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+#[tonic::async_trait]
+impl TaskEventService for AckDropper {
+    async fn report_task_events(
+        &self,
+        request: Request<ReportTaskEventsRequest>,
+    ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        let req = request.into_inner();
+        {
+            let mut f = self.forwarded.lock().expect("lock");
+            for e in &req.events {
+                *f.entry(e.event_id.clone()).or_default() += 1;
+            }
+        }
+        let master = self.master.lock().expect("lock").clone();
+        let mut client = TaskEventServiceClient::connect(format!("http://{master}"))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let reply = client.report_task_events(req).await?;
+        let drop_it = {
+            let mut d = self.drop_replies.lock().expect("lock");
+            let drop_it = *d > 0;
+            *d = d.saturating_sub(1);
+            drop_it
+        };
+        if drop_it { Err(Status::unavailable("reply lost on the way back")) } else { Ok(reply) }
+    }
+}
+
+fn chain(name: &str, marks: &str, sleep: &str) -> String {
+    format!(
+        "name: {name}\ntasks:\n  - name: one\n    command: sleep {sleep}; echo $PORPOISE_TASK_INSTANCE_ID >> {marks}\n  - name: two\n    depends_on: [one]\n    command: sleep {sleep}; echo $PORPOISE_TASK_INSTANCE_ID >> {marks}\n  - name: three\n    depends_on: [two]\n    command: sleep {sleep}; echo $PORPOISE_TASK_INSTANCE_ID >> {marks}\n"
+    )
+}
+
+fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+    let proxy_addr = listener.local_addr().expect("addr").to_string();
+    let dropper =
+        AckDropper { master: Arc::default(), drop_replies: Arc::new(Mutex::new(3)), forwarded: Arc::default() };
+    let svc = TaskEventServiceServer::new(dropper.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .expect("proxy serves");
+    });
+    let options = ClusterOptions { advertise: Some(proxy_addr.clone()), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    *dropper.master.lock().expect("lock") = d.master_addr.clone();
+
+    let marks = d.path("marks");
+    d.apply("chain", &chain("chain", &marks.display().to_string(), "0"));
+    let out = d.porpoise(&["run", "chain", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.logs_text());
+    let id = common::run_id(&out);
+    let run = d.finished_run(id).await;
+    assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
+    assert_eq!(lines(&marks).len(), 3, "each task ran exactly once");
+    let resent = dropper.forwarded.lock().expect("lock").values().filter(|&&n| n > 1).count();
+    assert!(resent >= 1, "the worker resent the events whose ACK was lost");
+    assert!(d.dead_letters().await.is_empty(), "nothing was dead-lettered");
+    let metrics = d.metrics_text().await;
+    let ignored = metric(&metrics, r#"porpoise_state_events_ignored_total{kind="task_state_change"}"#);
+    assert!(ignored >= resent as f64, "each resent event was recognised as already handled ({ignored} < {resent})");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn late_and_duplicate_events_change_nothing() {
+    let mut d = Deployment::cluster().await;
+    let yaml = "name: late\ntasks:\n  - name: a\n    command: echo a\n  - name: b\n    depends_on: [a]\n    command: sleep 1\n";
+    d.apply("late", yaml);
+    let mut admin = d.admin().await;
+    let id = admin
+        .start_run(StartRunRequest { workflow_name: "late".into(), params: Default::default() })
+        .await
+        .expect("start")
+        .into_inner()
+        .run_id;
+    // wait until a succeeded and b is under way
+    let a = {
+        let mut a = None;
+        let mut admin = admin.clone();
+        d.wait_until("a succeeds", || {
+            let mut admin = admin.clone();
+            let id = id;
+            async move {
+                let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+                run.tasks.iter().any(|t| t.task_name == "a" && t.state == "success") && run.tasks.len() == 2
+            }
+        })
+        .await;
+        let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+        for t in run.tasks {
+            if t.task_name == "a" {
+                a = Some(t);
+            }
+        }
+        a.expect("task a")
+    };
+    let mut events = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
+    let event = |kind| TaskEvent {
+        event_id: format!("test-{}", rand_suffix()),
+        task_instance_id: a.task_instance_id,
+        attempt: 1,
+        workflow_instance_id: id,
+        kind: Some(kind),
+    };
+    let late_running = event(task_event::Kind::Running(TaskRunning {
+        started_at_ms: 1,
+        worker_addr: "127.0.0.1:1".into(),
+        log_path: String::new(),
+    }));
+    let second_result = event(task_event::Kind::Result(TaskResult {
+        outcome: TaskOutcome::Failure as i32,
+        exit_code: Some(9),
+        started_at_ms: 1,
+        ended_at_ms: 2,
+        message: "a conflicting second result".into(),
+    }));
+    let reply = events
+        .report_task_events(ReportTaskEventsRequest {
+            worker_addr: "test".into(),
+            events: vec![late_running, second_result.clone()],
+        })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!(reply.acks.len(), 2);
+    assert!(reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32), "{reply:?}");
+
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let a_after = run.tasks.iter().find(|t| t.task_name == "a").expect("a");
+    assert_eq!(
+        (a_after.state.as_str(), a_after.exit_code, a_after.worker_addr.as_str()),
+        ("success", Some(0), a.worker_addr.as_str())
+    );
+    // and once more after the run ended
+    let reply = events
+        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events: vec![second_result] })
+        .await
+        .expect("report")
+        .into_inner();
+    assert_eq!(reply.acks[0].status, AckStatus::Handled as i32);
+    let again = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    assert_eq!(again.run.map(|r| r.state), Some("success".into()));
+    assert!(d.dead_letters().await.is_empty(), "late and duplicate events are not errors");
+}
+
+fn rand_suffix() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_postgres_outage_mid_run_loses_nothing() {
+    const RUNS: usize = 10;
+    let pg = TestPostgres::start();
+    let mut d = Deployment::cluster_on(&pg, ClusterOptions::default()).await;
+    let marks = d.path("marks");
+    d.apply("outage", &chain("outage", &marks.display().to_string(), "0.4"));
+    let mut admin = d.admin().await;
+    let mut ids = Vec::new();
+    for _ in 0..RUNS {
+        let id = admin
+            .start_run(StartRunRequest { workflow_name: "outage".into(), params: Default::default() })
+            .await
+            .expect("start")
+            .into_inner()
+            .run_id;
+        ids.push(id);
+    }
+    let first = ids[0];
+    d.wait_until("the runs are under way", || {
+        let mut admin = admin.clone();
+        async move {
+            let run = admin.get_run(GetRunRequest { run_id: first }).await.expect("get").into_inner();
+            run.tasks.iter().any(|t| t.state == "running")
+        }
+    })
+    .await;
+    pg.stop();
+    // the outage itself: Postgres is away for 5 s while tasks finish and report
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    pg.restart();
+    for id in &ids {
+        let run = d.finished_run(*id).await;
+        assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "run {id}: {run:?}");
+        assert!(run.tasks.iter().all(|t| t.attempt == 1));
+    }
+    assert_eq!(lines(&marks).len(), RUNS * 3, "every task ran exactly once");
+    assert!(d.dead_letters().await.is_empty(), "an outage is retried, never dead-lettered");
+    let metrics = d.metrics_text().await;
+    let retried: f64 = ["task_state_change", "workflow_state_change"]
+        .iter()
+        .map(|k| metric(&metrics, &format!(r#"porpoise_state_events_retried_total{{kind="{k}"}}"#)))
+        .sum();
+    assert!(retried >= 1.0, "the outage made state events retry:\n{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
+    let mut d = Deployment::cluster().await;
+    d.apply("hello", "name: hello\ntasks:\n  - name: hi\n    command: echo hi\n");
+    let out = d.porpoise(&["run", "hello", "--wait"]);
+    assert_eq!(out.status.code(), Some(0));
+    let id = common::run_id(&out);
+    let mut events = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
+    let unknown = TaskEvent {
+        event_id: "unknown-1".into(),
+        task_instance_id: 987_654,
+        attempt: 1,
+        workflow_instance_id: id,
+        kind: Some(task_event::Kind::Result(TaskResult {
+            outcome: TaskOutcome::Success as i32,
+            exit_code: Some(0),
+            started_at_ms: 1,
+            ended_at_ms: 2,
+            message: String::new(),
+        })),
+    };
+    let malformed = TaskEvent {
+        event_id: "malformed-1".into(),
+        task_instance_id: 5,
+        attempt: 1,
+        workflow_instance_id: id,
+        kind: None,
+    };
+    let reply = events
+        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events: vec![unknown, malformed] })
+        .await
+        .expect("the master answers; it does not fail the call")
+        .into_inner();
+    assert!(reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32), "{reply:?}");
+    let letters = d.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert!(letters[0].contains("unknown task instance 987654"), "{letters:?}");
+    assert!(letters[1].contains("malformed event"), "{letters:?}");
+    let metrics = d.metrics_text().await;
+    assert_eq!(metric(&metrics, r#"porpoise_state_events_dropped_total{kind="task_state_change"}"#), 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, "porpoise_task_events_rejected_total"), 1.0, "{metrics}");
+    // the master still works
+    let out = d.porpoise(&["run", "hello", "--wait"]);
+    assert_eq!(out.status.code(), Some(0));
+}
+
+/// Sits between the master and the worker: forwards WorkerService calls, and throws away the
+/// reply to the first dispatch of each task. When a dispatch arrives, it reads the task instance
+/// from the database: the worker must already be recorded there.
+#[derive(Clone)]
+struct DispatchReplyDropper {
+    worker: Arc<Mutex<String>>,
+    database_url: String,
+    proxy_addr: String,
+    /// task instance → dispatches seen
+    seen: Arc<Mutex<HashMap<i64, u32>>>,
+    /// (task instance, worker recorded, state) at the moment of the first dispatch
+    recorded: Arc<Mutex<Vec<(i64, Option<String>, String)>>>,
+}
+
+impl DispatchReplyDropper {
+    async fn client(&self) -> Result<WorkerServiceClient<tonic::transport::Channel>, Status> {
+        let worker = self.worker.lock().expect("lock").clone();
+        WorkerServiceClient::connect(format!("http://{worker}")).await.map_err(|e| Status::unavailable(e.to_string()))
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for DispatchReplyDropper {
+    async fn dispatch_task(
+        &self,
+        request: Request<DispatchTaskRequest>,
+    ) -> Result<Response<DispatchTaskReply>, Status> {
+        let req = request.into_inner();
+        let first = {
+            let mut seen = self.seen.lock().expect("lock");
+            let n = seen.entry(req.task_instance_id).or_default();
+            *n += 1;
+            *n == 1
+        };
+        if first {
+            let pool = sqlx::PgPool::connect(&self.database_url).await.map_err(|e| Status::internal(e.to_string()))?;
+            let (worker, state): (Option<String>, String) =
+                sqlx::query_as("SELECT worker_addr, state FROM task_instance WHERE id = $1")
+                    .bind(req.task_instance_id)
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| Status::internal(e.to_string()))?;
+            self.recorded.lock().expect("lock").push((req.task_instance_id, worker, state));
+        }
+        let reply = self.client().await?.dispatch_task(req).await?;
+        if first { Err(Status::unavailable("reply lost on the way back")) } else { Ok(reply) }
+    }
+
+    async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskReply>, Status> {
+        self.client().await?.kill_task(request.into_inner()).await
+    }
+
+    async fn get_task_log(&self, request: Request<GetTaskLogRequest>) -> Result<Response<GetTaskLogReply>, Status> {
+        self.client().await?.get_task_log(request.into_inner()).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+    let proxy_addr = listener.local_addr().expect("addr").to_string();
+    let pg = TestPostgres::shared();
+    let options = ClusterOptions { worker_advertise: Some(proxy_addr.clone()), ..Default::default() };
+    let mut d = Deployment::cluster_on(pg, options).await;
+    let common::Database::Postgres(url) = d.database.clone() else { panic!("a cluster runs on Postgres") };
+    let proxy = DispatchReplyDropper {
+        worker: Arc::new(Mutex::new(d.worker_addr.clone().expect("worker address"))),
+        database_url: url,
+        proxy_addr: proxy_addr.clone(),
+        seen: Arc::default(),
+        recorded: Arc::default(),
+    };
+    let svc = WorkerServiceServer::new(proxy.clone());
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(svc)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .expect("proxy serves");
+    });
+
+    let marks = d.path("marks");
+    d.apply("chain", &chain("chain", &marks.display().to_string(), "0"));
+    let out = d.porpoise(&["run", "chain", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.logs_text());
+    assert_eq!(lines(&marks).len(), 3, "each task ran exactly once although every first dispatch reply was lost");
+    // the master resends each unanswered dispatch (the last one maybe after the run ended)
+    let seen = proxy.seen.clone();
+    d.wait_until("every dispatch is sent again", || {
+        let seen = seen.clone();
+        async move {
+            let seen = seen.lock().expect("lock");
+            seen.len() == 3 && seen.values().all(|&n| n >= 2)
+        }
+    })
+    .await;
+    assert_eq!(lines(&marks).len(), 3, "the resent dispatches ran nothing again");
+    for (ti, worker, state) in proxy.recorded.lock().expect("lock").iter() {
+        assert_eq!(
+            worker.as_deref(),
+            Some(proxy.proxy_addr.as_str()),
+            "task {ti}: the worker is recorded before the dispatch"
+        );
+        assert_eq!(state, "dispatched", "task {ti}");
+    }
+    let run = d.finished_run(common::run_id(&out)).await;
+    assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
+}
