@@ -125,7 +125,6 @@ async fn late_and_duplicate_events_change_nothing() {
         let mut admin = admin.clone();
         d.wait_until("a succeeds", || {
             let mut admin = admin.clone();
-            let id = id;
             async move {
                 let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
                 run.tasks.iter().any(|t| t.task_name == "a" && t.state == "success") && run.tasks.len() == 2
@@ -244,7 +243,7 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
-    let mut d = Deployment::cluster().await;
+    let d = Deployment::cluster().await;
     d.apply("hello", "name: hello\ntasks:\n  - name: hi\n    command: echo hi\n");
     let out = d.porpoise(&["run", "hello", "--wait"]);
     assert_eq!(out.status.code(), Some(0));
@@ -288,6 +287,9 @@ async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
     assert_eq!(out.status.code(), Some(0));
 }
 
+/// A task instance's (id, recorded worker, state).
+type Recorded = (i64, Option<String>, String);
+
 /// Sits between the master and the worker: forwards WorkerService calls, and throws away the
 /// reply to the first dispatch of each task. When a dispatch arrives, it reads the task instance
 /// from the database: the worker must already be recorded there.
@@ -298,8 +300,8 @@ struct DispatchReplyDropper {
     proxy_addr: String,
     /// task instance → dispatches seen
     seen: Arc<Mutex<HashMap<i64, u32>>>,
-    /// (task instance, worker recorded, state) at the moment of the first dispatch
-    recorded: Arc<Mutex<Vec<(i64, Option<String>, String)>>>,
+    /// What the database held at the moment of each task's first dispatch.
+    recorded: Arc<Mutex<Vec<Recorded>>>,
 }
 
 impl DispatchReplyDropper {
