@@ -239,6 +239,50 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
         .map(|k| metric(&metrics, &format!(r#"porpoise_state_events_retried_total{{kind="{k}"}}"#)))
         .sum();
     assert!(retried >= 1.0, "the outage made state events retry:\n{metrics}");
+    assert_eq!(metric(&metrics, "porpoise_workflow_instances_stalled"), 0.0, "no run is stalled once Postgres is back");
+}
+
+/// An event whose handling keeps failing makes the run say it is stalled, and why — in the
+/// metrics and in its status — until the failure clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
+    let pg = TestPostgres::start();
+    let mut d = Deployment::cluster_on(&pg, ClusterOptions::default()).await;
+    let marks = d.path("marks");
+    d.apply("stall", &chain("stall", &marks.display().to_string(), "0.5"));
+    let out = d.porpoise(&["run", "stall"]);
+    let id = common::run_id(&out);
+    let mut admin = d.admin().await;
+    d.wait_until("the first task runs", || {
+        let mut admin = admin.clone();
+        async move {
+            let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+            run.tasks.iter().any(|t| t.state == "running")
+        }
+    })
+    .await;
+    pg.stop();
+    let metrics_addr = d.metrics.clone().expect("metrics");
+    d.wait_until("the run reports that it is stalled", || {
+        let (metrics_addr, mut admin) = (metrics_addr.clone(), admin.clone());
+        async move {
+            let text = common::scrape(&metrics_addr).await;
+            let status = admin.get_run(GetRunRequest { run_id: id }).await;
+            metric(&text, "porpoise_workflow_instances_stalled") >= 1.0
+                && status.is_err_and(|s| s.message().contains("is stalled handling a task_state_change event"))
+        }
+    })
+    .await;
+    let out = d.porpoise(&["status", &id.to_string()]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("stalled"), "porpoise status says the run is stalled: {stderr}");
+    pg.restart();
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("readable again").into_inner();
+    assert_eq!(run.run.map(|r| r.state_reason), Some(String::new()), "the stall cleared");
+    assert_eq!(metric(&d.metrics_text().await, "porpoise_workflow_instances_stalled"), 0.0);
+    assert_eq!(lines(&marks).len(), 3);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -120,6 +120,10 @@ impl AdminService for Admin {
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<GetRunReply>, Status> {
         let id = request.into_inner().run_id;
+        // a stalled run cannot reach the database: say why at once rather than time out on it
+        if let Some(reason) = self.0.stall(id) {
+            return Err(Status::unavailable(format!("run {id} is {reason}")));
+        }
         let run = self
             .0
             .store

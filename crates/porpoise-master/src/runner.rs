@@ -122,7 +122,7 @@ pub(crate) struct Runner {
 }
 
 /// How many failed attempts at one event before the run is reported stalled.
-const STALL_AFTER: u32 = 5;
+const STALL_AFTER: u32 = 3;
 
 impl Runner {
     /// Starts the runner of `instance` (owned by this master) and registers it.

@@ -23,7 +23,7 @@ impl PgStore {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
             // an outage surfaces as a retryable error within seconds, not a hang
-            .acquire_timeout(Duration::from_secs(5))
+            .acquire_timeout(Duration::from_secs(3))
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;

@@ -241,16 +241,23 @@ impl Deployment {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut delay = Duration::from_millis(10);
         while tokio::time::Instant::now() < deadline {
-            let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get run").into_inner();
-            let state = run.run.as_ref().map(|r| r.state.clone()).unwrap_or_default();
-            if matches!(state.as_str(), "success" | "failure" | "stopped") {
-                return run;
+            match admin.get_run(GetRunRequest { run_id: id }).await {
+                Ok(run) => {
+                    let run = run.into_inner();
+                    let state = run.run.as_ref().map(|r| r.state.clone()).unwrap_or_default();
+                    if matches!(state.as_str(), "success" | "failure" | "stopped") {
+                        return run;
+                    }
+                    last = Some(format!("{run:?}"));
+                }
+                // a stalled run or a database still coming back: ask again
+                Err(s) if s.code() == tonic::Code::Unavailable => last = Some(s.message().to_string()),
+                Err(s) => panic!("get run {id}: {s}"),
             }
-            last = Some(run);
             tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(250));
         }
-        panic!("run {id} did not finish in time: {last:?}\n{}", self.logs_text());
+        panic!("run {id} did not finish in time: {}\n{}", last.unwrap_or_default(), self.logs_text());
     }
 
     /// `(state, count)` rows of one SQL query against the deployment's database.
@@ -275,13 +282,7 @@ impl Deployment {
 
     /// The master's Prometheus metrics text.
     pub async fn metrics_text(&self) -> String {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let addr = self.metrics.as_ref().expect("this deployment serves metrics");
-        let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
-        s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("request");
-        let mut body = String::new();
-        s.read_to_string(&mut body).await.expect("read metrics");
-        body
+        scrape(self.metrics.as_ref().expect("this deployment serves metrics")).await
     }
 
     pub fn path(&self, name: &str) -> PathBuf {
@@ -296,6 +297,16 @@ impl Drop for Deployment {
             let _ = child.wait();
         }
     }
+}
+
+/// GET /metrics from `addr`.
+pub async fn scrape(addr: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect to /metrics");
+    s.write_all(format!("GET /metrics HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.expect("request");
+    let mut body = String::new();
+    s.read_to_string(&mut body).await.expect("read metrics");
+    body
 }
 
 /// The run id a `porpoise run` printed.
