@@ -15,7 +15,11 @@ use tracing::{debug, warn};
 
 use crate::Shared;
 use crate::metrics as m;
-use crate::runner::{Ack, TaskChange, record_dead_letter};
+use crate::runner::{Ack, PendingGuard, TaskChange, record_dead_letter};
+
+/// How long a report waits for the runners' outcomes before answering RETRY_LATER for the rest
+/// (they stay queued and are handled; the worker's resend then finds them done).
+const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// The gRPC face of the master for workers.
 #[derive(Debug, Clone)]
@@ -146,16 +150,30 @@ impl TaskEventService for TaskEvents {
                     acks.push(ack(event_id, &Ack::Dropped(problem)));
                 }
                 Ok(event) => match self.0.runner(event.workflow_instance_id) {
-                    Some(runner) => match runner.report(event) {
-                        Ok(rx) => waiting.push((event_id, rx)),
-                        Err(event) => acks.push(ack(event_id, &self.without_runner(event).await)),
-                    },
+                    Some(runner) => {
+                        let key = (e.task_instance_id, e.attempt, event.state.unwrap_or(ExecutionState::Running));
+                        let set = self.0.pending_events.clone();
+                        if !set.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+                            // a resend of an event still queued: one copy in the inbox is enough
+                            acks.push(ack(event_id, &Ack::RetryLater("the event is still being handled".into())));
+                            continue;
+                        }
+                        match runner.report(event, PendingGuard { set, key }) {
+                            Ok(rx) => waiting.push((event_id, rx)),
+                            Err(event) => acks.push(ack(event_id, &self.without_runner(event).await)),
+                        }
+                    }
                     None => acks.push(ack(event_id, &self.without_runner(event).await)),
                 },
             }
         }
+        let deadline = tokio::time::Instant::now() + REPLY_WAIT;
         for (event_id, rx) in waiting {
-            let outcome = rx.await.unwrap_or(Ack::RetryLater("the runner stopped".into()));
+            let outcome = match tokio::time::timeout_at(deadline, rx).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Ack::RetryLater("the runner stopped".into()),
+                Err(_) => Ack::RetryLater("queued behind events still being retried".into()),
+            };
             acks.push(ack(event_id, &outcome));
         }
         Ok(Response::new(ReportTaskEventsReply { acks }))

@@ -89,9 +89,10 @@ pub(crate) struct Shared {
     pub workers: WorkerDirectory,
     pub event_backoff: Backoff,
     pub consumer_wake: Notify,
+    /// Workers' events queued in a runner's inbox, so a resend does not queue a second copy.
+    pub pending_events: Arc<Mutex<HashSet<runner::EventKey>>>,
     runners: Mutex<HashMap<i64, RunnerHandle>>,
     stalls: Mutex<HashMap<i64, String>>,
-    warned_groups: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -156,7 +157,7 @@ impl Shared {
 
     /// Says once per group (until a worker joins it) that tasks wait for a worker.
     pub fn warn_no_worker(&self, group: &str) {
-        if lock(&self.warned_groups).insert(group.to_string()) {
+        if self.workers.first_wait(group) {
             warn!(%group, "tasks wait: no worker with a free slot in the group");
         }
     }
@@ -197,9 +198,9 @@ impl MasterHandle {
             workers: WorkerDirectory::new(config.selector),
             event_backoff: config.event_backoff,
             consumer_wake: Notify::new(),
+            pending_events: Arc::default(),
             runners: Mutex::default(),
             stalls: Mutex::default(),
-            warned_groups: Mutex::default(),
         });
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone())));

@@ -63,6 +63,24 @@ struct Envelope {
     /// Reply at the first outcome (a worker's event: RetryLater lets the worker resend) rather
     /// than the final one (the dispatcher waits for the write).
     early: bool,
+    /// Held while the event is queued or being handled (see [`crate::events`]).
+    _pending: Option<PendingGuard>,
+}
+
+/// What identifies a worker's event for deduplication while it waits in an inbox.
+pub(crate) type EventKey = (i64, i32, ExecutionState);
+
+/// Marks a worker's event as queued in a runner; unmarks it when dropped.
+#[derive(Debug)]
+pub(crate) struct PendingGuard {
+    pub set: Arc<std::sync::Mutex<std::collections::HashSet<EventKey>>>,
+    pub key: EventKey,
+}
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.set.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.key);
+    }
 }
 
 /// Sends events to one runner.
@@ -74,20 +92,22 @@ pub(crate) struct RunnerHandle {
 impl RunnerHandle {
     /// Queues an event nobody waits for (timers).
     pub fn post(&self, event: StateEvent) {
-        let _ = self.tx.send(Envelope { event, reply: None, early: false });
+        let _ = self.tx.send(Envelope { event, reply: None, early: false, _pending: None });
     }
 
     /// Queues a worker's event; the receiver gets the first outcome. `Err` if the runner is gone.
-    pub fn report(&self, event: StateEvent) -> Result<oneshot::Receiver<Ack>, StateEvent> {
+    pub fn report(&self, event: StateEvent, pending: PendingGuard) -> Result<oneshot::Receiver<Ack>, StateEvent> {
         let (tx, rx) = oneshot::channel();
-        self.tx.send(Envelope { event, reply: Some(tx), early: true }).map_err(|e| e.0.event)?;
+        self.tx
+            .send(Envelope { event, reply: Some(tx), early: true, _pending: Some(pending) })
+            .map_err(|e| e.0.event)?;
         Ok(rx)
     }
 
     /// Queues an event and waits for its final outcome.
     pub async fn request(&self, event: StateEvent) -> Ack {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Envelope { event, reply: Some(tx), early: false }).is_err() {
+        if self.tx.send(Envelope { event, reply: Some(tx), early: false, _pending: None }).is_err() {
             return Ack::Ignored;
         }
         rx.await.unwrap_or(Ack::Ignored)
@@ -176,7 +196,7 @@ impl Runner {
     }
 
     async fn process(&mut self, env: Envelope) {
-        let Envelope { event, mut reply, early } = env;
+        let Envelope { event, mut reply, early, _pending } = env;
         let kind = event.kind.as_str();
         let backoff = self.shared.event_backoff;
         let mut failures = 0u32;

@@ -48,6 +48,8 @@ struct Worker {
 struct State {
     workers: HashMap<String, Worker>,
     turn: HashMap<String, usize>,
+    /// Groups whose tasks were said to wait for a worker, until one joins.
+    waiting_said: std::collections::HashSet<String>,
 }
 
 /// The live workers, by address.
@@ -119,9 +121,15 @@ impl WorkerDirectory {
             is_new
         };
         if is_new {
+            self.state().waiting_said.remove(&group);
             info!(worker = %m.key.addr, %group, slots = m.heartbeat.slots, "worker joined");
             queue.unpark(&group, usize::MAX);
         }
+    }
+
+    /// True the first time tasks of `group` wait since a worker of the group last joined.
+    pub fn first_wait(&self, group: &str) -> bool {
+        self.state().waiting_said.insert(group.to_string())
     }
 
     pub fn contains(&self, addr: &str) -> bool {

@@ -10,6 +10,8 @@ pub mod executor;
 pub mod reporter;
 /// The `WorkerService` gRPC server.
 pub mod server;
+/// CPU, memory and load readings for the heartbeat.
+pub mod system;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -144,13 +146,18 @@ pub(crate) fn now_ms() -> i64 {
 }
 
 /// A worker's heartbeat value.
-pub(crate) fn heartbeat(slots: u32, running: u32, started_at: chrono::DateTime<chrono::Utc>) -> Heartbeat {
-    Heartbeat { cpu: 0.0, memory: 0.0, load: load_average(), running_tasks: running, slots, started_at }
-}
-
-fn load_average() -> f64 {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|l| l.parse().ok()))
-        .unwrap_or(0.0)
+pub(crate) fn heartbeat(
+    sampler: &system::SystemSampler,
+    slots: u32,
+    running: u32,
+    started_at: chrono::DateTime<chrono::Utc>,
+) -> Heartbeat {
+    Heartbeat {
+        cpu: sampler.cpu_percent(),
+        memory: system::memory_percent(),
+        load: system::load_average(),
+        running_tasks: running,
+        slots,
+        started_at,
+    }
 }

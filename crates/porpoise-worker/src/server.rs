@@ -40,11 +40,20 @@ pub struct WorkerServer {
     reporter: Reporter,
     attempts: Mutex<HashMap<AttemptKey, Slot>>,
     started_at: chrono::DateTime<chrono::Utc>,
+    sampler: crate::system::SystemSampler,
 }
 
 impl WorkerServer {
     pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter) -> Self {
-        Self { addr, slots, tasks_dir, reporter, attempts: Mutex::new(HashMap::new()), started_at: chrono::Utc::now() }
+        Self {
+            addr,
+            slots,
+            tasks_dir,
+            reporter,
+            attempts: Mutex::new(HashMap::new()),
+            started_at: chrono::Utc::now(),
+            sampler: Default::default(),
+        }
     }
 
     fn attempts(&self) -> MutexGuard<'_, HashMap<AttemptKey, Slot>> {
@@ -61,7 +70,7 @@ impl WorkerServer {
     }
 
     pub fn heartbeat(&self) -> Heartbeat {
-        heartbeat(self.slots, self.running(), self.started_at)
+        heartbeat(&self.sampler, self.slots, self.running(), self.started_at)
     }
 
     fn reply(&self, status: DispatchStatus, message: impl Into<String>) -> Response<DispatchTaskReply> {
