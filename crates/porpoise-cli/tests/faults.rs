@@ -14,8 +14,8 @@ use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
 use porpoise_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use porpoise_proto::v1::{
     AckStatus, DispatchTaskReply, DispatchTaskRequest, GetRunRequest, GetTaskLogReply, GetTaskLogRequest,
-    KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, StartRunRequest, TaskEvent,
-    TaskOutcome, TaskResult, TaskRunning, task_event,
+    KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, TaskResult,
+    TaskRunning, task_event,
 };
 use porpoise_testkit::TestPostgres;
 use tonic::{Request, Response, Status};
@@ -112,33 +112,14 @@ async fn late_and_duplicate_events_change_nothing() {
     let mut d = Deployment::cluster().await;
     let yaml = "name: late\ntasks:\n  - name: a\n    command: echo a\n  - name: b\n    depends_on: [a]\n    command: sleep 1\n";
     d.apply("late", yaml);
+    let id = d.start_run("late").await;
+    d.wait_for_run(id, "a succeeds", |run| {
+        run.tasks.len() == 2 && run.tasks.iter().any(|t| t.task_name == "a" && t.state == "success")
+    })
+    .await;
     let mut admin = d.admin().await;
-    let id = admin
-        .start_run(StartRunRequest { workflow_name: "late".into(), params: Default::default() })
-        .await
-        .expect("start")
-        .into_inner()
-        .run_id;
-    // wait until a succeeded and b is under way
-    let a = {
-        let mut a = None;
-        let mut admin = admin.clone();
-        d.wait_until("a succeeds", || {
-            let mut admin = admin.clone();
-            async move {
-                let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
-                run.tasks.iter().any(|t| t.task_name == "a" && t.state == "success") && run.tasks.len() == 2
-            }
-        })
-        .await;
-        let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
-        for t in run.tasks {
-            if t.task_name == "a" {
-                a = Some(t);
-            }
-        }
-        a.expect("task a")
-    };
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let a = run.tasks.into_iter().find(|t| t.task_name == "a").expect("task a");
     let mut events = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
     let event = |kind| TaskEvent {
         event_id: format!("test-{}", rand_suffix()),
@@ -202,26 +183,11 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
     let mut d = Deployment::cluster_on(&pg, ClusterOptions::default()).await;
     let marks = d.path("marks");
     d.apply("outage", &chain("outage", &marks.display().to_string(), "0.4"));
-    let mut admin = d.admin().await;
     let mut ids = Vec::new();
     for _ in 0..RUNS {
-        let id = admin
-            .start_run(StartRunRequest { workflow_name: "outage".into(), params: Default::default() })
-            .await
-            .expect("start")
-            .into_inner()
-            .run_id;
-        ids.push(id);
+        ids.push(d.start_run("outage").await);
     }
-    let first = ids[0];
-    d.wait_until("the runs are under way", || {
-        let mut admin = admin.clone();
-        async move {
-            let run = admin.get_run(GetRunRequest { run_id: first }).await.expect("get").into_inner();
-            run.tasks.iter().any(|t| t.state == "running")
-        }
-    })
-    .await;
+    d.wait_for_run(ids[0], "the runs are under way", |run| run.tasks.iter().any(|t| t.state == "running")).await;
     pg.stop();
     // the outage itself: Postgres is away for 5 s while tasks finish and report
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -250,17 +216,9 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     let mut d = Deployment::cluster_on(&pg, ClusterOptions::default()).await;
     let marks = d.path("marks");
     d.apply("stall", &chain("stall", &marks.display().to_string(), "0.5"));
-    let out = d.porpoise(&["run", "stall"]);
-    let id = common::run_id(&out);
+    let id = d.start_run("stall").await;
+    d.wait_for_run(id, "the first task runs", |run| run.tasks.iter().any(|t| t.state == "running")).await;
     let mut admin = d.admin().await;
-    d.wait_until("the first task runs", || {
-        let mut admin = admin.clone();
-        async move {
-            let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
-            run.tasks.iter().any(|t| t.state == "running")
-        }
-    })
-    .await;
     pg.stop();
     let metrics_addr = d.metrics.clone().expect("metrics");
     d.wait_until("the run reports that it is stalled", || {

@@ -234,6 +234,27 @@ impl Deployment {
         AdminServiceClient::connect(self.server.clone()).await.expect("connect to the master")
     }
 
+    /// Starts a run of workflow `name` through the API and returns its id.
+    pub async fn start_run(&self, name: &str) -> i64 {
+        let request = porpoise_proto::v1::StartRunRequest { workflow_name: name.into(), params: Default::default() };
+        self.admin().await.start_run(request).await.expect("start run").into_inner().run_id
+    }
+
+    /// Waits until run `id`, as `GetRun` shows it, satisfies `check`.
+    pub async fn wait_for_run(&mut self, id: i64, what: &str, check: impl Fn(&GetRunReply) -> bool + Clone) {
+        let admin = self.admin().await;
+        self.wait_until(what, || {
+            let (mut admin, check) = (admin.clone(), check.clone());
+            async move {
+                match admin.get_run(GetRunRequest { run_id: id }).await {
+                    Ok(run) => check(&run.into_inner()),
+                    Err(_) => false,
+                }
+            }
+        })
+        .await;
+    }
+
     /// Waits for run `id` to end and returns it.
     pub async fn finished_run(&mut self, id: i64) -> GetRunReply {
         let mut admin = self.admin().await;
