@@ -158,6 +158,26 @@ async fn two_hundred_concurrent_runs_each_task_once(mut d: Deployment) {
     assert!(one.tasks.iter().all(|t| t.attempt == 1));
 }
 
+async fn bad_input_is_refused_and_changes_nothing(d: Deployment) {
+    let file = d.path("cycle.yaml");
+    std::fs::write(&file, "name: cyclic\ntasks:\n  - name: a\n    command: echo\n    depends_on: [b]\n  - name: b\n    command: echo\n    depends_on: [a]\n").expect("write");
+    let out = d.porpoise(&["workflow", "apply", "-f", file.to_str().expect("utf-8")]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("dependency cycle: a -> b -> a"), "{stderr}");
+    let list = d.porpoise(&["workflow", "list"]);
+    assert!(!String::from_utf8_lossy(&list.stdout).contains("cyclic"), "an invalid spec is not stored");
+    let out = d.porpoise(&["run", "cyclic"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no workflow named \"cyclic\""));
+    let out = d.porpoise(&["status", "424242"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no run 424242"));
+    let out = d.porpoise(&["run", "cyclic", "--param", "oops"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not name=value"));
+}
+
 macro_rules! both_modes {
     ($($case:ident),* $(,)?) => {
         mod cluster {
@@ -183,4 +203,5 @@ both_modes!(
     diamond_runs_in_order_with_params_and_logs,
     a_failing_task_fails_the_run,
     two_hundred_concurrent_runs_each_task_once,
+    bad_input_is_refused_and_changes_nothing,
 );

@@ -132,3 +132,13 @@ fn one_bad_file_among_good_ones_fails_the_run() {
     assert!(String::from_utf8_lossy(&out.stdout).contains(": ok:"));
     assert!(String::from_utf8_lossy(&out.stderr).contains("the workflow has no tasks"));
 }
+
+#[test]
+fn an_unreachable_server_is_one_clear_error() {
+    let port = porpoise_testkit::free_port();
+    let out = porpoise(&["--server", &format!("http://127.0.0.1:{port}"), "workflow", "list"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.starts_with("porpoise: cannot reach the Porpoise server at http://127.0.0.1:"), "{stderr}");
+    assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
+}
