@@ -319,6 +319,10 @@ impl Runner {
             // the dispatcher raced with another dispatch of the same attempt: only one may send it
             return Ok(false);
         }
+        if target == Submitted && cur.state != Dispatched {
+            // a requeue that lost to the worker's own report: the task is under way already
+            return Ok(false);
+        }
         if !cur.state.can_transition_to(target) {
             if cur.state.is_terminal() || cur.state == Delayed || (target == Running && cur.state != Submitted) {
                 debug!(task_instance_id = cur.id, from = %cur.state, to = %target, "late event ignored");
