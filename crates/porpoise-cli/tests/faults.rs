@@ -234,6 +234,8 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     let out = d.porpoise(&["status", &id.to_string()]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("stalled"), "porpoise status says the run is stalled: {stderr}");
+    // the first task's RESULT could not be written, so nothing moved ahead of the database
+    assert_eq!(lines(&marks).len(), 1, "the next task started although its upstream's result is not durable");
     pg.restart();
     let run = d.finished_run(id).await;
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
