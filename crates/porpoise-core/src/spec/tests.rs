@@ -1,3 +1,5 @@
+//! Spec parsing and validation: a full spec, defaults, and each kind of invalid spec.
+
 use super::*;
 
 const DIAMOND: &str = r#"
