@@ -79,14 +79,7 @@ async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
     let proxy_addr = listener.local_addr().expect("addr").to_string();
     let dropper =
         AckDropper { master: Arc::default(), drop_replies: Arc::new(Mutex::new(3)), forwarded: Arc::default() };
-    let svc = TaskEventServiceServer::new(dropper.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .expect("proxy serves");
-    });
+    common::serve(listener, tonic::service::Routes::new(TaskEventServiceServer::new(dropper.clone())));
     let options = ClusterOptions { advertise: Some(proxy_addr.clone()), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     *dropper.master.lock().expect("lock") = d.master_addr.clone();
@@ -366,14 +359,7 @@ async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
         seen: Arc::default(),
         recorded: Arc::default(),
     };
-    let svc = WorkerServiceServer::new(proxy.clone());
-    tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-            .await
-            .expect("proxy serves");
-    });
+    common::serve(listener, tonic::service::Routes::new(WorkerServiceServer::new(proxy.clone())));
 
     let marks = d.path("marks");
     d.apply("chain", &chain("chain", &marks.display().to_string(), "0"));

@@ -320,6 +320,17 @@ impl Drop for Deployment {
     }
 }
 
+/// Serves `routes` (a test's own gRPC service) on `listener` in the background.
+pub fn serve(listener: tokio::net::TcpListener, routes: tonic::service::Routes) {
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_routes(routes)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .expect("the test's gRPC server serves");
+    });
+}
+
 /// GET /metrics from `addr`.
 pub async fn scrape(addr: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
