@@ -139,30 +139,12 @@ async fn get_run(client: &mut AdminServiceClient<Channel>, run_id: i64) -> Resul
     Ok(client.get_run(GetRunRequest { run_id }).await.map_err(from_status)?.into_inner())
 }
 
+/// RFC 3339 in UTC to the millisecond, or "-" for a time not reached.
 fn time(ms: i64) -> String {
-    if ms == 0 {
-        return "-".into();
+    match chrono::DateTime::from_timestamp_millis(ms) {
+        Some(t) if ms != 0 => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
+        _ => "-".into(),
     }
-    chrono_like(ms)
-}
-
-/// RFC 3339 in UTC, to the millisecond, without a date library.
-fn chrono_like(ms: i64) -> String {
-    let secs = ms.div_euclid(1000);
-    let millis = ms.rem_euclid(1000);
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    // civil from days (Howard Hinnant's algorithm)
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{millis:03}Z", rem / 3600, rem % 3600 / 60, rem % 60)
 }
 
 /// `porpoise status RUN [--json]`
@@ -259,9 +241,9 @@ mod tests {
 
     #[test]
     fn formats_utc_times() {
-        assert_eq!(chrono_like(0), "1970-01-01T00:00:00.000Z");
-        assert_eq!(chrono_like(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
-        assert_eq!(chrono_like(951_782_400_000), "2000-02-29T00:00:00.000Z");
+        assert_eq!(time(0), "-");
+        assert_eq!(time(1_767_225_600_123), "2026-01-01T00:00:00.123Z");
+        assert_eq!(time(951_782_400_000), "2000-02-29T00:00:00.000Z");
     }
 
     #[test]

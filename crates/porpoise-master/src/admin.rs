@@ -154,9 +154,18 @@ impl AdminService for Admin {
         let name = (!req.workflow_name.is_empty()).then_some(req.workflow_name.as_str());
         let limit = if req.limit == 0 { 50 } else { req.limit.min(1000) };
         let runs = self.0.store.list_workflow_instances(name, limit).await.map_err(status)?;
+        let mut versions = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(runs.len());
         for r in &runs {
-            out.push(self.summary(r, self.version_of(r.workflow_definition_id).await));
+            let version = match versions.get(&r.workflow_definition_id) {
+                Some(&v) => v,
+                None => {
+                    let v = self.version_of(r.workflow_definition_id).await;
+                    versions.insert(r.workflow_definition_id, v);
+                    v
+                }
+            };
+            out.push(self.summary(r, version));
         }
         Ok(Response::new(ListRunsReply { runs: out }))
     }

@@ -101,7 +101,7 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
             Ok(r) => {
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "full").increment(1);
                 debug!(task_instance_id = task.task_instance_id, %worker, message = %r.message, "worker refused the task; requeueing");
-                requeue(&shared, &task, &worker, backoff.delay(failures)).await;
+                requeue(&task, &worker, backoff.delay(failures)).await;
                 return;
             }
             Err(e) => {
@@ -109,7 +109,7 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "unreachable").increment(1);
                 if !shared.workers.contains(&worker) {
                     warn!(task_instance_id = task.task_instance_id, %worker, error = %e, "worker gone before accepting the task; requeueing");
-                    requeue(&shared, &task, &worker, Duration::ZERO).await;
+                    requeue(&task, &worker, Duration::ZERO).await;
                     return;
                 }
                 warn!(task_instance_id = task.task_instance_id, %worker, error = %e, failures, "dispatch unanswered; resending");
@@ -120,12 +120,11 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
 }
 
 /// Sends the task back to `submitted` (the runner queues it again after `delay`).
-async fn requeue(shared: &Shared, task: &QueuedTask, worker: &str, delay: Duration) {
+async fn requeue(task: &QueuedTask, worker: &str, delay: Duration) {
     let change = TaskChange {
         worker: Some(worker.to_string()),
         requeue_after_ms: Some(delay.as_millis() as u64),
         ..Default::default()
     };
     task.runner.request(change_event(task, ExecutionState::Submitted, change)).await;
-    let _ = shared;
 }

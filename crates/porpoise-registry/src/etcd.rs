@@ -96,10 +96,11 @@ impl EtcdRegistry {
         let mut tick = tokio::time::interval(renew_every(ttl));
         let backoff = Backoff { initial: Duration::from_millis(100), max: ttl / 2, multiplier: 2.0 };
         let mut failures = 0u32;
+        let mut keep_alive = KeepAlive::default();
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    match renew(&mut client, lease).await {
+                    match keep_alive.renew(&mut client, lease).await {
                         Ok(true) => failures = 0,
                         Ok(false) => {
                             warn!(%key, lease, "registry lease lost");
@@ -164,13 +165,34 @@ impl EtcdRegistry {
     }
 }
 
-/// One keep-alive round trip: `Ok(false)` when the lease no longer exists.
-async fn renew(client: &mut Client, lease: i64) -> Result<bool> {
-    let (mut keeper, mut stream) = client.lease_keep_alive(lease).await?;
-    keeper.keep_alive().await?;
-    match stream.message().await? {
-        Some(resp) => Ok(resp.ttl() > 0),
-        None => Err(RegistryError::Unavailable("keep-alive stream closed".into())),
+/// A lease's keep-alive stream, opened once and reopened only after it broke.
+#[derive(Default)]
+struct KeepAlive {
+    stream: Option<(etcd_client::LeaseKeeper, etcd_client::LeaseKeepAliveStream)>,
+}
+
+impl KeepAlive {
+    /// One keep-alive round trip: `Ok(false)` when the lease no longer exists.
+    async fn renew(&mut self, client: &mut Client, lease: i64) -> Result<bool> {
+        if self.stream.is_none() {
+            self.stream = Some(client.lease_keep_alive(lease).await?);
+        }
+        let result = match self.stream.as_mut() {
+            Some((keeper, stream)) => match keeper.keep_alive().await {
+                Ok(()) => match stream.message().await {
+                    Ok(Some(resp)) => Ok(resp.ttl() > 0),
+                    Ok(None) => Err(RegistryError::Unavailable("keep-alive stream closed".into())),
+                    Err(e) => Err(e.into()),
+                },
+                Err(e) => Err(e.into()),
+            },
+            None => Err(RegistryError::Unavailable("no keep-alive stream".into())),
+        };
+        if !matches!(result, Ok(true)) {
+            // broken, or its lease is gone: the next renewal starts afresh
+            self.stream = None;
+        }
+        result
     }
 }
 

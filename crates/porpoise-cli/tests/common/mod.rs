@@ -79,6 +79,14 @@ impl Deployment {
         let url = pg.fresh_database().await;
         let etcd = TestEtcd::shared();
         let root = format!("/{}", unique_name("porpoise-e2e"));
+        let registry_args: Vec<String> = vec![
+            "--etcd".into(),
+            etcd.endpoint(),
+            "--etcd-root".into(),
+            root.clone(),
+            "--lease-ttl-secs".into(),
+            "3".into(),
+        ];
         let master_port = free_port();
         let metrics_port = free_port();
         let master_addr = format!("127.0.0.1:{master_port}");
@@ -96,15 +104,10 @@ impl Deployment {
             master_addr.clone(),
             "--database-url".into(),
             url,
-            "--etcd".into(),
-            etcd.endpoint(),
-            "--etcd-root".into(),
-            root.clone(),
-            "--lease-ttl-secs".into(),
-            "3".into(),
             "--metrics-listen".into(),
             format!("127.0.0.1:{metrics_port}"),
         ];
+        master_args.extend(registry_args.iter().cloned());
         if let Some(adv) = &options.advertise {
             master_args.extend(["--advertise".to_string(), adv.clone()]);
         }
@@ -119,15 +122,10 @@ impl Deployment {
             worker_addr.clone(),
             "--slots".into(),
             options.slots.unwrap_or(16).to_string(),
-            "--etcd".into(),
-            etcd.endpoint(),
-            "--etcd-root".into(),
-            root.clone(),
-            "--lease-ttl-secs".into(),
-            "3".into(),
             "--data-dir".into(),
             worker_dir.display().to_string(),
         ]);
+        worker_args.extend(registry_args);
         d.spawn("porpoise-worker", &worker_args);
         d.wait_for_master().await;
         let registry = EtcdRegistry::connect(&[etcd.endpoint()], &root).await.expect("connect etcd");
