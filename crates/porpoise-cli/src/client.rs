@@ -13,7 +13,7 @@ use porpoise_proto::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
-use crate::{EXIT_INVALID, fail};
+use crate::{EXIT_INVALID, errln, fail, outln, output};
 
 /// The server the CLI talks to when neither `--server` nor `PORPOISE_SERVER` says otherwise.
 pub const DEFAULT_SERVER: &str = "http://127.0.0.1:5678";
@@ -26,15 +26,23 @@ pub struct ClientError {
 }
 
 impl ClientError {
-    fn invalid(message: impl Into<String>) -> Self {
+    pub fn invalid(message: impl Into<String>) -> Self {
         Self { code: EXIT_INVALID, message: message.into() }
     }
 
-    fn failed(message: impl Into<String>) -> Self {
+    pub fn failed(message: impl Into<String>) -> Self {
         Self { code: 1, message: message.into() }
     }
 
+    /// Standard output's reader went away: stop quietly, successfully.
+    pub fn reader_gone() -> Self {
+        Self { code: 0, message: String::new() }
+    }
+
     pub fn exit(self) -> ExitCode {
+        if self.code == 0 && self.message.is_empty() {
+            return ExitCode::SUCCESS;
+        }
         fail(self.code, self.message)
     }
 }
@@ -73,7 +81,7 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
             .map_err(from_status)?
             .into_inner();
         let what = if reply.changed { "applied" } else { "unchanged" };
-        println!("{shown}: {what}: workflow {} version {}", reply.name, reply.version);
+        outln!("{shown}: {what}: workflow {} version {}", reply.name, reply.version)?;
     }
     Ok(())
 }
@@ -82,9 +90,9 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
 pub async fn list(server: &str) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_workflows(ListWorkflowsRequest {}).await.map_err(from_status)?.into_inner();
-    println!("{:<32} {:>7} {:>6}", "WORKFLOW", "VERSION", "TASKS");
+    outln!("{:<32} {:>7} {:>6}", "WORKFLOW", "VERSION", "TASKS")?;
     for w in reply.workflows {
-        println!("{:<32} {:>7} {:>6}", w.name, w.version, w.task_count);
+        outln!("{:<32} {:>7} {:>6}", w.name, w.version, w.task_count)?;
     }
     Ok(())
 }
@@ -110,7 +118,7 @@ pub async fn run(server: &str, name: &str, params: &[String], wait: bool) -> Res
         .await
         .map_err(from_status)?
         .into_inner();
-    println!("{}", reply.run_id);
+    outln!("{}", reply.run_id)?;
     if !wait {
         return Ok(());
     }
@@ -120,7 +128,7 @@ pub async fn run(server: &str, name: &str, params: &[String], wait: bool) -> Res
         let summary = run.run.unwrap_or_default();
         match summary.state.as_str() {
             "success" => {
-                eprintln!("run {} succeeded", reply.run_id);
+                errln!("run {} succeeded", reply.run_id);
                 return Ok(());
             }
             "failure" | "stopped" => {
@@ -166,6 +174,7 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
                     "started_at_ms": (t.started_at_ms != 0).then_some(t.started_at_ms),
                     "ended_at_ms": (t.ended_at_ms != 0).then_some(t.ended_at_ms),
                     "exit_code": t.exit_code,
+                    "warning": (!t.warning.is_empty()).then_some(&t.warning),
                 })
             })
             .collect();
@@ -181,22 +190,29 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
             "ended_at_ms": (run.ended_at_ms != 0).then_some(run.ended_at_ms),
             "tasks": tasks,
         });
-        println!("{out:#}");
+        outln!("{out:#}")?;
         return Ok(());
     }
-    println!("run {} of {} (version {}): {}", run.run_id, run.workflow_name, run.workflow_version, run.state);
+    outln!("run {} of {} (version {}): {}", run.run_id, run.workflow_name, run.workflow_version, run.state)?;
     if !run.state_reason.is_empty() {
-        println!("  reason: {}", run.state_reason);
+        outln!("  reason: {}", run.state_reason)?;
     }
-    println!("  started {}  ended {}", time(run.started_at_ms), time(run.ended_at_ms));
-    println!(
+    outln!("  started {}  ended {}", time(run.started_at_ms), time(run.ended_at_ms))?;
+    outln!(
         "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
-        "ID", "TASK", "STATE", "ATTEMPT", "WORKER", "EXIT", "STARTED", "ENDED"
-    );
-    for t in reply.tasks {
+        "ID",
+        "TASK",
+        "STATE",
+        "ATTEMPT",
+        "WORKER",
+        "EXIT",
+        "STARTED",
+        "ENDED"
+    )?;
+    for t in &reply.tasks {
         let exit = t.exit_code.map_or("-".to_string(), |c| c.to_string());
-        let worker = if t.worker_addr.is_empty() { "-".to_string() } else { t.worker_addr };
-        println!(
+        let worker = if t.worker_addr.is_empty() { "-" } else { &t.worker_addr };
+        outln!(
             "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
             t.task_instance_id,
             t.task_name,
@@ -206,24 +222,25 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
             exit,
             time(t.started_at_ms),
             time(t.ended_at_ms)
-        );
+        )?;
+    }
+    for t in reply.tasks.iter().filter(|t| !t.warning.is_empty()) {
+        outln!("  warning: task {} ({}): {}", t.task_name, t.task_instance_id, t.warning)?;
     }
     Ok(())
 }
 
 /// `porpoise logs TASK_INSTANCE`: the whole log of the task's latest attempt.
 pub async fn logs(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
-    use std::io::Write;
     let mut client = connect(server).await?;
     let mut offset = 0;
-    let mut out = std::io::stdout().lock();
     loop {
         let reply = client
             .get_task_log(GetTaskInstanceLogRequest { task_instance_id, offset })
             .await
             .map_err(from_status)?
             .into_inner();
-        out.write_all(&reply.content).map_err(|e| ClientError::failed(format!("cannot write the log: {e}")))?;
+        output::bytes(&reply.content)?;
         if reply.content.is_empty() || reply.next_offset <= offset {
             break;
         }

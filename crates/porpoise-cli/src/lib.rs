@@ -3,6 +3,8 @@
 
 /// `porpoise` subcommands that talk to a master's AdminService.
 pub mod client;
+/// What commands print, ending quietly when standard output's reader has gone.
+pub mod output;
 /// `porpoise standalone`: a master and a worker in one process on SQLite.
 pub mod standalone;
 
@@ -36,6 +38,6 @@ pub async fn shutdown_signal() {
 
 /// Prints `message` as the one error line of a failed command and returns `code`.
 pub fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
-    eprintln!("porpoise: {message}");
+    output::error_line(format_args!("porpoise: {message}"));
     ExitCode::from(code)
 }

@@ -8,7 +8,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use porpoise_cli::client::{self, DEFAULT_SERVER};
 use porpoise_cli::standalone::{DEFAULT_DATA_DIR, DEFAULT_LISTEN, Standalone};
-use porpoise_cli::{EXIT_INVALID, fail, init_tracing, shutdown_signal};
+use porpoise_cli::{EXIT_INVALID, errln, fail, init_tracing, outln, shutdown_signal};
 use porpoise_core::WorkflowSpec;
 
 #[derive(Debug, Parser)]
@@ -117,9 +117,10 @@ async fn standalone(data_dir: PathBuf, listen: SocketAddr, slots: u32) -> ExitCo
         Ok(s) => s,
         Err(e) => return fail(1, e),
     };
-    println!("porpoise standalone: master on http://{} (use --server http://{})", s.master.addr, s.master.addr);
-    println!("porpoise standalone: worker on {} with {slots} slots", s.worker.addr);
-    println!("porpoise standalone: data in {}", data_dir.display());
+    // a closed standard output must not stop the instance: these lines are only a courtesy
+    let _ = outln!("porpoise standalone: master on http://{} (use --server http://{})", s.master.addr, s.master.addr);
+    let _ = outln!("porpoise standalone: worker on {} with {slots} slots", s.worker.addr);
+    let _ = outln!("porpoise standalone: data in {}", data_dir.display());
     shutdown_signal().await;
     s.stop().await;
     ExitCode::SUCCESS
@@ -129,9 +130,13 @@ fn validate(files: &[PathBuf]) -> ExitCode {
     let mut ok = true;
     for file in files {
         match validate_file(file) {
-            Ok(summary) => println!("{summary}"),
+            Ok(summary) => {
+                if let Err(e) = outln!("{summary}") {
+                    return e.exit();
+                }
+            }
             Err(message) => {
-                eprintln!("{message}");
+                errln!("{message}");
                 ok = false;
             }
         }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use porpoise_cli::{EXIT_INVALID, fail, init_tracing, shutdown_signal};
+use porpoise_cli::{EXIT_INVALID, fail, init_tracing, outln, shutdown_signal};
 use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
 use porpoise_registry::EtcdRegistry;
 use porpoise_store::PgStore;
@@ -88,7 +88,7 @@ async fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(1, e),
     };
-    println!("porpoise-master listening on {}", master.addr);
+    let _ = outln!("porpoise-master listening on {}", master.addr);
     shutdown_signal().await;
     master.stop().await;
     ExitCode::SUCCESS

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use clap::Parser;
-use porpoise_cli::{EXIT_INVALID, fail, init_tracing, shutdown_signal};
+use porpoise_cli::{EXIT_INVALID, fail, init_tracing, outln, shutdown_signal};
 use porpoise_registry::EtcdRegistry;
 use porpoise_worker::config::Args;
 use porpoise_worker::{WorkerConfig, WorkerHandle};
@@ -25,7 +25,7 @@ async fn main() -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(1, e),
     };
-    println!("porpoise-worker listening on {}", worker.addr);
+    let _ = outln!("porpoise-worker listening on {}", worker.addr);
     shutdown_signal().await;
     worker.stop().await;
     ExitCode::SUCCESS
