@@ -91,6 +91,11 @@ const INVALID: &[(&str, &str, &str)] = &[
         "task \"a\", field \"type\": unknown task type \"spark\"",
     ),
     (
+        "task-group",
+        "name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: warehouse\n",
+        ":5: task \"a\", field \"task_group\": task groups are not supported yet",
+    ),
+    (
         "self-dependency",
         "name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [a]\n",
         "task \"a\", field \"depends_on\": the task depends on itself",

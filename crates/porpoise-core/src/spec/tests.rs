@@ -17,7 +17,6 @@ tasks:
     timeout_strategy: warnfail
     priority: highest
     worker_group: etl
-    task_group: warehouse
   - name: clean
     depends_on: [extract]
     command: echo clean
@@ -53,7 +52,7 @@ fn a_full_spec_parses_with_defaults() {
     assert_eq!(extract.timeout, Some(Duration::from_secs(300)));
     assert_eq!(extract.timeout_strategy, TimeoutStrategy::WarnFail);
     assert_eq!(extract.worker_group, "etl");
-    assert_eq!(extract.task_group.as_deref(), Some("warehouse"));
+    assert_eq!(extract.task_group, None);
     let load = spec.task("load").expect("load");
     assert_eq!(load.retries, 0);
     assert_eq!(load.retry_interval, DEFAULT_RETRY_INTERVAL);
@@ -180,4 +179,13 @@ fn broken_yaml_has_a_line() {
 fn every_problem_is_reported() {
     let e = err("tasks:\n  - name: a\n    command: ''\n    depends_on: [zz]\n");
     assert_eq!(e.problems.len(), 3, "{e}");
+}
+
+#[test]
+fn task_groups_are_refused_until_they_are_built() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: warehouse\n");
+    assert_eq!(p.task.as_deref(), Some("a"));
+    assert_eq!(p.field.as_deref(), Some("task_group"));
+    assert_eq!(p.line, Some(5));
+    assert!(p.message.contains("not supported yet"), "{}", p.message);
 }
