@@ -1,7 +1,8 @@
 //! Runs one task attempt: `bash -c COMMAND` in the attempt's own working directory and process
 //! group, the run's params substituted for `${name}` and exported as environment variables,
-//! stdout and stderr appended to the attempt's log file. Ends by timeout or kill take the whole
-//! process group down.
+//! stdout and stderr appended to the attempt's log file. An end by timeout or kill takes every
+//! process of the attempt down ([`crate::process`]); so does a normal exit, for what the command
+//! left behind in its process group.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -15,6 +16,10 @@ use tokio::sync::Notify;
 use tracing::{info, warn};
 
 use crate::now_ms;
+use crate::process::{TOKEN_VAR, TaskProcesses};
+
+/// How long a kill keeps hunting an attempt's processes before it reports survivors.
+const KILL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// One attempt to run.
 #[derive(Debug, Clone)]
@@ -59,10 +64,13 @@ pub fn substitute(command: &str, params: &HashMap<String, String>) -> String {
 }
 
 /// Runs `attempt`; `on_running` is called once the process has started. `kill` ends it early.
+/// `worker_token` is unique to this worker process; with the attempt it marks the attempt's
+/// processes.
 pub async fn run(
     tasks_dir: &Path,
     attempt: &Attempt,
     worker_addr: &str,
+    worker_token: &str,
     kill: Arc<Notify>,
     on_running: impl FnOnce(TaskRunning),
 ) -> TaskResult {
@@ -83,6 +91,7 @@ pub async fn run(
         Ok(files) => files,
         Err(e) => return failed(format!("cannot open log file {}: {e}", log.display())),
     };
+    let token = format!("{worker_token}.{}.{}", attempt.task_instance_id, attempt.attempt);
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
         .arg(substitute(&attempt.command, &attempt.params))
@@ -90,6 +99,7 @@ pub async fn run(
         .envs(&attempt.params)
         .env("PORPOISE_TASK_INSTANCE_ID", attempt.task_instance_id.to_string())
         .env("PORPOISE_ATTEMPT", attempt.attempt.to_string())
+        .env(TOKEN_VAR, &token)
         .stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
@@ -99,7 +109,7 @@ pub async fn run(
         Ok(child) => child,
         Err(e) => return failed(format!("cannot start bash: {e}")),
     };
-    let pgid = child.id();
+    let processes = child.id().map(|pid| TaskProcesses { leader: pid as i32, token });
     on_running(TaskRunning {
         started_at_ms,
         worker_addr: worker_addr.to_string(),
@@ -113,6 +123,13 @@ pub async fn run(
     };
     let (outcome, message) = tokio::select! {
         status = child.wait() => {
+            // what the command left behind in its group goes with it
+            if let Some(p) = &processes
+                && rustix::process::Pid::from_raw(p.leader)
+                    .is_some_and(|g| rustix::process::test_kill_process_group(g).is_ok())
+            {
+                kill_all(attempt, p.clone(), "left behind by the task").await;
+            }
             return match status {
                 Ok(status) => {
                     let ok = status.success();
@@ -127,28 +144,39 @@ pub async fn run(
                 Err(e) => failed(format!("cannot wait for the task process: {e}")),
             };
         }
-        _ = timeout => (TaskOutcome::TimedOut, format!("timed out after {:?}", attempt.timeout.unwrap_or_default())),
+        _ = timeout => (TaskOutcome::TimedOut, format!("timed out after {}", humantime::format_duration(attempt.timeout.unwrap_or_default()))),
         _ = kill.notified() => (TaskOutcome::Killed, "killed on request".to_string()),
     };
-    kill_group(pgid).await;
+    if let Some(p) = processes {
+        kill_all(attempt, p, &message).await;
+    }
+    // reap the shell (already killed above; this only collects it)
     let _ = child.kill().await;
     info!(task_instance_id = attempt.task_instance_id, attempt = attempt.attempt, %message, "task ended early");
     TaskResult { outcome: outcome as i32, exit_code: None, started_at_ms, ended_at_ms: now_ms(), message }
 }
 
+/// Kills every process of the attempt, off the async runtime; says so when one survives.
+async fn kill_all(attempt: &Attempt, processes: TaskProcesses, why: &str) {
+    let (ti, n) = (attempt.task_instance_id, attempt.attempt);
+    match tokio::task::spawn_blocking(move || processes.kill_all(KILL_DEADLINE)).await {
+        Ok(report) if report.survivors > 0 => warn!(
+            task_instance_id = ti,
+            attempt = n,
+            survivors = report.survivors,
+            "processes of the task survived SIGKILL"
+        ),
+        Ok(report) if report.killed > 0 => {
+            info!(task_instance_id = ti, attempt = n, killed = report.killed, reason = why, "task processes killed")
+        }
+        Ok(_) => {}
+        Err(e) => warn!(task_instance_id = ti, attempt = n, error = %e, "cannot kill the task's processes"),
+    }
+}
+
 fn open_log(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     Ok((file.try_clone()?, file))
-}
-
-/// Sends SIGKILL to a whole process group, so the task's children go too.
-async fn kill_group(pgid: Option<u32>) {
-    let Some(pgid) = pgid else { return };
-    match Command::new("kill").arg("-KILL").arg("--").arg(format!("-{pgid}")).status().await {
-        Ok(s) if s.success() => {}
-        Ok(s) => warn!(pgid, status = %s, "kill of the task's process group failed"),
-        Err(e) => warn!(pgid, error = %e, "cannot run kill for the task's process group"),
-    }
 }
 
 #[cfg(test)]

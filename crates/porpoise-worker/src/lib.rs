@@ -6,6 +6,8 @@
 pub mod config;
 /// Running one task attempt: working directory, command, log, timeout, kill.
 pub mod executor;
+/// Finding and killing every process of a task attempt.
+pub mod process;
 /// Delivers task events to masters in batches, resending until each is ACKed.
 pub mod reporter;
 /// The `WorkerService` gRPC server.

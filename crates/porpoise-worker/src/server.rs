@@ -40,18 +40,22 @@ pub struct WorkerServer {
     reporter: Reporter,
     attempts: Mutex<HashMap<AttemptKey, Slot>>,
     started_at: chrono::DateTime<chrono::Utc>,
+    /// Unique to this worker process: marks its tasks' processes (see [`crate::process`]).
+    token: String,
     sampler: crate::system::SystemSampler,
 }
 
 impl WorkerServer {
     pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter) -> Self {
+        let started_at = chrono::Utc::now();
         Self {
+            token: format!("{}-{}", std::process::id(), started_at.timestamp_micros()),
             addr,
             slots,
             tasks_dir,
             reporter,
             attempts: Mutex::new(HashMap::new()),
-            started_at: chrono::Utc::now(),
+            started_at,
             sampler: Default::default(),
         }
     }
@@ -100,7 +104,7 @@ impl WorkerServer {
                 workflow_instance_id,
                 kind: Some(kind),
             };
-            let result = executor::run(&this.tasks_dir, &attempt, &this.addr, kill, |running| {
+            let result = executor::run(&this.tasks_dir, &attempt, &this.addr, &this.token, kill, |running| {
                 this.reporter.send(&master, event(task_event::Kind::Running(running)));
             })
             .await;

@@ -229,24 +229,90 @@ async fn dispatches_beyond_the_slots_are_rejected_and_kill_frees_the_slot() {
     master.wait_result(15, 1).await;
 }
 
+/// Live processes whose command line contains `name` (zombies have an empty one).
+fn processes_named(name: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(name))
+        .collect()
+}
+
+/// A task that leaves three `sleep 300`s named `NAME-…`: one in its process group, one that
+/// left the group with setsid, and one that also left the shell's tree (double fork + setsid).
+fn sprawling_task(name: &str) -> String {
+    format!(
+        "bash -c 'exec -a {name}-child sleep 300' & \
+         setsid bash -c 'exec -a {name}-escaped sleep 300' & \
+         (setsid bash -c 'exec -a {name}-orphan sleep 300' &); \
+         sleep 300"
+    )
+}
+
+/// Waits until all three processes of [`sprawling_task`] run; fails if the task ended first.
+async fn wait_sprawl(master: &Master, ti: i64, name: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let started = || {
+        let running = processes_named(name);
+        ["child", "escaped", "orphan"].iter().all(|k| running.iter().any(|c| c.starts_with(&format!("{name}-{k} "))))
+    };
+    while !started() {
+        let ended = master
+            .handled
+            .lock()
+            .expect("lock")
+            .iter()
+            .any(|e| e.task_instance_id == ti && matches!(e.kind, Some(task_event::Kind::Result(_))));
+        assert!(!ended, "task {ti} ended before all its processes started: {:?}", processes_named(name));
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the task's processes did not start: {:?}",
+            processes_named(name)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_task_past_its_timeout_is_ended_with_its_children() {
+async fn no_process_of_a_killed_or_timed_out_task_survives() {
     let (master, addr) = Master::start(0).await;
     let mut s = worker(2).await;
-    let marker = tempfile::tempdir().expect("dir");
-    let late = marker.path().join("late");
-    // a child in the background would write the marker if it survived the kill
-    let cmd = format!("(sleep 1; echo survived > {}) & sleep 60", late.display());
-    let mut req = dispatch(16, &cmd, addr);
-    req.timeout_ms = 300;
-    send(&mut s.client, req).await;
+    let name = format!("porpoise-test-{}", std::process::id());
+
+    let killed = format!("{name}-k");
+    send(&mut s.client, dispatch(16, &sprawling_task(&killed), addr)).await;
+    wait_sprawl(&master, 16, &killed).await;
+    let reply = s.client.kill_task(KillTaskRequest { task_instance_id: 16, attempt: 1 }).await.expect("kill");
+    assert!(reply.into_inner().found);
     let result = result_of(&master.wait_result(16, 1).await);
+    assert_eq!(result.outcome, TaskOutcome::Killed as i32);
+    assert_eq!(processes_named(&killed), Vec::<String>::new(), "processes of the killed task survived");
+
+    let timed_out = format!("{name}-t");
+    let mut req = dispatch(17, &sprawling_task(&timed_out), addr);
+    req.timeout_ms = 2_000;
+    send(&mut s.client, req).await;
+    wait_sprawl(&master, 17, &timed_out).await;
+    let result = result_of(&master.wait_result(17, 1).await);
     assert_eq!(result.outcome, TaskOutcome::TimedOut as i32);
-    // the background child was in the process group: give it time it would need, then check
-    let (m2, addr2) = Master::start(0).await;
-    send(&mut s.client, dispatch(17, "sleep 1.5", addr2)).await;
-    m2.wait_result(17, 1).await;
-    assert!(!late.exists(), "the task's child outlived the timeout kill");
+    assert_eq!(result.message, "timed out after 2s");
+    assert_eq!(processes_named(&timed_out), Vec::<String>::new(), "processes of the timed-out task survived");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_a_finished_task_left_in_its_group_is_ended() {
+    let (master, addr) = Master::start(0).await;
+    let mut s = worker(2).await;
+    let name = format!("porpoise-test-{}-left", std::process::id());
+    // the task ends once its background sleep runs under its new name
+    let cmd =
+        format!("bash -c 'exec -a {name} sleep 300' & until grep -qa '^{name}' /proc/$!/cmdline; do sleep 0.01; done");
+    send(&mut s.client, dispatch(19, &cmd, addr)).await;
+    let result = result_of(&master.wait_result(19, 1).await);
+    assert_eq!((result.outcome, result.exit_code), (TaskOutcome::Success as i32, Some(0)));
+    assert_eq!(processes_named(&name), Vec::<String>::new(), "a background process outlived its task");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
