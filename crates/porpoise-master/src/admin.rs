@@ -144,6 +144,7 @@ impl AdminService for Admin {
                 started_at_ms: ms(t.started_at),
                 ended_at_ms: ms(t.ended_at),
                 exit_code: t.exit_code,
+                warning: t.warning.unwrap_or_default(),
             })
             .collect();
         Ok(Response::new(GetRunReply { run: Some(self.summary(&run, version)), tasks }))

@@ -43,7 +43,8 @@ fn to_state_event(e: &TaskEvent) -> Result<StateEvent, String> {
             },
         ),
         Some(task_event::Kind::Result(r)) => {
-            let state = match TaskOutcome::try_from(r.outcome) {
+            let outcome = TaskOutcome::try_from(r.outcome);
+            let state = match outcome {
                 Ok(TaskOutcome::Success) => ExecutionState::Success,
                 Ok(TaskOutcome::Failure | TaskOutcome::TimedOut | TaskOutcome::Killed) => ExecutionState::Failure,
                 _ => return Err(format!("unknown task outcome {}", r.outcome)),
@@ -51,6 +52,7 @@ fn to_state_event(e: &TaskEvent) -> Result<StateEvent, String> {
             (
                 state,
                 TaskChange {
+                    timed_out: outcome == Ok(TaskOutcome::TimedOut),
                     exit_code: r.exit_code,
                     started_at_ms: Some(r.started_at_ms),
                     ended_at_ms: Some(r.ended_at_ms),

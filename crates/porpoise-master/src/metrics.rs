@@ -1,6 +1,7 @@
 //! Metric names (Prometheus, `porpoise_` prefix) and their descriptions, registered at start.
 
-use metrics::{describe_counter, describe_gauge, describe_histogram};
+use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
+use porpoise_core::StateEventKind;
 
 pub const COMMANDS_CONSUMED: &str = "porpoise_commands_consumed_total";
 pub const WORKFLOWS_SUBMITTED: &str = "porpoise_workflow_instances_submitted_total";
@@ -11,6 +12,7 @@ pub const TASKS_DISPATCHED: &str = "porpoise_tasks_dispatched_total";
 pub const TASKS_DISPATCH_FAILED: &str = "porpoise_tasks_dispatch_failed_total";
 pub const TASKS_FINISHED: &str = "porpoise_tasks_finished_total";
 pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
+pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
 pub const STATE_EVENTS_IGNORED: &str = "porpoise_state_events_ignored_total";
@@ -20,8 +22,10 @@ pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
 
-/// Registers every metric's description with the installed recorder.
+/// Registers every metric's description with the installed recorder, and every counter and
+/// gauge at 0 for its known labels, so a scrape shows them before anything happened.
 pub fn describe() {
+    register_at_zero();
     describe_counter!(COMMANDS_CONSUMED, "Commands claimed from the database");
     describe_counter!(WORKFLOWS_SUBMITTED, "Workflow instances this master started");
     describe_counter!(WORKFLOWS_FINISHED, "Workflow instances finished, by state");
@@ -31,6 +35,7 @@ pub fn describe() {
     describe_counter!(TASKS_DISPATCH_FAILED, "Dispatch attempts rejected or failed, by reason");
     describe_counter!(TASKS_FINISHED, "Task attempts finished, by state");
     describe_counter!(TASKS_RETRIED, "Task retries scheduled");
+    describe_counter!(TASKS_TIMED_OUT, "Task attempts that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
     describe_counter!(STATE_EVENTS_IGNORED, "State events with nothing to do (duplicate, late or stale), by kind");
@@ -39,4 +44,30 @@ pub fn describe() {
     describe_gauge!(WORKFLOWS_STALLED, "Workflow instances whose event handling keeps failing");
     describe_counter!(TASK_EVENTS_REJECTED, "Malformed task events received from workers");
     describe_histogram!(DISPATCH_SECONDS, "Time from queueing a task to a worker accepting it");
+}
+
+fn register_at_zero() {
+    for name in
+        [COMMANDS_CONSUMED, WORKFLOWS_SUBMITTED, TASKS_SUBMITTED, TASKS_DISPATCHED, TASKS_RETRIED, TASK_EVENTS_REJECTED]
+    {
+        counter!(name).increment(0);
+    }
+    for name in [WORKFLOWS_RUNNING, WORKFLOWS_STALLED, TASKS_WAITING_FOR_WORKER] {
+        gauge!(name).increment(0.0);
+    }
+    for state in ["success", "failure", "stopped"] {
+        counter!(WORKFLOWS_FINISHED, "state" => state).increment(0);
+        counter!(TASKS_FINISHED, "state" => state).increment(0);
+    }
+    for reason in ["invalid", "full", "unreachable"] {
+        counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
+    }
+    for strategy in ["warn", "fail", "warnfail"] {
+        counter!(TASKS_TIMED_OUT, "strategy" => strategy).increment(0);
+    }
+    for kind in StateEventKind::ALL {
+        for name in [STATE_EVENTS_HANDLED, STATE_EVENTS_IGNORED, STATE_EVENTS_RETRIED, STATE_EVENTS_DROPPED] {
+            counter!(name, "kind" => kind.as_str()).increment(0);
+        }
+    }
 }

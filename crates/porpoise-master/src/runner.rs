@@ -12,7 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
-use porpoise_core::{Backoff, Dag, DropReason, ExecutionState, HandlerError, StateEvent, StateEventKind, WorkflowSpec};
+use porpoise_core::{
+    Backoff, Dag, DropReason, ExecutionState, HandlerError, StateEvent, StateEventKind, TaskSpec, TimeoutStrategy,
+    WorkflowSpec,
+};
 use porpoise_store::{
     NewDeadLetter, NewTaskInstance, StoreError, TaskStateUpdate, WorkflowInstance, WorkflowStateUpdate,
 };
@@ -55,6 +58,9 @@ pub(crate) struct TaskChange {
     /// For a dispatch that went back to `submitted`: how long to wait before queueing again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requeue_after_ms: Option<u64>,
+    /// The worker killed the attempt at its timeout.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub timed_out: bool,
 }
 
 struct Envelope {
@@ -263,8 +269,8 @@ impl Runner {
             StateEventKind::TaskStateChange => self.on_task_state_change(event).await,
             StateEventKind::TaskRetry => self.on_task_retry(event).await,
             StateEventKind::WorkflowStateChange => self.on_workflow_state_change(event).await,
-            kind @ (StateEventKind::TaskTimeout
-            | StateEventKind::WorkflowTimeout
+            StateEventKind::TaskTimeout => self.on_task_timeout(event).await,
+            kind @ (StateEventKind::WorkflowTimeout
             | StateEventKind::WaitTaskGroup
             | StateEventKind::WorkflowBlocked) => {
                 Err(DropReason::Unsupported(format!("{kind} events are not handled yet")).into())
@@ -339,7 +345,15 @@ impl Runner {
         if target.is_terminal() || target == Delayed {
             update.ended_at = change.ended_at_ms.and_then(DateTime::from_timestamp_millis).or(Some(Utc::now()));
         }
+        // warnfail: the worker killed it at the timeout, as for fail; the overrun is also a warning
+        let warned = change.timed_out && task.timeout_strategy == TimeoutStrategy::WarnFail;
+        if warned {
+            update.warning = Some(timeout_warning(&task, cur.attempt, "it was killed (timeout_strategy warnfail)"));
+        }
         self.persist_task(&update).await?;
+        if change.timed_out {
+            self.timed_out(&task, cur.id, cur.attempt, warned);
+        }
 
         // the write is durable: now memory
         let leaving_worker = matches!(cur.state, Dispatched | Running) && !matches!(target, Dispatched | Running);
@@ -367,16 +381,61 @@ impl Runner {
             }
             Delayed => {
                 metrics::counter!(m::TASKS_RETRIED).increment(1);
-                self.schedule_retry(cur.id, cur.attempt, task.retry_interval);
+                self.schedule(StateEventKind::TaskRetry, cur.id, cur.attempt, Submitted, task.retry_interval);
             }
             Submitted => {
                 let delay = Duration::from_millis(change.requeue_after_ms.unwrap_or(0));
                 self.enqueue(idx, delay);
             }
+            Running => {
+                if let (Some(timeout), TimeoutStrategy::Warn) = (task.timeout, task.timeout_strategy) {
+                    // the worker does not enforce a warn timeout: the master notices the overrun
+                    let elapsed = change.started_at_ms.map_or(0, |t| (Utc::now().timestamp_millis() - t).max(0));
+                    let left = timeout.saturating_sub(Duration::from_millis(elapsed as u64));
+                    self.schedule(StateEventKind::TaskTimeout, cur.id, cur.attempt, Running, left);
+                }
+            }
             _ => {}
         }
         self.maybe_finish().await?;
         Ok(true)
+    }
+
+    /// A warn timeout's timer fired: if the attempt still runs, mark and report the overrun;
+    /// the task runs on to its own end.
+    async fn on_task_timeout(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let (idx, cur) = self.task_of(event)?;
+        if event.attempt != Some(cur.attempt) || cur.state != Running {
+            return Ok(false); // it ended in time, or this is an earlier attempt's timer
+        }
+        let task = self.spec.tasks[idx].clone();
+        let mut update = TaskStateUpdate::new(cur.id, &self.shared.addr, Running, cur.attempt, Running);
+        update.warning = Some(timeout_warning(&task, cur.attempt, "it runs on (timeout_strategy warn)"));
+        self.persist_task(&update).await?;
+        self.timed_out(&task, cur.id, cur.attempt, true);
+        Ok(true)
+    }
+
+    /// Counts a timeout, and logs it when the strategy warns.
+    fn timed_out(&self, task: &TaskSpec, task_instance_id: i64, attempt: i32, warn: bool) {
+        let strategy = match task.timeout_strategy {
+            TimeoutStrategy::Warn => "warn",
+            TimeoutStrategy::Fail => "fail",
+            TimeoutStrategy::WarnFail => "warnfail",
+        };
+        metrics::counter!(m::TASKS_TIMED_OUT, "strategy" => strategy).increment(1);
+        if warn {
+            warn!(
+                run_id = self.mem.instance.id,
+                workflow = %self.spec.name,
+                task = %task.name,
+                task_instance_id,
+                attempt,
+                timeout = %humantime::format_duration(task.timeout.unwrap_or_default()),
+                timeout_strategy = strategy,
+                "task ran past its timeout"
+            );
+        }
     }
 
     async fn on_task_retry(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
@@ -404,17 +463,25 @@ impl Runner {
         Ok((idx, rt))
     }
 
-    fn schedule_retry(&self, task_instance_id: i64, attempt: i32, after: Duration) {
+    /// Posts a `kind` event about one task attempt into this runner's inbox `after` from now.
+    fn schedule(
+        &self,
+        kind: StateEventKind,
+        task_instance_id: i64,
+        attempt: i32,
+        state: ExecutionState,
+        after: Duration,
+    ) {
         let handle = self.handle.clone();
         let wi = self.mem.instance.id;
         tokio::spawn(async move {
             tokio::time::sleep(after).await;
             handle.post(StateEvent {
-                kind: StateEventKind::TaskRetry,
+                kind,
                 workflow_instance_id: wi,
                 task_instance_id: Some(task_instance_id),
                 attempt: Some(attempt),
-                state: Some(Submitted),
+                state: Some(state),
                 detail: serde_json::Value::Null,
             });
         });
@@ -469,7 +536,11 @@ impl Runner {
             task_type: task.task_type.as_str().to_string(),
             command: task.command.clone(),
             params: self.params.clone(),
-            timeout_ms: task.timeout.map_or(0, |t| t.as_millis() as u64),
+            // the worker kills at a fail or warnfail timeout; a warn timeout is the master's
+            timeout_ms: match (task.timeout, task.timeout_strategy) {
+                (Some(t), TimeoutStrategy::Fail | TimeoutStrategy::WarnFail) => t.as_millis() as u64,
+                _ => 0,
+            },
             worker_group: task.worker_group.clone(),
             workflow_priority: self.spec.priority,
             task_priority: task.priority,
@@ -559,6 +630,12 @@ impl Runner {
             Err(e) => Err(store_error(e)),
         }
     }
+}
+
+/// The warning recorded on a task instance whose attempt ran past its timeout.
+fn timeout_warning(task: &TaskSpec, attempt: i32, consequence: &str) -> String {
+    let timeout = humantime::format_duration(task.timeout.unwrap_or_default());
+    format!("attempt {attempt} ran past its timeout of {timeout}; {consequence}")
 }
 
 /// Maps a store failure to a handler error: an outage is retryable, anything else drops.

@@ -172,6 +172,8 @@ pub struct TaskInstance {
     /// The worker the current attempt was dispatched to.
     pub worker_addr: Option<String>,
     pub exit_code: Option<i32>,
+    /// What a user should know that the state does not say (an attempt ran past its timeout).
+    pub warning: Option<String>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -194,6 +196,7 @@ pub struct TaskStateUpdate {
     pub exit_code: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    pub warning: Option<String>,
 }
 
 impl TaskStateUpdate {
@@ -210,6 +213,7 @@ impl TaskStateUpdate {
             exit_code: None,
             started_at: None,
             ended_at: None,
+            warning: None,
         }
     }
 }
