@@ -178,6 +178,37 @@ async fn bad_input_is_refused_and_changes_nothing(d: Deployment) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not name=value"));
 }
 
+/// Like `ls | head`: a reader that goes away ends a command quietly, never with a panic.
+async fn output_into_a_closed_pipe_ends_quietly(d: Deployment) {
+    d.apply("hello", "name: hello\ntasks:\n  - name: greet\n    command: echo hello\n");
+    let out = d.porpoise(&["run", "hello", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let id = run_id(&out).to_string();
+    let ti = d
+        .query_strings(
+            "SELECT CAST(id AS TEXT) FROM task_instance WHERE workflow_instance_id = $1",
+            id.parse().expect("id"),
+        )
+        .await;
+    let spec = d.path("hello.yaml");
+    let spec = spec.to_str().expect("utf-8");
+    let commands: [&[&str]; 7] = [
+        &["status", &id],
+        &["status", &id, "--json"],
+        &["workflow", "list"],
+        &["workflow", "validate", "-f", spec],
+        &["workflow", "apply", "-f", spec],
+        &["logs", &ti[0]],
+        &["run", "hello"],
+    ];
+    for args in commands {
+        let out = d.porpoise_into_closed_pipe(args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(0), "porpoise {args:?}: {stderr}");
+        assert_eq!(stderr, "", "porpoise {args:?} printed to stderr");
+    }
+}
+
 macro_rules! both_modes {
     ($($case:ident),* $(,)?) => {
         mod cluster {
@@ -204,4 +235,5 @@ both_modes!(
     a_failing_task_fails_the_run,
     two_hundred_concurrent_runs_each_task_once,
     bad_input_is_refused_and_changes_nothing,
+    output_into_a_closed_pipe_ends_quietly,
 );

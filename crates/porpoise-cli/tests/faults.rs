@@ -65,14 +65,6 @@ fn chain(name: &str, marks: &str, sleep: &str) -> String {
     )
 }
 
-fn metric(text: &str, name_and_labels: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
@@ -96,7 +88,7 @@ async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
     assert!(resent >= 1, "the worker resent the events whose ACK was lost");
     assert!(d.dead_letters().await.is_empty(), "nothing was dead-lettered");
     let metrics = d.metrics_text().await;
-    let ignored = metric(&metrics, r#"porpoise_state_events_ignored_total{kind="task_state_change"}"#);
+    let ignored = common::metric(&metrics, r#"porpoise_state_events_ignored_total{kind="task_state_change"}"#);
     assert!(ignored >= resent as f64, "each resent event was recognised as already handled ({ignored} < {resent})");
 }
 
@@ -195,10 +187,14 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
     let metrics = d.metrics_text().await;
     let retried: f64 = ["task_state_change", "workflow_state_change"]
         .iter()
-        .map(|k| metric(&metrics, &format!(r#"porpoise_state_events_retried_total{{kind="{k}"}}"#)))
+        .map(|k| common::metric(&metrics, &format!(r#"porpoise_state_events_retried_total{{kind="{k}"}}"#)))
         .sum();
     assert!(retried >= 1.0, "the outage made state events retry:\n{metrics}");
-    assert_eq!(metric(&metrics, "porpoise_workflow_instances_stalled"), 0.0, "no run is stalled once Postgres is back");
+    assert_eq!(
+        common::metric(&metrics, "porpoise_workflow_instances_stalled"),
+        0.0,
+        "no run is stalled once Postgres is back"
+    );
 }
 
 /// An event whose handling keeps failing makes the run say it is stalled, and why — in the
@@ -219,7 +215,7 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
         async move {
             let text = common::scrape(&metrics_addr).await;
             let status = admin.get_run(GetRunRequest { run_id: id }).await;
-            metric(&text, "porpoise_workflow_instances_stalled") >= 1.0
+            common::metric(&text, "porpoise_workflow_instances_stalled") >= 1.0
                 && status.is_err_and(|s| s.message().contains("is stalled handling a task_state_change event"))
         }
     })
@@ -234,7 +230,7 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
     let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("readable again").into_inner();
     assert_eq!(run.run.map(|r| r.state_reason), Some(String::new()), "the stall cleared");
-    assert_eq!(metric(&d.metrics_text().await, "porpoise_workflow_instances_stalled"), 0.0);
+    assert_eq!(common::metric(&d.metrics_text().await, "porpoise_workflow_instances_stalled"), 0.0);
     assert_eq!(lines(&marks).len(), 3);
 }
 
@@ -277,8 +273,12 @@ async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
     assert!(letters[0].contains("unknown task instance 987654"), "{letters:?}");
     assert!(letters[1].contains("malformed event"), "{letters:?}");
     let metrics = d.metrics_text().await;
-    assert_eq!(metric(&metrics, r#"porpoise_state_events_dropped_total{kind="task_state_change"}"#), 1.0, "{metrics}");
-    assert_eq!(metric(&metrics, "porpoise_task_events_rejected_total"), 1.0, "{metrics}");
+    assert_eq!(
+        common::metric(&metrics, r#"porpoise_state_events_dropped_total{kind="task_state_change"}"#),
+        1.0,
+        "{metrics}"
+    );
+    assert_eq!(common::metric(&metrics, "porpoise_task_events_rejected_total"), 1.0, "{metrics}");
     // the master still works
     let out = d.porpoise(&["run", "hello", "--wait"]);
     assert_eq!(out.status.code(), Some(0));

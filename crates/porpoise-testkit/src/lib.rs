@@ -12,6 +12,7 @@ mod process;
 
 pub use etcd::TestEtcd;
 pub use postgres::TestPostgres;
+pub use process::unprivileged_ids;
 
 /// A free TCP port on 127.0.0.1, as chosen by the kernel for a throwaway listener.
 pub fn free_port() -> u16 {

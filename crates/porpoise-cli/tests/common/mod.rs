@@ -220,6 +220,22 @@ impl Deployment {
             .expect("run porpoise")
     }
 
+    /// Runs the `porpoise` CLI with its standard output a pipe whose reader has already gone,
+    /// as in `porpoise status 7 | head -0`; every write to it fails with a broken pipe.
+    pub fn porpoise_into_closed_pipe(&self, args: &[&str]) -> Output {
+        let (reader, writer) = std::io::pipe().expect("pipe");
+        drop(reader);
+        Command::new(bin("porpoise"))
+            .arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(writer)
+            .stderr(Stdio::piped())
+            .output()
+            .expect("run porpoise")
+    }
+
     /// Writes `yaml` to a file and applies it with the CLI.
     pub fn apply(&self, name: &str, yaml: &str) {
         let file = self.dir.path().join(format!("{name}.yaml"));
@@ -350,4 +366,25 @@ pub fn run_id(out: &Output) -> i64 {
 /// Lines of a marker file (empty when it does not exist).
 pub fn lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path).map(|s| s.lines().map(str::to_string).collect()).unwrap_or_default()
+}
+
+/// The value of one series (`name{labels}`) in Prometheus text. Panics when the series is
+/// absent, so that a renamed metric fails the test instead of reading as 0.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(name_and_labels) && l[name_and_labels.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no series {name_and_labels} in the metrics:\n{text}"))
+}
+
+/// Command lines (NULs as spaces) of the live processes whose command line contains `name`.
+pub fn processes_named(name: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(name))
+        .collect()
 }
