@@ -166,7 +166,10 @@ async fn bad_input_is_refused_and_changes_nothing(d: Deployment) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("dependency cycle: a -> b -> a"), "{stderr}");
     let list = d.porpoise(&["workflow", "list"]);
-    assert!(!String::from_utf8_lossy(&list.stdout).contains("cyclic"), "an invalid spec is not stored");
+    assert!(list.status.success(), "workflow list: {}", String::from_utf8_lossy(&list.stderr));
+    let listed = String::from_utf8_lossy(&list.stdout);
+    assert!(listed.starts_with("WORKFLOW"), "{listed}");
+    assert!(!listed.contains("cyclic"), "an invalid spec is not stored: {listed}");
     let out = d.porpoise(&["run", "cyclic"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no workflow named \"cyclic\""));
@@ -176,6 +179,42 @@ async fn bad_input_is_refused_and_changes_nothing(d: Deployment) {
     let out = d.porpoise(&["run", "cyclic", "--param", "oops"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not name=value"));
+}
+
+/// A task that fails its first attempt is retried after its interval (it waits `delayed`), and
+/// its downstream task runs once it succeeds; a task whose retries run out fails the run.
+async fn failed_attempts_are_retried_until_retries_run_out(mut d: Deployment) {
+    let marks = d.path("marks");
+    let m = marks.display();
+    d.apply(
+        "flaky",
+        &format!(
+            "name: flaky\ntasks:\n  - name: flaky\n    retries: 2\n    retry_interval: 3s\n    command: echo \"flaky $PORPOISE_ATTEMPT\" >> {m}; [ $PORPOISE_ATTEMPT -ge 2 ]\n  - name: after\n    depends_on: [flaky]\n    command: echo after >> {m}\n"
+        ),
+    );
+    let id = d.start_run("flaky").await;
+    d.wait_for_run(id, "the failed attempt waits out its retry interval", |run| {
+        run.tasks.iter().any(|t| t.task_name == "flaky" && t.state == "delayed" && t.attempt == 1)
+    })
+    .await;
+    assert_eq!(lines(&marks), ["flaky 1"], "nothing ran during the retry interval");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let flaky = run.tasks.iter().find(|t| t.task_name == "flaky").expect("flaky");
+    assert_eq!((flaky.state.as_str(), flaky.attempt, flaky.exit_code), ("success", 2, Some(0)));
+    assert_eq!(lines(&marks), ["flaky 1", "flaky 2", "after"]);
+
+    let marks = d.path("marks-hopeless");
+    d.apply(
+        "hopeless",
+        &format!("name: hopeless\ntasks:\n  - name: hopeless\n    retries: 1\n    retry_interval: 0s\n    command: echo $PORPOISE_ATTEMPT >> {}; exit 4\n", marks.display()),
+    );
+    let out = d.porpoise(&["run", "hopeless", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("task hopeless failed with exit code 4"));
+    let run = d.finished_run(run_id(&out)).await;
+    assert_eq!((run.tasks[0].state.as_str(), run.tasks[0].attempt), ("failure", 2));
+    assert_eq!(lines(&marks), ["1", "2"], "one first attempt and one retry, no more");
 }
 
 /// Like `ls | head`: a reader that goes away ends a command quietly, never with a panic.
@@ -236,4 +275,5 @@ both_modes!(
     two_hundred_concurrent_runs_each_task_once,
     bad_input_is_refused_and_changes_nothing,
     output_into_a_closed_pipe_ends_quietly,
+    failed_attempts_are_retried_until_retries_run_out,
 );

@@ -197,18 +197,44 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
     );
 }
 
+/// A chain of tasks one → two → three; each marks that it started, then waits for its gate
+/// file `DIR/gate-NAME` before it ends, so the test decides when each task finishes.
+fn gated_chain(name: &str, dir: &std::path::Path) -> String {
+    let task = |t: &str| {
+        format!(
+            "echo {t} >> {marks}; until [ -f {gate} ]; do sleep 0.02; done",
+            marks = dir.join("marks").display(),
+            gate = dir.join(format!("gate-{t}")).display()
+        )
+    };
+    format!(
+        "name: {name}\ntasks:\n  - name: one\n    command: {}\n  - name: two\n    depends_on: [one]\n    command: {}\n  - name: three\n    depends_on: [two]\n    command: {}\n",
+        task("one"),
+        task("two"),
+        task("three")
+    )
+}
+
+fn open_gate(dir: &std::path::Path, task: &str) {
+    open_gate_file(&dir.join(format!("gate-{task}")));
+}
+
 /// An event whose handling keeps failing makes the run say it is stalled, and why — in the
-/// metrics and in its status — until the failure clears.
+/// metrics and in its status — and recovery clears that while the run goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     let pg = TestPostgres::start();
     let mut d = Deployment::cluster_on(&pg, ClusterOptions::default()).await;
-    let marks = d.path("marks");
-    d.apply("stall", &chain("stall", &marks.display().to_string(), "0.5"));
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks");
+    d.apply("stall", &gated_chain("stall", &dir));
     let id = d.start_run("stall").await;
-    d.wait_for_run(id, "the first task runs", |run| run.tasks.iter().any(|t| t.state == "running")).await;
+    d.wait_for_run(id, "task one runs", |run| run.tasks.iter().any(|t| t.task_name == "one" && t.state == "running"))
+        .await;
     let mut admin = d.admin().await;
     pg.stop();
+    // task one ends while its RESULT cannot be written
+    open_gate(&dir, "one");
     let metrics_addr = d.metrics.clone().expect("metrics");
     d.wait_until("the run reports that it is stalled", || {
         let (metrics_addr, mut admin) = (metrics_addr.clone(), admin.clone());
@@ -224,14 +250,29 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("stalled"), "porpoise status says the run is stalled: {stderr}");
     // the first task's RESULT could not be written, so nothing moved ahead of the database
-    assert_eq!(lines(&marks).len(), 1, "the next task started although its upstream's result is not durable");
+    assert_eq!(lines(&marks), ["one"], "the next task started although its upstream's result is not durable");
+
     pg.restart();
+    // task two waits on its gate, so the run is still going: only recovery can clear the stall
+    d.wait_until("the stall clears while the run goes on", || {
+        let (metrics_addr, mut admin) = (metrics_addr.clone(), admin.clone());
+        async move {
+            let text = common::scrape(&metrics_addr).await;
+            let Ok(run) = admin.get_run(GetRunRequest { run_id: id }).await else { return false };
+            let run = run.into_inner();
+            let summary = run.run.unwrap_or_default();
+            common::metric(&text, "porpoise_workflow_instances_stalled") == 0.0
+                && summary.state == "running"
+                && summary.state_reason.is_empty()
+                && run.tasks.iter().any(|t| t.task_name == "one" && t.state == "success")
+        }
+    })
+    .await;
+    open_gate(&dir, "two");
+    open_gate(&dir, "three");
     let run = d.finished_run(id).await;
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
-    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("readable again").into_inner();
-    assert_eq!(run.run.map(|r| r.state_reason), Some(String::new()), "the stall cleared");
-    assert_eq!(common::metric(&d.metrics_text().await, "porpoise_workflow_instances_stalled"), 0.0);
-    assert_eq!(lines(&marks).len(), 3);
+    assert_eq!(lines(&marks), ["one", "two", "three"]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,6 +323,79 @@ async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
     // the master still works
     let out = d.porpoise(&["run", "hello", "--wait"]);
     assert_eq!(out.status.code(), Some(0));
+}
+
+/// Events for a live run that its runner cannot apply: an earlier attempt's result is ignored,
+/// an attempt ahead of the current one and an illegal transition are dead-lettered by the
+/// runner, counted, and change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_runs_runner_ignores_stale_events_and_dead_letters_impossible_ones() {
+    let mut d = Deployment::cluster().await;
+    let dir = d.dir.path().to_path_buf();
+    // "retried" fails once and then holds on its gate; "stuck" waits for a worker group nobody serves
+    let yaml = format!(
+        "name: live\ntasks:\n  - name: retried\n    retries: 1\n    retry_interval: 0s\n    command: '[ $PORPOISE_ATTEMPT -ge 2 ] || exit 1; until [ -f {gate} ]; do sleep 0.02; done'\n  - name: stuck\n    worker_group: nowhere\n    command: echo never\n",
+        gate = dir.join("gate").display()
+    );
+    d.apply("live", &yaml);
+    let id = d.start_run("live").await;
+    d.wait_for_run(id, "attempt 2 of retried runs and stuck waits", |run| {
+        run.tasks.iter().any(|t| t.task_name == "retried" && t.state == "running" && t.attempt == 2)
+            && run.tasks.iter().any(|t| t.task_name == "stuck" && t.state == "submitted")
+    })
+    .await;
+    let run = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let ti = |name: &str| run.tasks.iter().find(|t| t.task_name == name).expect("task").task_instance_id;
+    let result = |ti: i64, attempt: i32, event_id: &str| TaskEvent {
+        event_id: event_id.into(),
+        task_instance_id: ti,
+        attempt,
+        workflow_instance_id: id,
+        kind: Some(task_event::Kind::Result(TaskResult {
+            outcome: TaskOutcome::Success as i32,
+            exit_code: Some(0),
+            started_at_ms: 1,
+            ended_at_ms: 2,
+            message: String::new(),
+        })),
+    };
+    let events = vec![
+        result(ti("retried"), 1, "earlier-attempt"),
+        result(ti("retried"), 7, "attempt-ahead"),
+        result(ti("stuck"), 1, "never-dispatched"),
+    ];
+    let mut client = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
+    let reply = client
+        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events })
+        .await
+        .expect("report")
+        .into_inner();
+    let ack = |id: &str| reply.acks.iter().find(|a| a.event_id == id).expect("an ack per event").clone();
+    assert_eq!(ack("earlier-attempt").status, AckStatus::Handled as i32);
+    assert_eq!(ack("earlier-attempt").message, "", "an earlier attempt's event is ignored, not dropped");
+    assert!(ack("attempt-ahead").message.contains("attempt 7 is ahead of the current attempt 2"), "{reply:?}");
+    assert!(ack("never-dispatched").message.contains("illegal transition from submitted to success"), "{reply:?}");
+
+    let letters = d.dead_letters().await;
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    let metrics = d.metrics_text().await;
+    assert_eq!(common::metric(&metrics, r#"porpoise_state_events_dropped_total{kind="task_state_change"}"#), 2.0);
+    let after = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let state = |name: &str| {
+        let t = after.tasks.iter().find(|t| t.task_name == name).expect("task");
+        (t.state.clone(), t.attempt)
+    };
+    assert_eq!(state("retried"), ("running".to_string(), 2), "nothing changed");
+    assert_eq!(state("stuck"), ("submitted".to_string(), 1), "nothing changed");
+    open_gate_file(&dir.join("gate"));
+    d.wait_for_run(id, "retried succeeds", |run| {
+        run.tasks.iter().any(|t| t.task_name == "retried" && t.state == "success")
+    })
+    .await;
+}
+
+fn open_gate_file(path: &std::path::Path) {
+    std::fs::write(path, "").expect("open a gate");
 }
 
 /// A task instance's (id, recorded worker, state).

@@ -168,3 +168,89 @@ suites!(
     two_clients_never_hold_a_lock_at_once,
     a_lock_whose_holder_died_frees_itself,
 );
+
+/// etcd faults caused for real on a private etcd: a lease revoked behind the registry's back,
+/// and etcd killed and started again.
+mod etcd_faults {
+    use super::*;
+
+    async fn client(etcd: &TestEtcd, root: &str) -> EtcdRegistry {
+        EtcdRegistry::connect(&[etcd.endpoint()], root).await.expect("connect to the test etcd")
+    }
+
+    /// The next event about `key`, skipping others (a re-list may repeat what is known).
+    async fn next_about(watch: &mut MemberWatch, key: &MemberKey, within: Duration) -> MemberEvent {
+        let deadline = Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event =
+                timeout(left, watch.next()).await.unwrap_or_else(|_| panic!("no event about {key:?} in {within:?}"));
+            let event = event.expect("watch open");
+            let about = match &event {
+                MemberEvent::Up(m) => &m.key,
+                MemberEvent::Down(k) => k,
+            };
+            if about == key {
+                return event;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_lost_lease_is_granted_again_and_the_member_comes_back() {
+        let etcd = TestEtcd::start();
+        let root = format!("/{}", unique_name("porpoise-lease"));
+        let (r, observer) = (client(&etcd, &root).await, client(&etcd, &root).await);
+        let mut watch = observer.watch(&Selector::Masters).await.expect("watch");
+        let key = MemberKey::master("m1:1");
+        let _reg = r.register(key.clone(), Heartbeat::idle(0), TTL).await.expect("register");
+        assert!(matches!(next_about(&mut watch, &key, TTL).await, MemberEvent::Up(_)));
+
+        // the lease goes away behind the registry's back, as after a long partition
+        let mut raw = etcd_client::Client::connect([etcd.endpoint()], None).await.expect("connect");
+        let leases = raw.leases().await.expect("list leases");
+        for lease in leases.leases() {
+            raw.lease_revoke(lease.id()).await.expect("revoke");
+        }
+        assert_eq!(next_about(&mut watch, &key, TTL).await, MemberEvent::Down(key.clone()));
+        assert!(matches!(next_about(&mut watch, &key, 2 * TTL).await, MemberEvent::Up(_)), "registered again");
+        let masters = observer.members(&Selector::Masters).await.expect("list");
+        assert_eq!(masters.iter().map(|m| &m.key).collect::<Vec<_>>(), [&key]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn registrations_and_watches_survive_an_etcd_restart() {
+        let etcd = TestEtcd::start();
+        let root = format!("/{}", unique_name("porpoise-restart"));
+        let (r, observer) = (client(&etcd, &root).await, client(&etcd, &root).await);
+        let all = Selector::Workers { group: None };
+        let mut watch = observer.watch(&all).await.expect("watch");
+        let w1 = MemberKey::worker("default", "w1:1");
+        let reg1 = r.register(w1.clone(), Heartbeat::idle(1), TTL).await.expect("register");
+        assert!(matches!(next_about(&mut watch, &w1, TTL).await, MemberEvent::Up(_)));
+
+        etcd.kill();
+        // down for longer than the lease TTL: renewals fail meanwhile
+        tokio::time::sleep(TTL + TTL / 2).await;
+        etcd.restart();
+
+        // the member is still registered once etcd is back
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(members) = observer.members(&all).await
+                && members.iter().any(|m| m.key == w1)
+            {
+                break;
+            }
+            assert!(Instant::now() < deadline, "w1 is not registered after etcd came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // the watch opened before the restart still tells joins and leaves
+        let w2 = MemberKey::worker("default", "w2:1");
+        let reg2 = client(&etcd, &root).await.register(w2.clone(), Heartbeat::idle(1), TTL).await.expect("register");
+        assert!(matches!(next_about(&mut watch, &w2, Duration::from_secs(30)).await, MemberEvent::Up(_)));
+        reg1.revoke().await.expect("revoke");
+        assert_eq!(next_about(&mut watch, &w1, Duration::from_secs(30)).await, MemberEvent::Down(w1));
+        reg2.revoke().await.expect("revoke");
+    }
+}

@@ -24,7 +24,10 @@ impl SystemSampler {
 
 /// (busy, total) jiffies from the first line of /proc/stat.
 fn cpu_times() -> Option<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    cpu_times_in(&std::fs::read_to_string("/proc/stat").ok()?)
+}
+
+fn cpu_times_in(stat: &str) -> Option<(u64, u64)> {
     let fields: Vec<u64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|f| f.parse().ok()).collect();
     let total: u64 = fields.iter().sum();
     // idle + iowait
@@ -34,7 +37,10 @@ fn cpu_times() -> Option<(u64, u64)> {
 
 /// Memory in use (total less available), in percent.
 pub fn memory_percent() -> f64 {
-    let Ok(info) = std::fs::read_to_string("/proc/meminfo") else { return 0.0 };
+    std::fs::read_to_string("/proc/meminfo").map_or(0.0, |info| memory_percent_in(&info))
+}
+
+fn memory_percent_in(info: &str) -> f64 {
     let field = |name: &str| {
         info.lines()
             .find(|l| l.starts_with(name))
@@ -60,13 +66,26 @@ mod tests {
     use super::*;
 
     #[test]
-    fn readings_are_percentages() {
+    fn proc_files_are_read_right() {
+        let stat = "cpu  100 0 50 800 50 0 0 0 0 0\ncpu0 50 0 25 400 25 0 0 0 0 0\n";
+        assert_eq!(cpu_times_in(stat), Some((150, 1000)), "busy is all but idle and iowait");
+        let info = "MemTotal:       1000 kB\nMemFree:         100 kB\nMemAvailable:    250 kB\n";
+        assert_eq!(memory_percent_in(info), 75.0);
+        assert_eq!(memory_percent_in("MemTotal: 0 kB\n"), 0.0, "unreadable numbers are 0, not a panic");
+    }
+
+    #[test]
+    fn a_busy_machine_reads_busy() {
         let s = SystemSampler::default();
-        let _ = s.cpu_percent();
-        let busy: u64 = (0..2_000_000u64).fold(0, |a, b| a.wrapping_add(b * b));
-        assert!(busy > 0);
+        assert_eq!(s.cpu_percent(), 0.0, "the first sample has nothing to compare with");
+        // spin for 200 ms of wall time: at least that much CPU time is busy, on any core count
+        let until = std::time::Instant::now() + std::time::Duration::from_millis(200);
+        let mut x = 0u64;
+        while std::time::Instant::now() < until {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
         let cpu = s.cpu_percent();
-        assert!((0.0..=100.0).contains(&cpu), "{cpu}");
+        assert!(cpu > 0.0 && cpu <= 100.0, "{cpu}");
         let mem = memory_percent();
         assert!(mem > 0.0 && mem <= 100.0, "a running machine uses some memory: {mem}");
     }

@@ -189,3 +189,40 @@ fn task_groups_are_refused_until_they_are_built() {
     assert_eq!(p.line, Some(5));
     assert!(p.message.contains("not supported yet"), "{}", p.message);
 }
+
+#[test]
+fn names_are_letters_digits_dash_underscore_dot_up_to_128() {
+    let at_limit = "n".repeat(128);
+    let spec = format!("name: {at_limit}\ntasks:\n  - name: a-b_c.d9\n    command: echo\n");
+    assert!(WorkflowSpec::parse("wf.yaml", &spec).is_ok(), "128 characters of the allowed kinds are fine");
+
+    let p = single(&format!("name: {}\ntasks:\n  - name: a\n    command: echo\n", "n".repeat(129)));
+    assert_eq!((p.task, p.field.as_deref()), (None, Some("name")));
+    assert!(p.message.contains("longer than 128 characters"), "{}", p.message);
+
+    let p = single("name: 'daily etl'\ntasks:\n  - name: a\n    command: echo\n");
+    assert!(p.message.contains("has ' '"), "{}", p.message);
+    let p = single("name: x\ntasks:\n  - name: a/b\n    command: echo\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref()), (Some("a/b"), Some("name")));
+    assert!(p.message.contains("has '/'"), "{}", p.message);
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    worker_group: 'gpu pool'\n");
+    assert_eq!(p.field.as_deref(), Some("worker_group"));
+}
+
+#[test]
+fn param_names_are_identifiers() {
+    let ok = "name: x\nparams: { _day: 1, DAY2: 2 }\ntasks:\n  - name: a\n    command: echo\n";
+    assert!(WorkflowSpec::parse("wf.yaml", ok).is_ok());
+    for bad in ["2day", "day-of-week", "a b", ""] {
+        let p = single(&format!("name: x\nparams: {{ '{bad}': 1 }}\ntasks:\n  - name: a\n    command: echo\n"));
+        assert_eq!((p.task, p.field.as_deref()), (None, Some("params")), "{bad:?}");
+        assert!(p.message.contains("must be letters, digits and _"), "{bad:?}: {}", p.message);
+    }
+}
+
+#[test]
+fn a_timeout_strategy_needs_a_timeout() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    timeout_strategy: warn\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("timeout_strategy"), Some(5)));
+    assert!(p.message.contains("the task has no timeout"), "{}", p.message);
+}
