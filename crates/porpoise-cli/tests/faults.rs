@@ -231,7 +231,7 @@ async fn a_run_whose_events_keep_failing_says_it_is_stalled() {
     let id = d.start_run("stall").await;
     d.wait_for_run(id, "task one runs", |run| run.tasks.iter().any(|t| t.task_name == "one" && t.state == "running"))
         .await;
-    let mut admin = d.admin().await;
+    let admin = d.admin().await;
     pg.stop();
     // task one ends while its RESULT cannot be written
     open_gate(&dir, "one");
