@@ -248,28 +248,7 @@ async fn output_into_a_closed_pipe_ends_quietly(d: Deployment) {
     }
 }
 
-macro_rules! both_modes {
-    ($($case:ident),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Deployment::cluster().await).await;
-                }
-            )*
-        }
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Deployment::standalone().await).await;
-                }
-            )*
-        }
-    };
-}
-
-both_modes!(
+common::both_modes!(
     diamond_runs_in_order_with_params_and_logs,
     a_failing_task_fails_the_run,
     two_hundred_concurrent_runs_each_task_once,

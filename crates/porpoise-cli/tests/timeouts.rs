@@ -5,7 +5,8 @@
 
 mod common;
 
-use common::{Deployment, lines, processes_named, run_id};
+use common::{Deployment, lines, run_id};
+use porpoise_testkit::processes_named;
 
 fn spec(strategy: &str, command: &str) -> String {
     format!(
@@ -89,25 +90,4 @@ async fn fail_and_warnfail_kill_every_process_and_fail_the_task(d: Deployment) {
     }
 }
 
-macro_rules! both_modes {
-    ($($case:ident),* $(,)?) => {
-        mod cluster {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Deployment::cluster().await).await;
-                }
-            )*
-        }
-        mod standalone {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    super::$case(super::Deployment::standalone().await).await;
-                }
-            )*
-        }
-    };
-}
-
-both_modes!(warn_lets_the_task_run_on_and_says_so, fail_and_warnfail_kill_every_process_and_fail_the_task);
+common::both_modes!(warn_lets_the_task_run_on_and_says_so, fail_and_warnfail_kill_every_process_and_fail_the_task);

@@ -28,3 +28,16 @@ pub fn unique_name(prefix: &str) -> String {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     format!("{prefix}_{}_{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed))
 }
+
+/// Command lines (NULs shown as spaces) of the live processes whose command line contains
+/// `name`; zombies have an empty one. Tests name a task's processes with `exec -a NAME` and
+/// look for survivors with this.
+pub fn processes_named(name: &str) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
+        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+        .filter(|c| c.contains(name))
+        .collect()
+}

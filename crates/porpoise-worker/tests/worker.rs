@@ -13,6 +13,7 @@ use porpoise_proto::v1::{
     ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, task_event,
 };
 use porpoise_registry::{MemoryRegistry, Registry, Selector};
+use porpoise_testkit::processes_named;
 use porpoise_worker::{WorkerConfig, WorkerHandle};
 use tokio::sync::Notify;
 use tonic::transport::Channel;
@@ -227,17 +228,6 @@ async fn dispatches_beyond_the_slots_are_rejected_and_kill_frees_the_slot() {
     assert_eq!(result.outcome, TaskOutcome::Killed as i32);
     assert_eq!(send(&mut s.client, dispatch(15, "echo second", addr)).await, DispatchStatus::Accepted);
     master.wait_result(15, 1).await;
-}
-
-/// Live processes whose command line contains `name` (zombies have an empty one).
-fn processes_named(name: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(name))
-        .collect()
 }
 
 /// A task that leaves three `sleep 300`s named `NAME-…`: one in its process group, one that

@@ -378,13 +378,28 @@ pub fn metric(text: &str, name_and_labels: &str) -> f64 {
         .unwrap_or_else(|| panic!("no series {name_and_labels} in the metrics:\n{text}"))
 }
 
-/// Command lines (NULs as spaces) of the live processes whose command line contains `name`.
-pub fn processes_named(name: &str) -> Vec<String> {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
-        .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains(name))
-        .collect()
+/// Runs each listed `async fn case(d: Deployment)` of the test file twice: `cluster::case` on
+/// a master and a worker process over Postgres and etcd, `standalone::case` in standalone.
+#[allow(unused_macros)] // like the rest of this module, not every test binary uses it
+macro_rules! both_modes {
+    ($($case:ident),* $(,)?) => {
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::cluster().await).await;
+                }
+            )*
+        }
+        mod standalone {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    super::$case(super::Deployment::standalone().await).await;
+                }
+            )*
+        }
+    };
 }
+#[allow(unused_imports)]
+pub(crate) use both_modes;
