@@ -71,13 +71,19 @@ pub enum TimeoutStrategy {
 }
 
 impl TimeoutStrategy {
-    fn parse(s: &str) -> Option<Self> {
-        match s {
-            "warn" => Some(Self::Warn),
-            "fail" => Some(Self::Fail),
-            "warnfail" => Some(Self::WarnFail),
-            _ => None,
+    pub const ALL: [TimeoutStrategy; 3] = [Self::Warn, Self::Fail, Self::WarnFail];
+
+    /// The name used in specs, logs and metric labels.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Warn => "warn",
+            Self::Fail => "fail",
+            Self::WarnFail => "warnfail",
         }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
     }
 }
 

@@ -1,7 +1,7 @@
 //! Metric names (Prometheus, `porpoise_` prefix) and their descriptions, registered at start.
 
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge};
-use porpoise_core::StateEventKind;
+use porpoise_core::{StateEventKind, TimeoutStrategy};
 
 pub const COMMANDS_CONSUMED: &str = "porpoise_commands_consumed_total";
 pub const WORKFLOWS_SUBMITTED: &str = "porpoise_workflow_instances_submitted_total";
@@ -62,8 +62,8 @@ fn register_at_zero() {
     for reason in ["invalid", "full", "unreachable"] {
         counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
     }
-    for strategy in ["warn", "fail", "warnfail"] {
-        counter!(TASKS_TIMED_OUT, "strategy" => strategy).increment(0);
+    for strategy in TimeoutStrategy::ALL {
+        counter!(TASKS_TIMED_OUT, "strategy" => strategy.as_str()).increment(0);
     }
     for kind in StateEventKind::ALL {
         for name in [STATE_EVENTS_HANDLED, STATE_EVENTS_IGNORED, STATE_EVENTS_RETRIED, STATE_EVENTS_DROPPED] {

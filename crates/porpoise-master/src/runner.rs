@@ -418,11 +418,7 @@ impl Runner {
 
     /// Counts a timeout, and logs it when the strategy warns.
     fn timed_out(&self, task: &TaskSpec, task_instance_id: i64, attempt: i32, warn: bool) {
-        let strategy = match task.timeout_strategy {
-            TimeoutStrategy::Warn => "warn",
-            TimeoutStrategy::Fail => "fail",
-            TimeoutStrategy::WarnFail => "warnfail",
-        };
+        let strategy = task.timeout_strategy.as_str();
         metrics::counter!(m::TASKS_TIMED_OUT, "strategy" => strategy).increment(1);
         if warn {
             warn!(

@@ -226,3 +226,11 @@ fn a_timeout_strategy_needs_a_timeout() {
     assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("timeout_strategy"), Some(5)));
     assert!(p.message.contains("the task has no timeout"), "{}", p.message);
 }
+
+#[test]
+fn timeout_strategy_names_round_trip() {
+    for st in TimeoutStrategy::ALL {
+        assert_eq!(TimeoutStrategy::parse(st.as_str()), Some(st));
+    }
+    assert_eq!(TimeoutStrategy::parse("ignore"), None);
+}
