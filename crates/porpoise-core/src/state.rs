@@ -91,7 +91,8 @@ impl ExecutionState {
             (Dispatched, Running | Success | Failure | Stopped | Delayed | Submitted) => true,
             (Dispatched, NeedFaultTolerance) => true,
             (Running, Success | Failure | Stopped | Delayed | Paused | NeedFaultTolerance) => true,
-            (Delayed, Submitted | Stopped | Paused) => true,
+            // A retry is called off (failure) when the run fails meanwhile.
+            (Delayed, Submitted | Failure | Stopped | Paused) => true,
             (Paused, Submitted | Running | Stopped) => true,
             // Failover either re-dispatches or adopts what the worker reports.
             (NeedFaultTolerance, Submitted | Running | Success | Failure | Stopped | Delayed) => true,
@@ -161,6 +162,8 @@ mod tests {
         // retry path
         assert!(Running.can_transition_to(Delayed));
         assert!(Delayed.can_transition_to(Submitted));
+        // a retry called off because the run is failing
+        assert!(Delayed.can_transition_to(Failure));
         // never backwards from running to dispatched
         assert!(!Running.can_transition_to(Dispatched));
         assert!(!Running.can_transition_to(Submitted));

@@ -16,8 +16,8 @@ use crate::runner::Runner;
 
 /// Commands claimed per round.
 const BATCH: u32 = 64;
-/// The poll that catches commands whose notification was missed.
-const FALLBACK_POLL: Duration = Duration::from_secs(5);
+/// How long to wait before listening again after the notifications broke.
+const RELISTEN_AFTER: Duration = Duration::from_secs(5);
 /// The channel the `command_notify` trigger notifies.
 const CHANNEL: &str = "porpoise_command";
 
@@ -56,7 +56,7 @@ pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
                     listener = None;
                 }
             }
-            _ = tokio::time::sleep(FALLBACK_POLL) => {}
+            _ = tokio::time::sleep(shared.command_poll) => {}
         }
     }
 }
@@ -85,7 +85,7 @@ async fn next_notification(listener: &mut Option<PgListener>) -> bool {
             Ok(_) => true,
             Err(e) => {
                 warn!(error = %e, "command notifications broke; polling until they are back");
-                tokio::time::sleep(FALLBACK_POLL).await;
+                tokio::time::sleep(RELISTEN_AFTER).await;
                 true
             }
         },

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use porpoise_core::{Backoff, ExecutionState, StateEvent, StateEventKind};
 use porpoise_proto::v1::{DispatchStatus, DispatchTaskRequest};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::metrics as m;
@@ -19,7 +19,7 @@ use crate::runner::{Ack, TaskChange};
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
         let task = shared.queue.pop().await;
-        match shared.workers.acquire(&task.worker_group) {
+        match shared.workers.acquire(&task.worker_group, task.avoid.as_deref()) {
             Some(worker) => {
                 tokio::spawn(dispatch_one(shared.clone(), task, worker));
             }
@@ -98,7 +98,15 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
                 task.runner.request(change_event(&task, ExecutionState::Failure, change)).await;
                 return;
             }
+            Ok(r) if r.status == DispatchStatus::Draining as i32 => {
+                metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "draining").increment(1);
+                info!(%worker, "worker is draining; no more dispatches to it until it joins again");
+                shared.workers.drain(&worker);
+                requeue(&task, &worker, Duration::ZERO).await;
+                return;
+            }
             Ok(r) => {
+                // FULL (its slots are taken by other masters' tasks too) or an unknown answer
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "full").increment(1);
                 debug!(task_instance_id = task.task_instance_id, %worker, message = %r.message, "worker refused the task; requeueing");
                 requeue(&task, &worker, backoff.delay(failures)).await;
@@ -119,7 +127,8 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
     }
 }
 
-/// Sends the task back to `submitted` (the runner queues it again after `delay`).
+/// Sends the task back to `submitted`: the runner queues it again after `delay`, to go to
+/// another worker than `worker` if one has a free slot.
 async fn requeue(task: &QueuedTask, worker: &str, delay: Duration) {
     let change = TaskChange {
         worker: Some(worker.to_string()),

@@ -52,6 +52,9 @@ pub struct MasterConfig {
     pub lease_ttl: Duration,
     /// Backoff between retries of a state event that failed with a retryable error.
     pub event_backoff: Backoff,
+    /// How often commands are polled for besides the wake-ups (Postgres NOTIFY, this master's
+    /// own AdminService): the fallback for a missed notification.
+    pub command_poll: Duration,
 }
 
 impl Default for MasterConfig {
@@ -66,6 +69,7 @@ impl Default for MasterConfig {
                 max: Duration::from_secs(5),
                 multiplier: 2.0,
             },
+            command_poll: Duration::from_secs(5),
         }
     }
 }
@@ -89,6 +93,7 @@ pub(crate) struct Shared {
     pub workers: WorkerDirectory,
     pub event_backoff: Backoff,
     pub consumer_wake: Notify,
+    pub command_poll: Duration,
     /// Workers' events queued in a runner's inbox, so a resend does not queue a second copy.
     pub pending_events: Arc<Mutex<HashSet<runner::EventKey>>>,
     runners: Mutex<HashMap<i64, RunnerHandle>>,
@@ -198,6 +203,7 @@ impl MasterHandle {
             workers: WorkerDirectory::new(config.selector),
             event_backoff: config.event_backoff,
             consumer_wake: Notify::new(),
+            command_poll: config.command_poll,
             pending_events: Arc::default(),
             runners: Mutex::default(),
             stalls: Mutex::default(),

@@ -14,6 +14,7 @@ pub const TASKS_FINISHED: &str = "porpoise_tasks_finished_total";
 pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
 pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
+pub const WORKERS: &str = "porpoise_workers";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
 pub const STATE_EVENTS_IGNORED: &str = "porpoise_state_events_ignored_total";
 pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
@@ -37,6 +38,7 @@ pub fn describe() {
     describe_counter!(TASKS_RETRIED, "Task retries scheduled");
     describe_counter!(TASKS_TIMED_OUT, "Task attempts that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
+    describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
     describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
     describe_counter!(STATE_EVENTS_IGNORED, "State events with nothing to do (duplicate, late or stale), by kind");
     describe_counter!(STATE_EVENTS_RETRIED, "State event handling attempts that failed and will be retried, by kind");
@@ -59,7 +61,8 @@ fn register_at_zero() {
         counter!(WORKFLOWS_FINISHED, "state" => state).increment(0);
         counter!(TASKS_FINISHED, "state" => state).increment(0);
     }
-    for reason in ["invalid", "full", "unreachable"] {
+    gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
+    for reason in ["invalid", "full", "draining", "unreachable"] {
         counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
     }
     for strategy in TimeoutStrategy::ALL {

@@ -27,6 +27,8 @@ pub(crate) struct QueuedTask {
     pub workflow_priority: Priority,
     pub task_priority: Priority,
     pub queued_at: Instant,
+    /// The worker that last refused this attempt: chosen again only if no other is free.
+    pub avoid: Option<String>,
     pub runner: RunnerHandle,
 }
 

@@ -145,6 +145,8 @@ pub(crate) struct Runner {
     mem: Memory,
     handle: RunnerHandle,
     finished: bool,
+    /// The handled event may have made tasks ready or ended the run: [`Runner::advance`] is due.
+    advance_pending: bool,
 }
 
 /// How many failed attempts at one event before the run is reported stalled.
@@ -167,6 +169,7 @@ impl Runner {
             dag,
             handle: handle.clone(),
             finished: false,
+            advance_pending: false,
         };
         shared.add_runner(id, handle.clone());
         handle.post(StateEvent {
@@ -204,7 +207,6 @@ impl Runner {
     async fn process(&mut self, env: Envelope) {
         let Envelope { event, mut reply, early, _pending } = env;
         let kind = event.kind.as_str();
-        let backoff = self.shared.event_backoff;
         let mut failures = 0u32;
         loop {
             let snapshot = self.mem.clone();
@@ -212,47 +214,97 @@ impl Runner {
                 Ok(applied) => {
                     let counter = if applied { m::STATE_EVENTS_HANDLED } else { m::STATE_EVENTS_IGNORED };
                     metrics::counter!(counter, "kind" => kind).increment(1);
-                    if failures >= STALL_AFTER {
-                        self.shared.clear_stall(self.mem.instance.id);
-                    }
                     if let Some(tx) = reply.take() {
                         let _ = tx.send(if applied { Ack::Handled } else { Ack::Ignored });
                     }
-                    return;
+                    break;
                 }
                 Err(HandlerError::Drop(reason)) => {
                     self.mem = snapshot;
+                    self.advance_pending = false;
                     let reason = reason.to_string();
                     self.dead_letter(&event, &reason).await;
                     if let Some(tx) = reply.take() {
                         let _ = tx.send(Ack::Dropped(reason));
                     }
-                    return;
+                    break;
                 }
                 Err(HandlerError::Retryable { reason, after }) => {
                     self.mem = snapshot;
+                    self.advance_pending = false;
                     failures += 1;
-                    metrics::counter!(m::STATE_EVENTS_RETRIED, "kind" => kind).increment(1);
                     if early && let Some(tx) = reply.take() {
                         let _ = tx.send(Ack::RetryLater(reason.clone()));
                     }
-                    let delay = after.unwrap_or_else(|| backoff.delay(failures - 1));
-                    error!(
-                        workflow_instance_id = self.mem.instance.id,
-                        kind,
-                        failures,
-                        retry_in = ?delay,
-                        %reason,
-                        "state event handling failed; will retry"
-                    );
-                    if failures == STALL_AFTER {
-                        self.shared
-                            .set_stall(self.mem.instance.id, format!("stalled handling a {kind} event: {reason}"));
-                    }
-                    tokio::time::sleep(delay).await;
+                    self.wait_to_retry(kind, failures, &reason, after).await;
                 }
             }
         }
+        // The event is durable and its effects (a freed slot, counters, timers) have happened
+        // once; what follows from it (new tasks, the run's end) is retried on its own.
+        while self.advance_pending {
+            match self.advance().await {
+                Ok(()) => self.advance_pending = false,
+                Err(HandlerError::Drop(reason)) => {
+                    self.advance_pending = false;
+                    self.dead_letter(&event, &reason.to_string()).await;
+                }
+                Err(HandlerError::Retryable { reason, after }) => {
+                    failures += 1;
+                    self.wait_to_retry(kind, failures, &reason, after).await;
+                }
+            }
+        }
+        if failures >= STALL_AFTER {
+            self.shared.clear_stall(self.mem.instance.id);
+        }
+    }
+
+    /// Says that handling a `kind` event failed for the `failures`th time, reports the run
+    /// stalled at [`STALL_AFTER`] failures, and waits before the retry.
+    async fn wait_to_retry(&self, kind: &'static str, failures: u32, reason: &str, after: Option<Duration>) {
+        metrics::counter!(m::STATE_EVENTS_RETRIED, "kind" => kind).increment(1);
+        let delay = after.unwrap_or_else(|| self.shared.event_backoff.delay(failures - 1));
+        error!(
+            workflow_instance_id = self.mem.instance.id,
+            kind,
+            failures,
+            retry_in = ?delay,
+            %reason,
+            "state event handling failed; will retry"
+        );
+        if failures == STALL_AFTER {
+            self.shared.set_stall(self.mem.instance.id, format!("stalled handling a {kind} event: {reason}"));
+        }
+        tokio::time::sleep(delay).await;
+    }
+
+    /// Moves the run on after a change: creates and queues the tasks that became ready, and ends
+    /// the run when nothing is left to do. Safe to repeat.
+    async fn advance(&mut self) -> Result<(), HandlerError> {
+        self.call_off_retries().await?;
+        self.submit_ready().await?;
+        self.maybe_finish().await
+    }
+
+    /// Once the run is failing, a failed attempt waiting for its retry is not retried: the task
+    /// fails now, so that the run ends when its running tasks have finished.
+    async fn call_off_retries(&mut self) -> Result<(), HandlerError> {
+        if self.mem.failing.is_none() {
+            return Ok(());
+        }
+        let delayed: Vec<TaskRt> = self.mem.tasks.iter().flatten().filter(|t| t.state == Delayed).cloned().collect();
+        for t in delayed {
+            self.persist_task(&TaskStateUpdate::new(t.id, &self.shared.addr, Delayed, t.attempt, Failure)).await?;
+            if let Some(&idx) = self.mem.by_id.get(&t.id)
+                && let Some(rt) = self.mem.tasks[idx].as_mut()
+            {
+                rt.state = Failure;
+            }
+            metrics::counter!(m::TASKS_FINISHED, "state" => "failure").increment(1);
+            info!(task_instance_id = t.id, attempt = t.attempt, "retry called off: the run is failing");
+        }
+        Ok(())
     }
 
     /// Records a dropped event; retries the write until it succeeds (it must not be lost).
@@ -285,8 +337,7 @@ impl Runner {
             (Submitted, Running) => {
                 self.persist_workflow(Running, None, Some(Utc::now()), None).await?;
                 info!(workflow_instance_id = self.mem.instance.id, workflow = %self.spec.name, "run started");
-                self.submit_ready().await?;
-                self.maybe_finish().await?;
+                self.advance_pending = true;
                 Ok(true)
             }
             (c, t) if c == t => Ok(false),
@@ -368,7 +419,6 @@ impl Runner {
         match target {
             Success => {
                 metrics::counter!(m::TASKS_FINISHED, "state" => "success").increment(1);
-                self.submit_ready().await?;
             }
             Failure | Stopped => {
                 metrics::counter!(m::TASKS_FINISHED, "state" => target.as_str()).increment(1);
@@ -385,7 +435,7 @@ impl Runner {
             }
             Submitted => {
                 let delay = Duration::from_millis(change.requeue_after_ms.unwrap_or(0));
-                self.enqueue(idx, delay);
+                self.enqueue(idx, delay, change.worker.clone());
             }
             Running => {
                 if let (Some(timeout), TimeoutStrategy::Warn) = (task.timeout, task.timeout_strategy) {
@@ -397,7 +447,7 @@ impl Runner {
             }
             _ => {}
         }
-        self.maybe_finish().await?;
+        self.advance_pending = target.is_terminal() || target == Delayed;
         Ok(true)
     }
 
@@ -448,7 +498,7 @@ impl Runner {
             rt.worker = None;
         }
         info!(task_instance_id = cur.id, attempt = cur.attempt + 1, "task retried");
-        self.enqueue(idx, Duration::ZERO);
+        self.enqueue(idx, Duration::ZERO, None);
         Ok(true)
     }
 
@@ -512,13 +562,14 @@ impl Runner {
         }
         for idx in ready {
             if self.mem.tasks[idx].as_ref().is_some_and(|t| t.state == Submitted) {
-                self.enqueue(idx, Duration::ZERO);
+                self.enqueue(idx, Duration::ZERO, None);
             }
         }
         Ok(())
     }
 
-    fn enqueue(&self, idx: usize, delay: Duration) {
+    /// Queues task `idx`'s current attempt after `delay`, away from worker `avoid` if it can.
+    fn enqueue(&self, idx: usize, delay: Duration, avoid: Option<String>) {
         let Some(rt) = &self.mem.tasks[idx] else { return };
         let task = &self.spec.tasks[idx];
         metrics::counter!(m::TASKS_SUBMITTED).increment(1);
@@ -541,6 +592,7 @@ impl Runner {
             workflow_priority: self.spec.priority,
             task_priority: task.priority,
             queued_at: Instant::now(),
+            avoid,
             runner: self.handle.clone(),
         };
         self.shared.queue.push_after(queued, delay);

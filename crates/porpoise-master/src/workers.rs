@@ -42,6 +42,16 @@ struct Worker {
     load: f64,
     /// Attempts this master dispatched there that have not reported a result.
     inflight: u32,
+    /// It answered DRAINING: it takes nothing more until it leaves and joins again.
+    draining: bool,
+}
+
+impl State {
+    /// Sets the live-workers gauge of `group`.
+    fn count_group(&self, group: &str) {
+        let n = self.workers.values().filter(|w| w.group == group).count();
+        metrics::gauge!(crate::metrics::WORKERS, "group" => group.to_string()).set(n as f64);
+    }
 }
 
 #[derive(Debug, Default)]
@@ -80,7 +90,10 @@ impl WorkerDirectory {
                     backoff = 0;
                     {
                         let mut st = self.state();
-                        st.workers.clear();
+                        let groups: Vec<String> = st.workers.drain().map(|(_, w)| w.group).collect();
+                        for g in groups {
+                            st.count_group(&g);
+                        }
                     }
                     for m in watch.initial.drain(..) {
                         self.up(m, &queue);
@@ -90,7 +103,10 @@ impl WorkerDirectory {
                             MemberEvent::Up(m) => self.up(m, &queue),
                             MemberEvent::Down(key) => {
                                 info!(worker = %key.addr, "worker left");
-                                self.state().workers.remove(&key.addr);
+                                let mut st = self.state();
+                                if let Some(w) = st.workers.remove(&key.addr) {
+                                    st.count_group(&w.group);
+                                }
                             }
                         }
                     }
@@ -115,9 +131,13 @@ impl WorkerDirectory {
                 slots: m.heartbeat.slots,
                 load: m.heartbeat.load,
                 inflight: 0,
+                draining: false,
             });
             w.slots = m.heartbeat.slots;
             w.load = m.heartbeat.load;
+            if is_new {
+                st.count_group(&group);
+            }
             is_new
         };
         if is_new {
@@ -136,11 +156,15 @@ impl WorkerDirectory {
         self.state().workers.contains_key(addr)
     }
 
-    /// Picks a worker of `group` with a free slot and counts the attempt on it.
-    pub fn acquire(&self, group: &str) -> Option<String> {
+    /// Picks a worker of `group` with a free slot and counts the attempt on it; `avoid` (a
+    /// worker that just refused the task) only when no other worker has a free slot.
+    pub fn acquire(&self, group: &str, avoid: Option<&str>) -> Option<String> {
         let mut st = self.state();
         let mut free: Vec<(&String, &Worker)> =
-            st.workers.iter().filter(|(_, w)| w.group == group && w.inflight < w.slots).collect();
+            st.workers.iter().filter(|(_, w)| w.group == group && w.inflight < w.slots && !w.draining).collect();
+        if free.len() > 1 {
+            free.retain(|(addr, _)| Some(addr.as_str()) != avoid);
+        }
         if free.is_empty() {
             return None;
         }
@@ -170,6 +194,13 @@ impl WorkerDirectory {
             w.inflight += 1;
         }
         Some(chosen)
+    }
+
+    /// `addr` answered DRAINING: no more dispatches to it until it leaves and joins again.
+    pub fn drain(&self, addr: &str) {
+        if let Some(w) = self.state().workers.get_mut(addr) {
+            w.draining = true;
+        }
     }
 
     /// The attempt counted on `addr` ended (or was never accepted): frees its slot.

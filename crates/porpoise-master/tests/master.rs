@@ -1,0 +1,451 @@
+//! The master's own rules, in one process and in milliseconds: worker selection and slot
+//! counting, worker groups, the answers a worker can give a dispatch, the queue's priority
+//! order, command wake-ups, and recovery from work a failure left half done. A real master
+//! (its gRPC services, runners, queue and dispatcher) runs against virtual workers.
+
+mod support;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use porpoise_core::ExecutionState::{self, *};
+use porpoise_master::{MasterConfig, WorkerSelector};
+use porpoise_proto::v1::TaskOutcome;
+use porpoise_store::{NewRun, PgStore, Store};
+use porpoise_testkit::TestPostgres;
+use support::{Answer, Cluster, Op, VirtualWorker, When, states, wait_for};
+
+/// A workflow of `n` independent tasks `t0`, `t1`, … in worker group `group`.
+fn independent(name: &str, n: usize, group: &str) -> String {
+    let mut yaml = format!("name: {name}\ntasks:\n");
+    for i in 0..n {
+        yaml.push_str(&format!("  - {{ name: t{i}, command: 'true', worker_group: {group} }}\n"));
+    }
+    yaml
+}
+
+/// How many of `worker`'s accepted attempts there are.
+fn count(worker: &VirtualWorker) -> usize {
+    worker.accepted().len()
+}
+
+/// Waits until the master has seen `n` live workers in `group`.
+async fn workers_seen(cluster: &Cluster, group: &str, n: usize) {
+    let sample = format!("porpoise_workers{{group=\"{group}\"}}");
+    wait_for(&format!("the master to see {n} workers in {group}"), || {
+        (cluster.metric(&sample) == n as f64).then_some(())
+    })
+    .await;
+}
+
+/// Waits until `n` tasks wait for a worker of their group.
+async fn tasks_waiting(cluster: &Cluster, n: usize) {
+    wait_for(&format!("{n} tasks to wait for a worker"), || {
+        (cluster.metric("porpoise_tasks_waiting_for_worker") == n as f64).then_some(())
+    })
+    .await;
+}
+
+mod selection {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn round_robin_takes_the_groups_workers_in_turn() {
+        let cluster = Cluster::start(WorkerSelector::RoundRobin).await;
+        let mut workers = Vec::new();
+        for _ in 0..3 {
+            let w = cluster.worker("default", 10).await;
+            w.auto(TaskOutcome::Success);
+            workers.push(w);
+        }
+        workers_seen(&cluster, "default", 3).await;
+        let run = cluster.run(&independent("spread", 9, "default")).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        let counts: Vec<usize> = workers.iter().map(count).collect();
+        assert_eq!(counts, [3, 3, 3], "round-robin gives each of the group's workers its turn");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn lowest_load_weighs_the_heartbeat_load_and_the_slots_in_use() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let busy = VirtualWorker::start(&cluster.registry, "default", 4, 80.0).await;
+        let idle = VirtualWorker::start(&cluster.registry, "default", 4, 10.0).await;
+        workers_seen(&cluster, "default", 2).await;
+        let run = cluster.run(&independent("weighed", 4, "default")).await;
+        // load 10% + n/4 of the slots against 80%: the idle machine takes three, then the busy one
+        wait_for("four tasks to be accepted", || (count(&busy) + count(&idle) == 4).then_some(())).await;
+        assert_eq!((count(&idle), count(&busy)), (3, 1));
+        for w in [&busy, &idle] {
+            for a in w.running() {
+                w.finish(a, TaskOutcome::Success).await;
+            }
+        }
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn random_uses_every_worker_of_the_group_within_its_slots() {
+        let cluster = Cluster::start(WorkerSelector::Random).await;
+        let a = cluster.worker("default", 2).await;
+        let b = cluster.worker("default", 2).await;
+        let elsewhere = cluster.worker("other", 8).await;
+        for w in [&a, &b, &elsewhere] {
+            w.auto(TaskOutcome::Success);
+        }
+        workers_seen(&cluster, "default", 2).await;
+        let run = cluster.run(&independent("scatter", 40, "default")).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(count(&a) + count(&b), 40);
+        // the chance that one of two workers gets none of 40 tasks at random is 2^-39
+        assert!(count(&a) > 0 && count(&b) > 0, "random chose only one worker: {} and {}", count(&a), count(&b));
+        assert!(elsewhere.received().is_empty(), "a worker of another group was chosen");
+        assert_eq!(a.over_slots() + b.over_slots(), 0, "a worker was sent more tasks than it has slots");
+    }
+}
+
+mod slots_and_groups {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_never_gets_more_tasks_than_its_slots_and_a_freed_slot_is_reused() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 2).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("narrow", 5, "default")).await;
+        w.wait_accepted(2).await;
+        tasks_waiting(&cluster, 3).await;
+        assert_eq!(count(&w), 2, "only two slots");
+        for done in 0..5 {
+            let first = w.running()[0];
+            w.finish(first, TaskOutcome::Success).await;
+            let expected = (done + 3).min(5);
+            w.wait_accepted(expected).await;
+            tasks_waiting(&cluster, 5 - expected).await;
+        }
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(w.most_running(), 2);
+        assert_eq!(w.over_slots(), 0, "the master sent a dispatch beyond the free slots");
+        assert_eq!(w.received().len(), 5, "one dispatch per task");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn tasks_wait_for_a_worker_of_their_group() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let plain = cluster.worker("default", 4).await;
+        plain.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        let yaml = "name: grouped\ntasks:\n  - { name: plain, command: 'true' }\n  - { name: gpu-job, command: 'true', worker_group: gpu }\n";
+        let run = cluster.run(yaml).await;
+        tasks_waiting(&cluster, 1).await;
+        wait_for("the plain task to succeed", || (count(&plain) == 1).then_some(())).await;
+        let gpu = cluster.worker("gpu", 1).await;
+        gpu.auto(TaskOutcome::Success);
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(gpu.accepted_names(), ["gpu-job"]);
+        assert_eq!(plain.accepted_names(), ["plain"], "a task went to a worker outside its group");
+        assert_eq!(cluster.metric("porpoise_tasks_waiting_for_worker"), 0.0);
+    }
+}
+
+mod answers {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn full_sends_the_task_back_to_the_queue_and_it_is_dispatched_again() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.script(&[Answer::Full, Answer::Full]);
+        w.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("refused", 1, "default")).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        let received = w.received();
+        assert_eq!(received.len(), 3, "two refusals, then accepted");
+        assert!(received.iter().all(|r| r.attempt == 1), "a refused dispatch is not a new attempt");
+        assert_eq!(cluster.metric("porpoise_tasks_dispatch_failed_total{reason=\"full\"}"), 2.0);
+        assert_eq!(cluster.task(run, "t0").await.attempt, 1);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_worker_is_passed_over_for_one_with_a_free_slot() {
+        let cluster = Cluster::start(WorkerSelector::RoundRobin).await;
+        let a = cluster.worker("default", 4).await;
+        let b = cluster.worker("default", 4).await;
+        for w in [&a, &b] {
+            w.answer(Answer::Full);
+        }
+        workers_seen(&cluster, "default", 2).await;
+        let run = cluster.run(&independent("passed-over", 1, "default")).await;
+        wait_for("both workers to refuse once", || {
+            (!a.received().is_empty() && !b.received().is_empty()).then_some(())
+        })
+        .await;
+        b.auto(TaskOutcome::Success);
+        b.answer(Answer::Accept);
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(b.accepted_names(), ["t0"]);
+        // after each refusal the other worker is tried: they alternate
+        let a_tries = a.received().len();
+        let b_tries = b.received().len();
+        assert!(a_tries.abs_diff(b_tries) <= 1, "refusals did not alternate: {a_tries} and {b_tries}");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_draining_worker_gets_nothing_more_until_it_joins_again() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let draining = cluster.worker("default", 8).await;
+        draining.answer(Answer::Draining);
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("drained", 3, "default")).await;
+        // each task is refused at most once (those already on their way when the first answer
+        // came back); then the worker is left alone and the tasks wait
+        tasks_waiting(&cluster, 3).await;
+        let refused: Vec<i64> = draining.received().iter().map(|r| r.task_instance_id).collect();
+        let mut distinct = refused.clone();
+        distinct.sort();
+        distinct.dedup();
+        assert_eq!(distinct.len(), refused.len(), "a task was sent to a draining worker twice: {refused:?}");
+        assert_eq!(cluster.metric("porpoise_tasks_dispatch_failed_total{reason=\"draining\"}"), refused.len() as f64);
+        let fresh = cluster.worker("default", 8).await;
+        fresh.auto(TaskOutcome::Success);
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(fresh.accepted().len(), 3);
+        assert_eq!(draining.received().len(), refused.len(), "a draining worker was sent more tasks");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn invalid_fails_the_task_with_the_workers_reason() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.answer(Answer::Invalid);
+        workers_seen(&cluster, "default", 1).await;
+        let yaml = "name: refused\ntasks:\n  - { name: bad, command: 'true', retries: 0 }\n  - { name: after, command: 'true', depends_on: [bad] }\n";
+        let run = cluster.run(yaml).await;
+        let ended = cluster.run_ends(run).await;
+        assert_eq!(ended.state, Failure);
+        let reason = ended.state_reason.unwrap_or_default();
+        assert!(
+            reason.contains("rejected by worker") && reason.contains("the virtual worker refuses this task"),
+            "the run's reason does not carry the worker's: {reason}"
+        );
+        assert_eq!(states(&cluster.tasks(run).await), [("bad".to_string(), Failure)]);
+        assert_eq!(w.received().len(), 1, "an invalid task is not dispatched again");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_whose_worker_is_gone_goes_to_another() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let doomed = cluster.worker("edge", 4).await;
+        doomed.stop_serving();
+        workers_seen(&cluster, "edge", 1).await;
+        let run = cluster.run(&independent("orphaned", 1, "edge")).await;
+        // registered but unreachable: the dispatch is resent to it while it stays registered
+        wait_for("a dispatch to fail", || {
+            (cluster.metric("porpoise_tasks_dispatch_failed_total{reason=\"unreachable\"}") >= 2.0).then_some(())
+        })
+        .await;
+        assert_eq!(cluster.task(run, "t0").await.state, Dispatched);
+        let heir = cluster.worker("edge", 4).await;
+        heir.auto(TaskOutcome::Success);
+        doomed.leave().await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(heir.accepted_names(), ["t0"]);
+        let task = cluster.task(run, "t0").await;
+        assert_eq!((task.attempt, task.worker_addr.as_deref()), (1, Some(heir.addr.as_str())));
+    }
+}
+
+mod queue {
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn waiting_tasks_leave_by_workflow_priority_then_task_priority() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let mut yaml = String::from("name: many\npriority: medium\ntasks:\n");
+        for p in ["low", "highest", "lowest", "medium", "high"] {
+            yaml.push_str(&format!("  - {{ name: m-{p}, command: 'true', priority: {p}, worker_group: one }}\n"));
+        }
+        let medium = cluster.run(&yaml).await;
+        tasks_waiting(&cluster, 5).await;
+        let urgent = cluster
+            .run("name: urgent\npriority: high\ntasks:\n  - { name: u-lowest, command: 'true', priority: lowest, worker_group: one }\n")
+            .await;
+        let idle = cluster
+            .run("name: idle\npriority: lowest\ntasks:\n  - { name: i-highest, command: 'true', priority: highest, worker_group: one }\n")
+            .await;
+        tasks_waiting(&cluster, 7).await;
+        let w = cluster.worker("one", 1).await;
+        for n in 1..=7 {
+            let accepted = w.wait_accepted(n).await;
+            w.finish(accepted[n - 1], TaskOutcome::Success).await;
+        }
+        for run in [medium, urgent, idle] {
+            assert_eq!(cluster.run_ends(run).await.state, Success);
+        }
+        assert_eq!(
+            w.accepted_names(),
+            ["u-lowest", "m-highest", "m-high", "m-medium", "m-low", "m-lowest", "i-highest"],
+            "the workflow's priority first, then the task's"
+        );
+    }
+}
+
+mod commands {
+    use super::*;
+
+    /// The fallback poll is an hour: a run that starts at all was started by the wake-up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_requested_elsewhere_wakes_the_master_through_postgres() {
+        let pg = TestPostgres::shared();
+        let url = pg.fresh_database().await;
+        let store = PgStore::connect(&url, 4).await.expect("connect to Postgres");
+        let pool = store.pool().clone();
+        let config = MasterConfig { command_poll: Duration::from_secs(3600), ..Cluster::config() };
+        let cluster = Cluster::start_on(config, Arc::new(store), Some(pool)).await;
+        let w = cluster.worker("default", 4).await;
+        w.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        // a first run, through this master: it is listening once that one has started
+        let first = cluster.run(&independent("woken", 1, "default")).await;
+        assert_eq!(cluster.run_ends(first).await.state, Success);
+
+        let elsewhere = PgStore::connect(&url, 1).await.expect("connect to Postgres");
+        let def = elsewhere.latest_definition("woken").await.expect("read").expect("applied");
+        let (run, _) = elsewhere
+            .create_run(&NewRun {
+                workflow_definition_id: def.id,
+                workflow_name: def.name.clone(),
+                priority: Default::default(),
+                params: Default::default(),
+            })
+            .await
+            .expect("request a run");
+        assert_eq!(cluster.run_ends(run.id).await.state, Success);
+    }
+}
+
+mod half_done_work {
+    use super::*;
+
+    const CHAIN: &str =
+        "name: chain\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a] }\n";
+
+    async fn no_dead_letters(cluster: &Cluster) {
+        let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
+        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+
+    fn attempts(tasks: &[porpoise_store::TaskInstance]) -> HashMap<String, (ExecutionState, i32)> {
+        tasks.iter().map(|t| (t.task_name.clone(), (t.state, t.attempt))).collect()
+    }
+
+    /// Each write fails before the database sees it: the runner must put its memory back as
+    /// it was, or the retry would find nothing to do and the database would never catch up.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn writes_that_fail_are_retried_from_memory_as_it_was() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        let faults = [
+            Op::WorkflowTo(Running),
+            Op::CreateTasks,
+            Op::TaskTo(Dispatched),
+            Op::TaskTo(Running),
+            Op::TaskTo(Success),
+            Op::WorkflowTo(Success),
+        ];
+        for op in faults {
+            cluster.store.fail(op, When::Before, 2);
+        }
+        let run = cluster.run(CHAIN).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        for op in faults {
+            assert_eq!(cluster.store.fired(op), 2, "fault {op:?} never fired");
+        }
+        let tasks = cluster.tasks(run).await;
+        assert_eq!(attempts(&tasks), HashMap::from([("a".into(), (Success, 1)), ("b".into(), (Success, 1))]));
+        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
+        no_dead_letters(&cluster).await;
+    }
+
+    /// Each write is committed but its answer lost: the retry must see that the database
+    /// already holds it, not refuse it as a conflict nor do it twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_write_whose_answer_was_lost_is_recognised() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        let faults = [
+            Op::WorkflowTo(Running),
+            Op::CreateTasks,
+            Op::TaskTo(Dispatched),
+            Op::TaskTo(Running),
+            Op::TaskTo(Success),
+            Op::WorkflowTo(Success),
+        ];
+        for op in faults {
+            cluster.store.fail(op, When::AnswerLost, 1);
+        }
+        let run = cluster.run(CHAIN).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        for op in faults {
+            assert_eq!(cluster.store.fired(op), 1, "fault {op:?} never fired");
+        }
+        let tasks = cluster.tasks(run).await;
+        assert_eq!(tasks.len(), 2, "task instances were created twice: {tasks:?}");
+        assert_eq!(attempts(&tasks), HashMap::from([("a".into(), (Success, 1)), ("b".into(), (Success, 1))]));
+        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
+        no_dead_letters(&cluster).await;
+    }
+
+    /// A result is saved and its slot freed; then starting the next task fails and is
+    /// retried. The retry must not free the slot again: the worker would be sent more tasks
+    /// than it has slots.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retry_after_a_partial_failure_frees_the_slot_once() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 1).await;
+        workers_seen(&cluster, "default", 1).await;
+        let chain = cluster.run(CHAIN).await;
+        let a = w.wait_accepted(1).await[0];
+        let single = cluster.run(&independent("single", 1, "default")).await;
+        tasks_waiting(&cluster, 1).await;
+
+        cluster.store.fail(Op::CreateTasks, When::Before, 3);
+        w.finish(a, TaskOutcome::Success).await;
+        // the freed slot goes to the waiting task; b, created on the retry, must wait for it
+        let c = w.wait_accepted(2).await[1];
+        wait_for("b to be created", || (cluster.store.fired(Op::CreateTasks) == 3).then_some(())).await;
+        tasks_waiting(&cluster, 1).await;
+        assert_eq!(w.over_slots(), 0, "a slot was freed twice: the worker was sent a task beyond its slots");
+
+        w.finish(c, TaskOutcome::Success).await;
+        let b = w.wait_accepted(3).await[2];
+        w.finish(b, TaskOutcome::Success).await;
+        for run in [chain, single] {
+            assert_eq!(cluster.run_ends(run).await.state, Success);
+        }
+        assert_eq!((w.most_running(), w.over_slots()), (1, 0));
+    }
+
+    /// A sibling fails while a failed task waits an hour for its retry: the retry is called
+    /// off and the run ends now.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_that_fails_calls_off_the_retries_it_was_waiting_for() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.auto(TaskOutcome::Failure);
+        workers_seen(&cluster, "default", 1).await;
+        let yaml = "name: doomed\ntasks:\n  - { name: patient, command: 'false', retries: 3, retry_interval: 1h }\n  - { name: fragile, command: 'false' }\n";
+        let run = cluster.run(yaml).await;
+        let ended = cluster.run_ends(run).await;
+        assert_eq!(ended.state, Failure);
+        assert_eq!(
+            attempts(&cluster.tasks(run).await),
+            HashMap::from([("patient".into(), (Failure, 1)), ("fragile".into(), (Failure, 1))])
+        );
+    }
+}

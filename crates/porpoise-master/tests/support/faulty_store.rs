@@ -1,0 +1,166 @@
+//! A store that fails chosen writes on purpose, around a real one: before the write (the
+//! database never saw it) or after it (the write is durable, its answer is lost). These are the
+//! faults a connection dropped at the wrong instant causes, placed exactly where a test needs
+//! them, which stopping the real database cannot do.
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use porpoise_core::{ExecutionState, WorkflowSpec};
+use porpoise_store::*;
+
+/// Which write fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Op {
+    /// A task instance moving to this state.
+    TaskTo(ExecutionState),
+    /// Creating task instances.
+    CreateTasks,
+    /// A workflow instance moving to this state.
+    WorkflowTo(ExecutionState),
+}
+
+/// Where the write fails.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum When {
+    /// The database never sees the write.
+    Before,
+    /// The write is committed, but the caller gets an outage error instead of its answer.
+    AnswerLost,
+}
+
+#[derive(Debug)]
+struct Fault {
+    op: Op,
+    when: When,
+    left: u32,
+}
+
+/// See the module doc.
+#[derive(Debug)]
+pub struct FaultyStore {
+    inner: Arc<dyn Store>,
+    faults: Mutex<Vec<Fault>>,
+    fired: Mutex<Vec<(Op, When)>>,
+}
+
+fn outage() -> StoreError {
+    StoreError::Unavailable(sqlx::Error::PoolTimedOut)
+}
+
+impl FaultyStore {
+    pub fn new(inner: Arc<dyn Store>) -> Self {
+        Self { inner, faults: Mutex::default(), fired: Mutex::default() }
+    }
+
+    /// Fails the next `times` writes that match `op`, at `when`.
+    pub fn fail(&self, op: Op, when: When, times: u32) {
+        self.faults.lock().expect("faults lock").push(Fault { op, when, left: times });
+    }
+
+    /// How many faults of `op` fired so far.
+    pub fn fired(&self, op: Op) -> usize {
+        self.fired.lock().expect("fired lock").iter().filter(|(o, _)| *o == op).count()
+    }
+
+    /// The fault to apply to this call of `op`, if any is armed.
+    fn take(&self, op: Op) -> Option<When> {
+        let mut faults = self.faults.lock().expect("faults lock");
+        let f = faults.iter_mut().find(|f| f.op == op && f.left > 0)?;
+        f.left -= 1;
+        let when = f.when;
+        self.fired.lock().expect("fired lock").push((op, when));
+        Some(when)
+    }
+
+    async fn faulty<T>(&self, op: Op, write: impl Future<Output = Result<T>>) -> Result<T> {
+        match self.take(op) {
+            Some(When::Before) => Err(outage()),
+            Some(When::AnswerLost) => write.await.and_then(|_| Err(outage())),
+            None => write.await,
+        }
+    }
+}
+
+#[async_trait]
+impl Store for FaultyStore {
+    fn backend(&self) -> Backend {
+        self.inner.backend()
+    }
+    async fn apply_definition(&self, spec: &WorkflowSpec, spec_yaml: &str) -> Result<ApplyOutcome> {
+        self.inner.apply_definition(spec, spec_yaml).await
+    }
+    async fn latest_definition(&self, name: &str) -> Result<Option<WorkflowDefinition>> {
+        self.inner.latest_definition(name).await
+    }
+    async fn definition(&self, id: i64) -> Result<Option<WorkflowDefinition>> {
+        self.inner.definition(id).await
+    }
+    async fn list_definitions(&self) -> Result<Vec<WorkflowDefinition>> {
+        self.inner.list_definitions().await
+    }
+    async fn insert_command(&self, command: &NewCommand) -> Result<i64> {
+        self.inner.insert_command(command).await
+    }
+    async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>> {
+        self.inner.claim_commands(owner, limit).await
+    }
+    async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)> {
+        self.inner.create_run(run).await
+    }
+    async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> Result<WorkflowInstance> {
+        self.inner.adopt_workflow_instance(id, owner).await
+    }
+    async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>> {
+        self.inner.list_workflow_instances(workflow_name, limit).await
+    }
+    async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance> {
+        self.inner.create_workflow_instance(new).await
+    }
+    async fn workflow_instance(&self, id: i64) -> Result<Option<WorkflowInstance>> {
+        self.inner.workflow_instance(id).await
+    }
+    async fn unfinished_workflow_instances_of(&self, owner: &str) -> Result<Vec<WorkflowInstance>> {
+        self.inner.unfinished_workflow_instances_of(owner).await
+    }
+    async fn workflow_instances_in(&self, states: &[ExecutionState], limit: u32) -> Result<Vec<WorkflowInstance>> {
+        self.inner.workflow_instances_in(states, limit).await
+    }
+    async fn update_workflow_state(&self, update: &WorkflowStateUpdate) -> Result<WorkflowInstance> {
+        self.faulty(Op::WorkflowTo(update.new), self.inner.update_workflow_state(update)).await
+    }
+    async fn take_over_workflow_instance(
+        &self,
+        id: i64,
+        expected_owner: &str,
+        expected_epoch: i64,
+        new_owner: &str,
+    ) -> Result<WorkflowInstance> {
+        self.inner.take_over_workflow_instance(id, expected_owner, expected_epoch, new_owner).await
+    }
+    async fn create_task_instances(&self, owner: &str, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>> {
+        self.faulty(Op::CreateTasks, self.inner.create_task_instances(owner, new)).await
+    }
+    async fn task_instance(&self, id: i64) -> Result<Option<TaskInstance>> {
+        self.inner.task_instance(id).await
+    }
+    async fn task_instances_of(&self, workflow_instance_id: i64) -> Result<Vec<TaskInstance>> {
+        self.inner.task_instances_of(workflow_instance_id).await
+    }
+    async fn task_instances_on_worker(
+        &self,
+        worker_addr: &str,
+        states: &[ExecutionState],
+    ) -> Result<Vec<TaskInstance>> {
+        self.inner.task_instances_on_worker(worker_addr, states).await
+    }
+    async fn update_task_state(&self, update: &TaskStateUpdate) -> Result<TaskInstance> {
+        self.faulty(Op::TaskTo(update.new), self.inner.update_task_state(update)).await
+    }
+    async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64> {
+        self.inner.record_dead_letter(letter).await
+    }
+    async fn dead_letters(&self, limit: u32) -> Result<Vec<DeadLetter>> {
+        self.inner.dead_letters(limit).await
+    }
+}

@@ -1,0 +1,310 @@
+//! A virtual worker: a real WorkerService on a loopback port, registered like a worker, that
+//! answers dispatches as the test tells it and reports task events back to the master over
+//! real gRPC, resending each until the master ACKs it, as a worker does. It runs nothing: a
+//! task it accepted is "running" until the test finishes it (or, with `auto`, at once).
+
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
+use porpoise_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
+use porpoise_proto::v1::*;
+use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tonic::{Request, Response, Status};
+
+use super::wait_for;
+
+/// How the worker answers a dispatch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Answer {
+    /// Takes the task (FULL beyond its slots, as a real worker).
+    Accept,
+    Full,
+    Draining,
+    Invalid,
+}
+
+/// An attempt of a task instance.
+pub type Attempt = (i64, i32);
+
+#[derive(Debug)]
+struct State {
+    slots: usize,
+    script: VecDeque<Answer>,
+    answer: Answer,
+    /// Finish accepted tasks at once with this outcome.
+    auto: Option<TaskOutcome>,
+    /// Every dispatch call, in arrival order.
+    received: Vec<DispatchTaskRequest>,
+    /// Attempts accepted, in order (a resent dispatch of a running attempt is not counted).
+    accepted: Vec<Attempt>,
+    running: Vec<(Attempt, String)>,
+    most_running: usize,
+    /// Dispatches refused because every slot was taken: a master that counts right sends none.
+    over_slots: usize,
+}
+
+/// See the module doc.
+#[derive(Debug, Clone)]
+pub struct VirtualWorker {
+    pub addr: String,
+    state: Arc<Mutex<State>>,
+    registration: Arc<Mutex<Option<Registration>>>,
+    shutdown: Arc<Mutex<Option<oneshot::Sender<()>>>>,
+}
+
+#[derive(Debug, Clone)]
+struct Service(Arc<Mutex<State>>, String);
+
+impl VirtualWorker {
+    /// Starts a worker of `group` with `slots` slots, reporting `load` (percent) in its
+    /// heartbeat, registered in `registry`.
+    pub async fn start(registry: &Arc<dyn Registry>, group: &str, slots: u32, load: f64) -> VirtualWorker {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
+        let addr = listener.local_addr().expect("local address").to_string();
+        let state = Arc::new(Mutex::new(State {
+            slots: slots as usize,
+            script: VecDeque::new(),
+            answer: Answer::Accept,
+            auto: None,
+            received: Vec::new(),
+            accepted: Vec::new(),
+            running: Vec::new(),
+            most_running: 0,
+            over_slots: 0,
+        }));
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let service = WorkerServiceServer::new(Service(state.clone(), addr.clone()));
+        tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        let heartbeat = Heartbeat { load, ..Heartbeat::idle(slots) };
+        let registration = registry
+            .register(MemberKey::worker(group, addr.clone()), heartbeat, Duration::from_secs(10))
+            .await
+            .expect("register the virtual worker");
+        VirtualWorker {
+            addr,
+            state,
+            registration: Arc::new(Mutex::new(Some(registration))),
+            shutdown: Arc::new(Mutex::new(Some(shutdown))),
+        }
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Answers every dispatch from now on with `answer`.
+    pub fn answer(&self, answer: Answer) {
+        self.state().answer = answer;
+    }
+
+    /// Answers the next dispatches with `answers`, in order, then as before.
+    pub fn script(&self, answers: &[Answer]) {
+        self.state().script.extend(answers.iter().copied());
+    }
+
+    /// Finishes every task it accepts at once, with `outcome`.
+    pub fn auto(&self, outcome: TaskOutcome) {
+        self.state().auto = Some(outcome);
+    }
+
+    pub fn received(&self) -> Vec<DispatchTaskRequest> {
+        self.state().received.clone()
+    }
+
+    pub fn accepted(&self) -> Vec<Attempt> {
+        self.state().accepted.clone()
+    }
+
+    /// Names of the tasks accepted, in order.
+    pub fn accepted_names(&self) -> Vec<String> {
+        let st = self.state();
+        st.accepted
+            .iter()
+            .filter_map(|a| st.received.iter().find(|r| (r.task_instance_id, r.attempt) == *a))
+            .map(|r| r.task_name.clone())
+            .collect()
+    }
+
+    pub fn running(&self) -> Vec<Attempt> {
+        self.state().running.iter().map(|(a, _)| *a).collect()
+    }
+
+    /// The most tasks it ever ran at once.
+    pub fn most_running(&self) -> usize {
+        self.state().most_running
+    }
+
+    /// Dispatches that found every slot taken.
+    pub fn over_slots(&self) -> usize {
+        self.state().over_slots
+    }
+
+    /// Waits until it has accepted `n` attempts.
+    pub async fn wait_accepted(&self, n: usize) -> Vec<Attempt> {
+        wait_for(&format!("worker {} to accept {n} tasks", self.addr), || {
+            let a = self.accepted();
+            (a.len() >= n).then_some(a)
+        })
+        .await
+    }
+
+    /// Finishes the running `attempt` with `outcome`: reports RUNNING and RESULT until ACKed.
+    pub async fn finish(&self, attempt: Attempt, outcome: TaskOutcome) {
+        let master = {
+            let mut st = self.state();
+            let i = st.running.iter().position(|(a, _)| *a == attempt).expect("the attempt runs on this worker");
+            st.running.remove(i).1
+        };
+        let request = self.state().received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == attempt).cloned();
+        let request = request.expect("the attempt was dispatched here");
+        report(&master, &self.addr, &request, outcome).await;
+    }
+
+    /// Stops answering (its port refuses connections) while it stays registered, as a worker
+    /// whose process hangs or whose network is cut until its lease runs out.
+    pub fn stop_serving(&self) {
+        if let Some(s) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
+            let _ = s.send(());
+        }
+    }
+
+    /// Leaves the registry, as a dead worker does when its lease runs out.
+    pub async fn leave(&self) {
+        let registration = self.registration.lock().unwrap_or_else(|p| p.into_inner()).take();
+        if let Some(r) = registration {
+            r.revoke().await.expect("leave the registry");
+        }
+    }
+}
+
+/// Sends RUNNING and RESULT for `request` to `master`, each until the master ACKs it.
+async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outcome: TaskOutcome) {
+    let now = chrono::Utc::now().timestamp_millis();
+    let event = |id: &str, kind| TaskEvent {
+        event_id: format!("{}-{}-{id}", request.task_instance_id, request.attempt),
+        task_instance_id: request.task_instance_id,
+        attempt: request.attempt,
+        workflow_instance_id: request.workflow_instance_id,
+        kind: Some(kind),
+    };
+    let running = event(
+        "running",
+        task_event::Kind::Running(TaskRunning {
+            started_at_ms: now,
+            worker_addr: worker.to_string(),
+            log_path: String::new(),
+        }),
+    );
+    let result = event(
+        "result",
+        task_event::Kind::Result(TaskResult {
+            outcome: outcome as i32,
+            exit_code: match outcome {
+                TaskOutcome::Success => Some(0),
+                TaskOutcome::Failure => Some(1),
+                _ => None,
+            },
+            started_at_ms: now,
+            ended_at_ms: now,
+            message: String::new(),
+        }),
+    );
+    let client = TaskEventServiceClient::connect(format!("http://{master}")).await.expect("connect to the master");
+    for e in [running, result] {
+        wait_for_async(&format!("the master to ACK event {}", e.event_id), || {
+            let mut client = client.clone();
+            let e = e.clone();
+            async move {
+                let req = ReportTaskEventsRequest { worker_addr: worker.to_string(), events: vec![e] };
+                let reply = client.report_task_events(req).await.ok()?.into_inner();
+                let handled = reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32);
+                if !handled {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                handled.then_some(())
+            }
+        })
+        .await;
+    }
+}
+
+async fn wait_for_async<T, F: Future<Output = Option<T>>>(what: &str, mut check: impl FnMut() -> F) -> T {
+    let deadline = tokio::time::Instant::now() + super::DEADLINE;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for Service {
+    async fn dispatch_task(
+        &self,
+        request: Request<DispatchTaskRequest>,
+    ) -> Result<Response<DispatchTaskReply>, Status> {
+        let req = request.into_inner();
+        let attempt = (req.task_instance_id, req.attempt);
+        let (status, auto) = {
+            let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+            st.received.push(req.clone());
+            let answer = st.script.pop_front().unwrap_or(st.answer);
+            match answer {
+                Answer::Accept if st.running.iter().any(|(a, _)| *a == attempt) => (DispatchStatus::Accepted, None),
+                Answer::Accept if st.running.len() >= st.slots => {
+                    st.over_slots += 1;
+                    (DispatchStatus::Full, None)
+                }
+                Answer::Accept => {
+                    st.accepted.push(attempt);
+                    st.running.push((attempt, req.master_addr.clone()));
+                    st.most_running = st.most_running.max(st.running.len());
+                    (DispatchStatus::Accepted, st.auto)
+                }
+                Answer::Full => (DispatchStatus::Full, None),
+                Answer::Draining => (DispatchStatus::Draining, None),
+                Answer::Invalid => (DispatchStatus::Invalid, None),
+            }
+        };
+        if let Some(outcome) = auto {
+            let state = self.0.clone();
+            let worker = self.1.clone();
+            let req = req.clone();
+            tokio::spawn(async move {
+                {
+                    let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                    st.running.retain(|(a, _)| *a != attempt);
+                }
+                report(&req.master_addr, &worker, &req, outcome).await;
+            });
+        }
+        let message = match status {
+            DispatchStatus::Invalid => "the virtual worker refuses this task".to_string(),
+            DispatchStatus::Draining => "draining".to_string(),
+            DispatchStatus::Full => "no free slot".to_string(),
+            _ => String::new(),
+        };
+        Ok(Response::new(DispatchTaskReply { status: status as i32, message, worker_addr: self.1.clone() }))
+    }
+
+    async fn kill_task(&self, _request: Request<KillTaskRequest>) -> Result<Response<KillTaskReply>, Status> {
+        Ok(Response::new(KillTaskReply { found: false }))
+    }
+
+    async fn get_task_log(&self, _request: Request<GetTaskLogRequest>) -> Result<Response<GetTaskLogReply>, Status> {
+        Ok(Response::new(GetTaskLogReply { content: Vec::new(), next_offset: 0, eof: true }))
+    }
+}
