@@ -13,9 +13,9 @@ use porpoise_proto::v1::task_event_service_server::{TaskEventService, TaskEventS
 use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
 use porpoise_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use porpoise_proto::v1::{
-    AckStatus, DispatchTaskReply, DispatchTaskRequest, GetRunRequest, GetTaskLogReply, GetTaskLogRequest,
-    KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, TaskResult,
-    TaskRunning, task_event,
+    AckStatus, DispatchStatus, DispatchTaskReply, DispatchTaskRequest, GetRunRequest, GetTaskLogReply,
+    GetTaskLogRequest, KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent,
+    TaskOutcome, TaskResult, TaskRunning, task_event,
 };
 use porpoise_testkit::TestPostgres;
 use tonic::{Request, Response, Status};
@@ -29,6 +29,8 @@ struct AckDropper {
     master: Arc<Mutex<String>>,
     drop_replies: Arc<Mutex<u32>>,
     forwarded: Arc<Mutex<HashMap<String, u32>>>,
+    /// Events whose HANDLED ACK reached the worker: it has nothing left to do for them.
+    acked: Arc<Mutex<std::collections::HashSet<String>>>,
 }
 
 #[tonic::async_trait]
@@ -55,7 +57,16 @@ impl TaskEventService for AckDropper {
             *d = d.saturating_sub(1);
             drop_it
         };
-        if drop_it { Err(Status::unavailable("reply lost on the way back")) } else { Ok(reply) }
+        if drop_it {
+            return Err(Status::unavailable("reply lost on the way back"));
+        }
+        let mut acked = self.acked.lock().expect("lock");
+        for a in &reply.get_ref().acks {
+            if a.status == AckStatus::Handled as i32 {
+                acked.insert(a.event_id.clone());
+            }
+        }
+        Ok(reply)
     }
 }
 
@@ -69,8 +80,12 @@ fn chain(name: &str, marks: &str, sleep: &str) -> String {
 async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
     let proxy_addr = listener.local_addr().expect("addr").to_string();
-    let dropper =
-        AckDropper { master: Arc::default(), drop_replies: Arc::new(Mutex::new(3)), forwarded: Arc::default() };
+    let dropper = AckDropper {
+        master: Arc::default(),
+        drop_replies: Arc::new(Mutex::new(3)),
+        forwarded: Arc::default(),
+        acked: Arc::default(),
+    };
     common::serve(listener, tonic::service::Routes::new(TaskEventServiceServer::new(dropper.clone())));
     let options = ClusterOptions { advertise: Some(proxy_addr.clone()), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
@@ -83,6 +98,23 @@ async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
     let id = common::run_id(&out);
     let run = d.finished_run(id).await;
     assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
+    // a wrong second run would come from an event resent without an ACK: wait until the worker
+    // holds none, and until no task process is left, before counting the runs
+    let (forwarded, acked) = (dropper.forwarded.clone(), dropper.acked.clone());
+    d.wait_until("every event is ACKed", || {
+        let (forwarded, acked) = (forwarded.clone(), acked.clone());
+        async move {
+            let acked = acked.lock().expect("lock");
+            forwarded.lock().expect("lock").keys().all(|id| acked.contains(id))
+        }
+    })
+    .await;
+    let marks_path = marks.display().to_string();
+    d.wait_until("no task process is left", || {
+        let marks_path = marks_path.clone();
+        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
+    })
+    .await;
     assert_eq!(lines(&marks).len(), 3, "each task ran exactly once");
     let resent = dropper.forwarded.lock().expect("lock").values().filter(|&&n| n > 1).count();
     assert!(resent >= 1, "the worker resent the events whose ACK was lost");
@@ -403,6 +435,8 @@ struct DispatchReplyDropper {
     proxy_addr: String,
     /// task instance → dispatches seen
     seen: Arc<Mutex<HashMap<i64, u32>>>,
+    /// task instance → the worker's answers to its resent dispatches (status, message)
+    resend_replies: Arc<Mutex<HashMap<i64, Vec<(i32, String)>>>>,
     /// What the database held at the moment of each task's first dispatch.
     recorded: Arc<Mutex<Vec<Recorded>>>,
 }
@@ -437,7 +471,12 @@ impl WorkerService for DispatchReplyDropper {
                     .map_err(|e| Status::internal(e.to_string()))?;
             self.recorded.lock().expect("lock").push((req.task_instance_id, worker, state));
         }
+        let ti = req.task_instance_id;
         let reply = self.client().await?.dispatch_task(req).await?;
+        if !first {
+            let r = reply.get_ref();
+            self.resend_replies.lock().expect("lock").entry(ti).or_default().push((r.status, r.message.clone()));
+        }
         if first { Err(Status::unavailable("reply lost on the way back")) } else { Ok(reply) }
     }
 
@@ -463,6 +502,7 @@ async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
         database_url: url,
         proxy_addr: proxy_addr.clone(),
         seen: Arc::default(),
+        resend_replies: Arc::default(),
         recorded: Arc::default(),
     };
     common::serve(listener, tonic::service::Routes::new(WorkerServiceServer::new(proxy.clone())));
@@ -472,14 +512,24 @@ async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
     let out = d.porpoise(&["run", "chain", "--wait"]);
     assert_eq!(out.status.code(), Some(0), "{}\n{}", String::from_utf8_lossy(&out.stderr), d.logs_text());
     assert_eq!(lines(&marks).len(), 3, "each task ran exactly once although every first dispatch reply was lost");
-    // the master resends each unanswered dispatch (the last one maybe after the run ended)
-    let seen = proxy.seen.clone();
-    d.wait_until("every dispatch is sent again", || {
-        let seen = seen.clone();
-        async move {
-            let seen = seen.lock().expect("lock");
-            seen.len() == 3 && seen.values().all(|&n| n >= 2)
+    // the master resends each unanswered dispatch (the last one maybe after the run ended);
+    // the worker's answer to a resend is where it decides not to run the attempt again
+    let answered = proxy.resend_replies.clone();
+    d.wait_until("every resent dispatch is answered", || {
+        let answered = answered.clone();
+        async move { answered.lock().expect("lock").len() == 3 }
+    })
+    .await;
+    for (ti, replies) in proxy.resend_replies.lock().expect("lock").iter() {
+        for (status, message) in replies {
+            assert_eq!(*status, DispatchStatus::Accepted as i32, "task {ti}: resend answered {message}");
+            assert_eq!(message, "already accepted", "task {ti}: the worker did not recognise the resend");
         }
+    }
+    let marks_path = marks.display().to_string();
+    d.wait_until("no task process is left", || {
+        let marks_path = marks_path.clone();
+        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
     })
     .await;
     assert_eq!(lines(&marks).len(), 3, "the resent dispatches ran nothing again");

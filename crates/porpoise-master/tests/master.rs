@@ -34,7 +34,7 @@ fn count(worker: &VirtualWorker) -> usize {
 async fn workers_seen(cluster: &Cluster, group: &str, n: usize) {
     let sample = format!("porpoise_workers{{group=\"{group}\"}}");
     wait_for(&format!("the master to see {n} workers in {group}"), || {
-        (cluster.metric(&sample) == n as f64).then_some(())
+        (cluster.try_metric(&sample) == Some(n as f64)).then_some(())
     })
     .await;
 }
@@ -169,7 +169,8 @@ mod answers {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_full_worker_is_passed_over_for_one_with_a_free_slot() {
-        let cluster = Cluster::start(WorkerSelector::RoundRobin).await;
+        // lowest-load would choose the same idle worker every time, were it not passed over
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
         let a = cluster.worker("default", 4).await;
         let b = cluster.worker("default", 4).await;
         for w in [&a, &b] {

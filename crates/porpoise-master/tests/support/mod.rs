@@ -134,11 +134,16 @@ impl Cluster {
 
     /// The value of a metric sample, `name{labels}` exactly as exposed; fails if there is none.
     pub fn metric(&self, sample: &str) -> f64 {
-        let text = metrics().render();
-        text.lines()
+        self.try_metric(sample).unwrap_or_else(|| panic!("no metric sample {sample} in:\n{}", metrics().render()))
+    }
+
+    /// The value of a metric sample, if it is exposed yet.
+    pub fn try_metric(&self, sample: &str) -> Option<f64> {
+        metrics()
+            .render()
+            .lines()
             .find_map(|l| l.strip_prefix(sample).and_then(|rest| rest.strip_prefix(' ')))
             .and_then(|v| v.trim().parse().ok())
-            .unwrap_or_else(|| panic!("no metric sample {sample} in:\n{text}"))
     }
 }
 
