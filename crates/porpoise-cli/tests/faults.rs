@@ -425,6 +425,9 @@ fn open_gate_file(path: &std::path::Path) {
 /// A task instance's (id, recorded worker, state).
 type Recorded = (i64, Option<String>, String);
 
+/// A worker's answer to a dispatch: status and message.
+type Answer = (i32, String);
+
 /// Sits between the master and the worker: forwards WorkerService calls, and throws away the
 /// reply to the first dispatch of each task. When a dispatch arrives, it reads the task instance
 /// from the database: the worker must already be recorded there.
@@ -436,7 +439,7 @@ struct DispatchReplyDropper {
     /// task instance → dispatches seen
     seen: Arc<Mutex<HashMap<i64, u32>>>,
     /// task instance → the worker's answers to its resent dispatches (status, message)
-    resend_replies: Arc<Mutex<HashMap<i64, Vec<(i32, String)>>>>,
+    resend_replies: Arc<Mutex<HashMap<i64, Vec<Answer>>>>,
     /// What the database held at the moment of each task's first dispatch.
     recorded: Arc<Mutex<Vec<Recorded>>>,
 }
