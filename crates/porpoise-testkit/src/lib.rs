@@ -14,12 +14,27 @@ pub use etcd::TestEtcd;
 pub use postgres::TestPostgres;
 pub use process::unprivileged_ids;
 
-/// A free TCP port on 127.0.0.1, as chosen by the kernel for a throwaway listener.
+/// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768–60999), so that
+/// no outgoing connection can take one between the check and the server binding it.
+const PORTS: std::ops::Range<u16> = 20_000..32_000;
+
+/// A free TCP port on 127.0.0.1 for a server a test is about to start: a random one of
+/// [`PORTS`] that can be bound now. (A port the kernel picks for a throwaway listener comes
+/// from the ephemeral range, where the test's own client connections may take it before the
+/// server binds it: the server then fails, or a client reaches the wrong server.)
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap_or_else(|e| panic!("cannot bind a loopback port for a test server: {e}"))
+    use std::hash::BuildHasher;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let state = std::collections::hash_map::RandomState::new();
+    for _ in 0..1000 {
+        let draw = state.hash_one((std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
+        let port = PORTS.start + (draw % u64::from(PORTS.end - PORTS.start)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {PORTS:?} for a test server")
 }
 
 /// A name unique within this machine for the life of this process: pid and a counter.

@@ -241,7 +241,7 @@ impl Deployment {
         let file = self.dir.path().join(format!("{name}.yaml"));
         std::fs::write(&file, yaml).expect("write spec");
         let out = self.porpoise(&["workflow", "apply", "-f", file.to_str().expect("utf-8")]);
-        assert!(out.status.success(), "apply failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "apply failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs_text());
     }
 
     pub async fn admin(&self) -> AdminServiceClient<Channel> {
