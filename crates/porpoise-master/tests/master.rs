@@ -332,74 +332,55 @@ mod half_done_work {
     const CHAIN: &str =
         "name: chain\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a] }\n";
 
-    async fn no_dead_letters(cluster: &Cluster) {
-        let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
-        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
-    }
-
     fn attempts(tasks: &[porpoise_store::TaskInstance]) -> HashMap<String, (ExecutionState, i32)> {
         tasks.iter().map(|t| (t.task_name.clone(), (t.state, t.attempt))).collect()
+    }
+
+    /// Every kind of write a run makes.
+    const WRITES: [Op; 6] = [
+        Op::WorkflowTo(Running),
+        Op::CreateTasks,
+        Op::TaskTo(Dispatched),
+        Op::TaskTo(Running),
+        Op::TaskTo(Success),
+        Op::WorkflowTo(Success),
+    ];
+
+    /// Runs the chain with each of [`WRITES`] failing `times` times at `when`, and checks that
+    /// the run succeeded as if nothing had happened.
+    async fn chain_survives(when: When, times: u32) {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        w.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 1).await;
+        for op in WRITES {
+            cluster.store.fail(op, when, times);
+        }
+        let run = cluster.run(CHAIN).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        for op in WRITES {
+            assert_eq!(cluster.store.fired(op), times as usize, "fault {op:?} did not fire {times} times");
+        }
+        let tasks = cluster.tasks(run).await;
+        assert_eq!(tasks.len(), 2, "task instances were created twice: {tasks:?}");
+        assert_eq!(attempts(&tasks), HashMap::from([("a".into(), (Success, 1)), ("b".into(), (Success, 1))]));
+        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
+        let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
+        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
     }
 
     /// Each write fails before the database sees it: the runner must put its memory back as
     /// it was, or the retry would find nothing to do and the database would never catch up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_that_fail_are_retried_from_memory_as_it_was() {
-        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let w = cluster.worker("default", 4).await;
-        w.auto(TaskOutcome::Success);
-        workers_seen(&cluster, "default", 1).await;
-        let faults = [
-            Op::WorkflowTo(Running),
-            Op::CreateTasks,
-            Op::TaskTo(Dispatched),
-            Op::TaskTo(Running),
-            Op::TaskTo(Success),
-            Op::WorkflowTo(Success),
-        ];
-        for op in faults {
-            cluster.store.fail(op, When::Before, 2);
-        }
-        let run = cluster.run(CHAIN).await;
-        assert_eq!(cluster.run_ends(run).await.state, Success);
-        for op in faults {
-            assert_eq!(cluster.store.fired(op), 2, "fault {op:?} never fired");
-        }
-        let tasks = cluster.tasks(run).await;
-        assert_eq!(attempts(&tasks), HashMap::from([("a".into(), (Success, 1)), ("b".into(), (Success, 1))]));
-        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
-        no_dead_letters(&cluster).await;
+        chain_survives(When::Before, 2).await;
     }
 
     /// Each write is committed but its answer lost: the retry must see that the database
     /// already holds it, not refuse it as a conflict nor do it twice.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_write_whose_answer_was_lost_is_recognised() {
-        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let w = cluster.worker("default", 4).await;
-        w.auto(TaskOutcome::Success);
-        workers_seen(&cluster, "default", 1).await;
-        let faults = [
-            Op::WorkflowTo(Running),
-            Op::CreateTasks,
-            Op::TaskTo(Dispatched),
-            Op::TaskTo(Running),
-            Op::TaskTo(Success),
-            Op::WorkflowTo(Success),
-        ];
-        for op in faults {
-            cluster.store.fail(op, When::AnswerLost, 1);
-        }
-        let run = cluster.run(CHAIN).await;
-        assert_eq!(cluster.run_ends(run).await.state, Success);
-        for op in faults {
-            assert_eq!(cluster.store.fired(op), 1, "fault {op:?} never fired");
-        }
-        let tasks = cluster.tasks(run).await;
-        assert_eq!(tasks.len(), 2, "task instances were created twice: {tasks:?}");
-        assert_eq!(attempts(&tasks), HashMap::from([("a".into(), (Success, 1)), ("b".into(), (Success, 1))]));
-        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
-        no_dead_letters(&cluster).await;
+        chain_survives(When::AnswerLost, 1).await;
     }
 
     /// A result is saved and its slot freed; then starting the next task fails and is
