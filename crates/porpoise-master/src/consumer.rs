@@ -36,7 +36,7 @@ pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
                 let full = commands.len() as u32 == BATCH;
                 for c in commands {
                     metrics::counter!(m::COMMANDS_CONSUMED).increment(1);
-                    tokio::spawn(start(shared.clone(), c));
+                    shared.spawner.spawn(start(shared.clone(), c));
                 }
                 if full {
                     continue;
@@ -122,13 +122,70 @@ fn classify(e: porpoise_store::StoreError) -> StartError {
     if e.is_retryable() { StartError::Retry(e.to_string()) } else { StartError::Fatal(e.to_string()) }
 }
 
+/// Resumes the unfinished runs this master owns: it was restarted with the same address. Each
+/// runner is rebuilt from the database, as for a new run.
+pub(crate) async fn resume_own_runs(shared: Arc<Shared>) {
+    let backoff = Backoff::default();
+    let mut failures = 0u32;
+    let runs = loop {
+        match shared.store.unfinished_workflow_instances_of(&shared.addr).await {
+            Ok(runs) => break runs,
+            Err(e) => {
+                failures += 1;
+                warn!(error = %e, failures, "cannot list this master's unfinished runs; retrying");
+                tokio::time::sleep(backoff.delay(failures - 1)).await;
+            }
+        }
+    };
+    if !runs.is_empty() {
+        info!(runs = runs.len(), "resuming this master's unfinished runs");
+    }
+    for run in runs {
+        let shared = shared.clone();
+        shared.clone().spawner.spawn(async move {
+            let mut failures = 0u32;
+            loop {
+                match start_runner(&shared, run.clone()).await {
+                    Ok(()) => return,
+                    Err(StartError::Retry(e)) => {
+                        failures += 1;
+                        warn!(run_id = run.id, error = %e, failures, "cannot resume the run yet; retrying");
+                        tokio::time::sleep(backoff.delay(failures - 1)).await;
+                    }
+                    Err(StartError::Fatal(e)) => {
+                        error!(run_id = run.id, error = %e, "cannot resume the run");
+                        return;
+                    }
+                }
+            }
+        });
+    }
+}
+
+/// The spec of definition `id`.
+async fn spec_of(shared: &Shared, id: i64) -> Result<WorkflowSpec, StartError> {
+    let def = shared
+        .store
+        .definition(id)
+        .await
+        .map_err(classify)?
+        .ok_or_else(|| StartError::Fatal(format!("workflow definition {id} is gone")))?;
+    serde_json::from_str(&def.spec_json)
+        .map_err(|e| StartError::Fatal(format!("stored spec of {} is unreadable: {e}", def.name)))
+}
+
+/// Starts the runner of `instance`, owned by this master, unless it has one.
+async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Result<(), StartError> {
+    if shared.runner(instance.id).is_some() {
+        return Ok(());
+    }
+    let spec = spec_of(shared, instance.workflow_definition_id).await?;
+    info!(run_id = instance.id, workflow = %spec.name, state = %instance.state, "starting runner");
+    Runner::spawn(shared.clone(), instance, spec);
+    Ok(())
+}
+
 async fn try_start(shared: &Arc<Shared>, command: &Command) -> Result<(), StartError> {
-    let def =
-        shared.store.definition(command.workflow_definition_id).await.map_err(classify)?.ok_or_else(|| {
-            StartError::Fatal(format!("workflow definition {} is gone", command.workflow_definition_id))
-        })?;
-    let spec: WorkflowSpec = serde_json::from_str(&def.spec_json)
-        .map_err(|e| StartError::Fatal(format!("stored spec of {} is unreadable: {e}", def.name)))?;
     let instance: WorkflowInstance = match command.workflow_instance_id {
         Some(id) => match shared.store.adopt_workflow_instance(id, &shared.addr).await {
             Ok(i) => i,
@@ -144,9 +201,9 @@ async fn try_start(shared: &Arc<Shared>, command: &Command) -> Result<(), StartE
         None => shared
             .store
             .create_workflow_instance(&NewWorkflowInstance {
-                workflow_definition_id: def.id,
+                workflow_definition_id: command.workflow_definition_id,
                 command_id: Some(command.id),
-                workflow_name: def.name.clone(),
+                workflow_name: spec_of(shared, command.workflow_definition_id).await?.name,
                 owner: shared.addr.clone(),
                 priority: command.priority,
                 params: command.params.clone(),
@@ -155,9 +212,5 @@ async fn try_start(shared: &Arc<Shared>, command: &Command) -> Result<(), StartE
             .await
             .map_err(classify)?,
     };
-    if shared.runner(instance.id).is_none() {
-        info!(run_id = instance.id, workflow = %def.name, "starting run");
-        Runner::spawn(shared.clone(), instance, spec);
-    }
-    Ok(())
+    start_runner(shared, instance).await
 }

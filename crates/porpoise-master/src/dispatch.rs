@@ -21,7 +21,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         let task = shared.queue.pop().await;
         match shared.workers.acquire(&task.worker_group, task.avoid.as_deref()) {
             Some(worker) => {
-                tokio::spawn(dispatch_one(shared.clone(), task, worker));
+                shared.spawner.spawn(dispatch_one(shared.clone(), task, worker));
             }
             None => {
                 let parked = shared.queue.park(task.clone());
@@ -59,6 +59,13 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
         shared.release_worker(&worker);
         return;
     }
+    send(shared, task, worker).await;
+}
+
+/// Sends `task` to `worker`, on which the task instance already records it (`dispatched`),
+/// until the worker answers: a run resumed after a restart resends its dispatched attempts
+/// this way, and the worker runs an attempt it already has only once.
+pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) {
     let request = DispatchTaskRequest {
         task_instance_id: task.task_instance_id,
         attempt: task.attempt,

@@ -10,6 +10,8 @@ mod consumer;
 mod dispatch;
 /// TaskEventService.
 mod events;
+/// One owner for everything the master spawns.
+mod lifecycle;
 /// Metric names and descriptions.
 pub mod metrics;
 /// The task priority queue with per-group parking.
@@ -30,12 +32,12 @@ use porpoise_proto::v1::task_event_service_server::TaskEventServiceServer;
 use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
 use porpoise_store::Store;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, oneshot};
-use tokio::task::JoinHandle;
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 pub use workers::WorkerSelector;
 
+use crate::lifecycle::Spawner;
 use crate::queue::DispatchQueue;
 use crate::runner::RunnerHandle;
 use crate::workers::WorkerDirectory;
@@ -90,6 +92,8 @@ pub(crate) struct Shared {
     pub addr: String,
     pub store: Arc<dyn Store>,
     pub queue: DispatchQueue,
+    /// Spawns the master's tasks, so that stopping it stops them all.
+    pub spawner: Spawner,
     pub workers: WorkerDirectory,
     pub event_backoff: Backoff,
     pub consumer_wake: Notify,
@@ -109,13 +113,18 @@ impl Shared {
         lock(&self.runners).get(&workflow_instance_id).cloned()
     }
 
-    pub fn add_runner(&self, workflow_instance_id: i64, handle: RunnerHandle) {
+    /// Registers the runner of an instance; `false` (and nothing changes) if it has one.
+    pub fn add_runner(&self, workflow_instance_id: i64, handle: RunnerHandle) -> bool {
         let n = {
             let mut r = lock(&self.runners);
+            if r.contains_key(&workflow_instance_id) {
+                return false;
+            }
             r.insert(workflow_instance_id, handle);
             r.len()
         };
         ::metrics::gauge!(metrics::WORKFLOWS_RUNNING).set(n as f64);
+        true
     }
 
     pub fn remove_runner(&self, workflow_instance_id: i64) {
@@ -177,8 +186,7 @@ impl Shared {
 pub struct MasterHandle {
     pub addr: String,
     registration: Arc<Registration>,
-    shutdown: Option<oneshot::Sender<()>>,
-    tasks: Vec<JoinHandle<()>>,
+    spawner: Spawner,
 }
 
 impl MasterHandle {
@@ -196,10 +204,12 @@ impl MasterHandle {
             .map_err(|source| MasterError::Listen { addr: config.listen, source })?;
         let bound = listener.local_addr().map_err(|source| MasterError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let spawner = Spawner::default();
         let shared = Arc::new(Shared {
             addr: addr.clone(),
             store,
-            queue: DispatchQueue::default(),
+            queue: DispatchQueue::new(spawner.clone()),
+            spawner: spawner.clone(),
             workers: WorkerDirectory::new(config.selector),
             event_backoff: config.event_backoff,
             consumer_wake: Notify::new(),
@@ -208,50 +218,54 @@ impl MasterHandle {
             runners: Mutex::default(),
             stalls: Mutex::default(),
         });
-        let mut tasks = Vec::new();
-        tasks.push(tokio::spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone())));
-        tasks.push(tokio::spawn(dispatch::run(shared.clone())));
+        spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone()));
+        spawner.spawn(dispatch::run(shared.clone()));
 
-        let (shutdown, stopped) = oneshot::channel::<()>();
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
         let admin = AdminServiceServer::new(admin::Admin(shared.clone()));
-        tasks.push(tokio::spawn(async move {
+        let stopping = spawner.stopping();
+        spawner.spawn(async move {
             let result = tonic::transport::Server::builder()
                 .add_service(events)
                 .add_service(admin)
-                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), async {
-                    let _ = stopped.await;
-                })
+                .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stopping)
                 .await;
             if let Err(e) = result {
                 warn!(error = %e, "master gRPC server stopped");
             }
-        }));
+        });
         let registration =
-            Arc::new(registry.register(MemberKey::master(addr.clone()), Heartbeat::idle(0), config.lease_ttl).await?);
-        tasks.push(tokio::spawn(consumer::run(shared.clone(), notifications)));
+            match registry.register(MemberKey::master(addr.clone()), Heartbeat::idle(0), config.lease_ttl).await {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    spawner.stop().await;
+                    return Err(e.into());
+                }
+            };
+        spawner.spawn(consumer::resume_own_runs(shared.clone()));
+        spawner.spawn(consumer::run(shared.clone(), notifications));
         info!(%addr, "master started");
-        Ok(MasterHandle { addr, registration, shutdown: Some(shutdown), tasks })
+        Ok(MasterHandle { addr, registration, spawner })
     }
 
-    /// Leaves the registry and stops.
-    pub async fn stop(mut self) {
+    /// Leaves the registry, then stops everything the master started (runners, timers,
+    /// dispatches, the consumer, the gRPC server) and waits until all of it has ended.
+    pub async fn stop(&self) {
         if let Err(e) = self.registration.revoke().await {
             warn!(error = %e, "cannot leave the registry cleanly");
         }
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.spawner.stop().await;
+        info!(addr = %self.addr, "master stopped");
+    }
+
+    /// Tasks the master started that have not ended: none once [`MasterHandle::stop`] returned.
+    pub fn live_tasks(&self) -> usize {
+        self.spawner.live()
     }
 }
 
 impl Drop for MasterHandle {
     fn drop(&mut self) {
-        for t in &self.tasks {
-            t.abort();
-        }
+        self.spawner.cancel();
     }
 }

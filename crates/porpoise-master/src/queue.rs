@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use porpoise_core::{Priority, TaskPriorityQueue};
 use tokio::sync::Notify;
 
+use crate::lifecycle::Spawner;
 use crate::runner::RunnerHandle;
 
 /// A task attempt ready to be dispatched.
@@ -41,13 +42,19 @@ struct State {
 }
 
 /// The queue shared by runners (push) and the dispatcher (pop).
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Clone)]
 pub(crate) struct DispatchQueue {
     state: Arc<Mutex<State>>,
     ready: Arc<Notify>,
+    /// Runs the delayed pushes.
+    spawner: Spawner,
 }
 
 impl DispatchQueue {
+    pub fn new(spawner: Spawner) -> Self {
+        Self { state: Arc::default(), ready: Arc::default(), spawner }
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -68,7 +75,7 @@ impl DispatchQueue {
             return self.push(task);
         }
         let q = self.clone();
-        tokio::spawn(async move {
+        self.spawner.spawn(async move {
             tokio::time::sleep(delay).await;
             q.push(task);
         });

@@ -17,15 +17,15 @@ use porpoise_core::{
     WorkflowSpec,
 };
 use porpoise_store::{
-    NewDeadLetter, NewTaskInstance, StoreError, TaskStateUpdate, WorkflowInstance, WorkflowStateUpdate,
+    NewDeadLetter, NewTaskInstance, StoreError, TaskInstance, TaskStateUpdate, WorkflowInstance, WorkflowStateUpdate,
 };
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
-use crate::Shared;
 use crate::metrics as m;
 use crate::queue::QueuedTask;
+use crate::{Shared, dispatch};
 
 use ExecutionState::*;
 
@@ -153,8 +153,10 @@ pub(crate) struct Runner {
 const STALL_AFTER: u32 = 3;
 
 impl Runner {
-    /// Starts the runner of `instance` (owned by this master) and registers it.
-    pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, spec: WorkflowSpec) -> RunnerHandle {
+    /// Starts the runner of `instance` (owned by this master) unless one runs already. The
+    /// runner first loads the run's task instances: a new run has none, a run resumed after a
+    /// restart or taken over carries on from what the database holds.
+    pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, spec: WorkflowSpec) -> Option<RunnerHandle> {
         let (tx, inbox) = mpsc::unbounded_channel();
         let handle = RunnerHandle { tx };
         let mut params: HashMap<String, String> = spec.params.clone().into_iter().collect();
@@ -171,27 +173,38 @@ impl Runner {
             finished: false,
             advance_pending: false,
         };
-        shared.add_runner(id, handle.clone());
-        handle.post(StateEvent {
+        if !shared.add_runner(id, handle.clone()) {
+            return None;
+        }
+        shared.spawner.spawn(runner.run(inbox));
+        Some(handle)
+    }
+
+    /// The event that starts a run, and stands for its resumption.
+    fn start_event(&self) -> StateEvent {
+        StateEvent {
             kind: StateEventKind::WorkflowStateChange,
-            workflow_instance_id: id,
+            workflow_instance_id: self.mem.instance.id,
             task_instance_id: None,
             attempt: None,
             state: Some(Running),
             detail: serde_json::Value::Null,
-        });
-        metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
-        tokio::spawn(runner.run(inbox));
-        handle
+        }
     }
 
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
         let id = self.mem.instance.id;
-        while let Some(env) = inbox.recv().await {
+        let rows = self.rebuild().await;
+        let start = Envelope { event: self.start_event(), reply: None, early: false, _pending: None };
+        if self.mem.instance.state == Submitted {
+            metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
+            self.process(start).await;
+        } else {
+            self.resume(&rows).await;
+        }
+        while !self.finished {
+            let Some(env) = inbox.recv().await else { break };
             self.process(env).await;
-            if self.finished {
-                break;
-            }
         }
         self.shared.remove_runner(id);
         inbox.close();
@@ -202,6 +215,101 @@ impl Runner {
             }
         }
         debug!(workflow_instance_id = id, "runner finished");
+    }
+
+    /// Loads the run's task instances into memory, retrying until the database answers, and
+    /// returns them.
+    async fn rebuild(&mut self) -> Vec<TaskInstance> {
+        let id = self.mem.instance.id;
+        let mut failures = 0u32;
+        let rows = loop {
+            match self.shared.store.task_instances_of(id).await {
+                Ok(rows) => break rows,
+                Err(e) => {
+                    failures += 1;
+                    error!(workflow_instance_id = id, error = %e, failures, "cannot load the run's task instances; retrying");
+                    if failures == STALL_AFTER {
+                        self.shared.set_stall(id, format!("stalled loading its task instances: {e}"));
+                    }
+                    tokio::time::sleep(self.shared.event_backoff.delay(failures - 1)).await;
+                }
+            }
+        };
+        if failures >= STALL_AFTER {
+            self.shared.clear_stall(id);
+        }
+        for t in &rows {
+            let Some(idx) = self.dag.index_of(&t.task_name) else {
+                warn!(workflow_instance_id = id, task_instance_id = t.id, task = %t.task_name, "task instance of no task in the workflow; left alone");
+                continue;
+            };
+            self.mem.by_id.insert(t.id, idx);
+            self.mem.tasks[idx] =
+                Some(TaskRt { id: t.id, state: t.state, attempt: t.attempt, worker: t.worker_addr.clone() });
+            if matches!(t.state, Failure | Stopped) {
+                self.mem.failing.get_or_insert_with(|| failure_reason(&t.task_name, t.exit_code, ""));
+            }
+        }
+        rows
+    }
+
+    /// Carries on a run rebuilt from the database (after a restart or a takeover): queues what
+    /// waited for a worker, resends what was dispatched, counts the slots of what runs, arms
+    /// the timers again, then moves the run on.
+    async fn resume(&mut self, rows: &[TaskInstance]) {
+        self.shared.workers.listed().await;
+        info!(workflow_instance_id = self.mem.instance.id, workflow = %self.spec.name, "run resumed");
+        for row in rows {
+            let Some(&idx) = self.mem.by_id.get(&row.id) else { continue };
+            let task = &self.spec.tasks[idx];
+            match (row.state, row.worker_addr.clone()) {
+                (Submitted, _) => self.enqueue(idx, Duration::ZERO, None),
+                (Dispatched, Some(worker)) => {
+                    self.shared.workers.reserve(&worker);
+                    self.shared.spawner.spawn(dispatch::send(self.shared.clone(), self.queued(idx, None), worker));
+                }
+                (Dispatched, None) => {
+                    // recorded as dispatched to nobody: queue it again
+                    let change = TaskChange { requeue_after_ms: Some(0), ..Default::default() };
+                    self.handle.post(self.task_event(row.id, row.attempt, Submitted, change));
+                }
+                (Running, worker) => {
+                    if let Some(worker) = worker {
+                        self.shared.workers.reserve(&worker);
+                    }
+                    if let (Some(timeout), TimeoutStrategy::Warn) = (task.timeout, task.timeout_strategy) {
+                        let elapsed =
+                            row.started_at.map_or(Duration::ZERO, |t| (Utc::now() - t).to_std().unwrap_or_default());
+                        let left = timeout.saturating_sub(elapsed);
+                        self.schedule(StateEventKind::TaskTimeout, row.id, row.attempt, Running, left);
+                    }
+                }
+                (Delayed, _) => {
+                    let waited = row.ended_at.map_or(Duration::ZERO, |t| (Utc::now() - t).to_std().unwrap_or_default());
+                    let left = task.retry_interval.saturating_sub(waited);
+                    self.schedule(StateEventKind::TaskRetry, row.id, row.attempt, Submitted, left);
+                }
+                _ => {}
+            }
+        }
+        self.advance_pending = true;
+        let event = self.start_event();
+        let failures = self.advance_until_done(&event, 0).await;
+        if failures >= STALL_AFTER {
+            self.shared.clear_stall(self.mem.instance.id);
+        }
+    }
+
+    /// A task state change event about attempt `attempt` of task instance `id`.
+    fn task_event(&self, id: i64, attempt: i32, state: ExecutionState, change: TaskChange) -> StateEvent {
+        StateEvent {
+            kind: StateEventKind::TaskStateChange,
+            workflow_instance_id: self.mem.instance.id,
+            task_instance_id: Some(id),
+            attempt: Some(attempt),
+            state: Some(state),
+            detail: serde_json::to_value(change).unwrap_or_default(),
+        }
     }
 
     async fn process(&mut self, env: Envelope) {
@@ -242,12 +350,22 @@ impl Runner {
         }
         // The event is durable and its effects (a freed slot, counters, timers) have happened
         // once; what follows from it (new tasks, the run's end) is retried on its own.
+        let failures = self.advance_until_done(&event, failures).await;
+        if failures >= STALL_AFTER {
+            self.shared.clear_stall(self.mem.instance.id);
+        }
+    }
+
+    /// Runs [`Runner::advance`] while it is due, retrying it on its own (`event` is the one that
+    /// made it due, `failures` how often handling it failed so far). Returns the failures.
+    async fn advance_until_done(&mut self, event: &StateEvent, mut failures: u32) -> u32 {
+        let kind = event.kind.as_str();
         while self.advance_pending {
             match self.advance().await {
                 Ok(()) => self.advance_pending = false,
                 Err(HandlerError::Drop(reason)) => {
                     self.advance_pending = false;
-                    self.dead_letter(&event, &reason.to_string()).await;
+                    self.dead_letter(event, &reason.to_string()).await;
                 }
                 Err(HandlerError::Retryable { reason, after }) => {
                     failures += 1;
@@ -255,9 +373,7 @@ impl Runner {
                 }
             }
         }
-        if failures >= STALL_AFTER {
-            self.shared.clear_stall(self.mem.instance.id);
-        }
+        failures
     }
 
     /// Says that handling a `kind` event failed for the `failures`th time, reports the run
@@ -422,12 +538,7 @@ impl Runner {
             }
             Failure | Stopped => {
                 metrics::counter!(m::TASKS_FINISHED, "state" => target.as_str()).increment(1);
-                let why = match change.exit_code {
-                    Some(code) => format!("task {} failed with exit code {code}", task.name),
-                    None if change.message.is_empty() => format!("task {} failed", task.name),
-                    None => format!("task {} failed: {}", task.name, change.message),
-                };
-                self.mem.failing.get_or_insert(why);
+                self.mem.failing.get_or_insert_with(|| failure_reason(&task.name, change.exit_code, &change.message));
             }
             Delayed => {
                 metrics::counter!(m::TASKS_RETRIED).increment(1);
@@ -520,7 +631,7 @@ impl Runner {
     ) {
         let handle = self.handle.clone();
         let wi = self.mem.instance.id;
-        tokio::spawn(async move {
+        self.shared.spawner.spawn(async move {
             tokio::time::sleep(after).await;
             handle.post(StateEvent {
                 kind,
@@ -570,13 +681,21 @@ impl Runner {
 
     /// Queues task `idx`'s current attempt after `delay`, away from worker `avoid` if it can.
     fn enqueue(&self, idx: usize, delay: Duration, avoid: Option<String>) {
-        let Some(rt) = &self.mem.tasks[idx] else { return };
-        let task = &self.spec.tasks[idx];
+        if self.mem.tasks[idx].is_none() {
+            return;
+        }
         metrics::counter!(m::TASKS_SUBMITTED).increment(1);
-        let queued = QueuedTask {
+        self.shared.queue.push_after(self.queued(idx, avoid), delay);
+    }
+
+    /// Task `idx`'s current attempt as the dispatcher sends it. The task instance must exist.
+    fn queued(&self, idx: usize, avoid: Option<String>) -> QueuedTask {
+        let (id, attempt) = self.mem.tasks[idx].as_ref().map_or((0, 0), |t| (t.id, t.attempt));
+        let task = &self.spec.tasks[idx];
+        QueuedTask {
             workflow_instance_id: self.mem.instance.id,
-            task_instance_id: rt.id,
-            attempt: rt.attempt,
+            task_instance_id: id,
+            attempt,
             epoch: self.mem.instance.epoch,
             workflow_name: self.spec.name.clone(),
             task_name: task.name.clone(),
@@ -594,8 +713,7 @@ impl Runner {
             queued_at: Instant::now(),
             avoid,
             runner: self.handle.clone(),
-        };
-        self.shared.queue.push_after(queued, delay);
+        }
     }
 
     /// Ends the run when nothing is active: failure if a task failed, success if all succeeded.
@@ -677,6 +795,15 @@ impl Runner {
             Err(StoreError::NotFound { .. }) => Err(DropReason::UnknownTaskInstance(update.id).into()),
             Err(e) => Err(store_error(e)),
         }
+    }
+}
+
+/// Why the run fails, when task `name` failed.
+fn failure_reason(name: &str, exit_code: Option<i32>, message: &str) -> String {
+    match exit_code {
+        Some(code) => format!("task {name} failed with exit code {code}"),
+        None if message.is_empty() => format!("task {name} failed"),
+        None => format!("task {name} failed: {message}"),
     }
 }
 

@@ -69,12 +69,20 @@ pub(crate) struct WorkerDirectory {
     selector: WorkerSelector,
     clients: Arc<Mutex<HashMap<String, WorkerServiceClient<Channel>>>>,
     seed: Arc<AtomicU64>,
+    /// True once the registry's first list of workers is in.
+    listed: Arc<tokio::sync::watch::Sender<bool>>,
 }
 
 impl WorkerDirectory {
     pub fn new(selector: WorkerSelector) -> Self {
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
-        Self { state: Arc::default(), selector, clients: Arc::default(), seed: Arc::new(AtomicU64::new(seed | 1)) }
+        Self {
+            state: Arc::default(),
+            selector,
+            clients: Arc::default(),
+            seed: Arc::new(AtomicU64::new(seed | 1)),
+            listed: Arc::new(tokio::sync::watch::Sender::new(false)),
+        }
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
@@ -98,6 +106,7 @@ impl WorkerDirectory {
                     for m in watch.initial.drain(..) {
                         self.up(m, &queue);
                     }
+                    self.listed.send_replace(true);
                     while let Some(event) = watch.next().await {
                         match event {
                             MemberEvent::Up(m) => self.up(m, &queue),
@@ -201,6 +210,19 @@ impl WorkerDirectory {
         if let Some(w) = self.state().workers.get_mut(addr) {
             w.draining = true;
         }
+    }
+
+    /// Counts an attempt already on `addr` (found dispatched or running when a run resumes).
+    pub fn reserve(&self, addr: &str) {
+        if let Some(w) = self.state().workers.get_mut(addr) {
+            w.inflight += 1;
+        }
+    }
+
+    /// Waits until the first list of workers has been read from the registry.
+    pub async fn listed(&self) {
+        let mut listed = self.listed.subscribe();
+        let _ = listed.wait_for(|&l| l).await;
     }
 
     /// The attempt counted on `addr` ended (or was never accepted): frees its slot.

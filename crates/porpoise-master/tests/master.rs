@@ -431,3 +431,58 @@ mod half_done_work {
         );
     }
 }
+
+mod restarts {
+    use super::*;
+
+    /// Before the restart each task is in another state the database can hold: running on a
+    /// worker, dispatched without an answer, waiting for a worker, waiting for its retry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restarted_master_resumes_its_runs_and_runs_nothing_again() {
+        let mut cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let plain = cluster.worker("default", 8).await;
+        let slow = cluster.worker("slow", 8).await;
+        slow.answer(Answer::Hang);
+        let flaky = cluster.worker("flaky", 8).await;
+        flaky.auto(TaskOutcome::Failure);
+        for group in ["default", "slow", "flaky"] {
+            workers_seen(&cluster, group, 1).await;
+        }
+        let yaml = "name: resumed\ntasks:\n  - { name: running, command: 'true' }\n  - { name: after, command: 'true', depends_on: [running] }\n  - { name: unanswered, command: 'true', worker_group: slow }\n  - { name: waiting, command: 'true', worker_group: later }\n  - { name: retried, command: 'true', retries: 1, retry_interval: 1s, worker_group: flaky }\n";
+        let run = cluster.run(yaml).await;
+        plain.wait_accepted(1).await;
+        tasks_waiting(&cluster, 1).await;
+        wait_for("the dispatch to hang", || (slow.received().len() == 1).then_some(())).await;
+        cluster
+            .wait_tasks(run, "the retry to wait and the hung dispatch to be recorded", |s| {
+                s.contains(&("retried".into(), Delayed)) && s.contains(&("unanswered".into(), Dispatched))
+            })
+            .await;
+
+        cluster.stop_master().await;
+        slow.answer(Answer::Accept);
+        flaky.auto(TaskOutcome::Success);
+        cluster.start_master().await;
+
+        // the dispatch that was never answered is sent again, to the same worker, same attempt
+        let unanswered = slow.wait_accepted(1).await[0];
+        slow.finish(unanswered, TaskOutcome::Success).await;
+        // the running task's result reaches the new master
+        let running = plain.accepted()[0];
+        plain.finish(running, TaskOutcome::Success).await;
+        let after = plain.wait_accepted(2).await[1];
+        plain.finish(after, TaskOutcome::Success).await;
+        let later = cluster.worker("later", 1).await;
+        later.auto(TaskOutcome::Success);
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+
+        assert_eq!(plain.accepted_names(), ["running", "after"], "the running task was not run again");
+        assert_eq!(slow.received().len(), 2, "the unanswered dispatch was sent once more");
+        assert_eq!(slow.accepted().len(), 1);
+        assert_eq!(later.accepted_names(), ["waiting"]);
+        let attempts: Vec<i32> = flaky.accepted().iter().map(|a| a.1).collect();
+        assert_eq!(attempts, [1, 2], "the retry waited for across the restart ran once");
+        let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
+        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+}

@@ -46,7 +46,9 @@ fn metrics() -> &'static PrometheusHandle {
 pub struct Cluster {
     pub store: Arc<FaultyStore>,
     pub registry: Arc<dyn Registry>,
-    _master: MasterHandle,
+    pub master: MasterHandle,
+    config: MasterConfig,
+    notifications: Option<sqlx::PgPool>,
     admin: AdminServiceClient<Channel>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -75,12 +77,31 @@ impl Cluster {
         metrics();
         let store = Arc::new(FaultyStore::new(store));
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let master = MasterHandle::start(config, store.clone(), registry.clone(), notifications)
+        let master = MasterHandle::start(config.clone(), store.clone(), registry.clone(), notifications.clone())
             .await
             .expect("start the master");
         let admin =
             AdminServiceClient::connect(format!("http://{}", master.addr)).await.expect("connect to the master");
-        Cluster { store, registry, _master: master, admin, _dir: None }
+        Cluster { store, registry, master, config, notifications, admin, _dir: None }
+    }
+
+    /// Stops the master; checks that nothing it started is left running.
+    pub async fn stop_master(&self) {
+        self.master.stop().await;
+        assert_eq!(self.master.live_tasks(), 0, "the stopped master left tasks running");
+    }
+
+    /// Starts a new master on the stopped one's address, store and registry, as a master
+    /// restarted in place.
+    pub async fn start_master(&mut self) {
+        let listen = self.master.addr.parse().expect("the master's address");
+        let config = MasterConfig { listen, ..self.config.clone() };
+        self.master =
+            MasterHandle::start(config, self.store.clone(), self.registry.clone(), self.notifications.clone())
+                .await
+                .expect("start the master again");
+        self.admin =
+            AdminServiceClient::connect(format!("http://{}", self.master.addr)).await.expect("connect to the master");
     }
 
     /// A virtual worker of `group` with `slots` slots and no load.
@@ -118,6 +139,19 @@ impl Cluster {
                 return run;
             }
             assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; it is {}", run.state);
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Waits until the states of run `id`'s tasks (see [`states`]) satisfy `done`.
+    pub async fn wait_tasks(&self, id: i64, what: &str, done: impl Fn(&[(String, ExecutionState)]) -> bool) {
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let now = states(&self.tasks(id).await);
+            if done(&now) {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; tasks are {now:?}");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

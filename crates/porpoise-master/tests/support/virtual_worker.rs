@@ -25,6 +25,8 @@ pub enum Answer {
     Full,
     Draining,
     Invalid,
+    /// Never answers (the call hangs until the master gives up on it).
+    Hang,
 }
 
 /// An attempt of a task instance.
@@ -220,12 +222,12 @@ async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outco
             message: String::new(),
         }),
     );
-    let client = TaskEventServiceClient::connect(format!("http://{master}")).await.expect("connect to the master");
     for e in [running, result] {
         wait_for_async(&format!("the master to ACK event {}", e.event_id), || {
-            let mut client = client.clone();
             let e = e.clone();
             async move {
+                // the master may be restarting: connect again for each try
+                let mut client = TaskEventServiceClient::connect(format!("http://{master}")).await.ok()?;
                 let req = ReportTaskEventsRequest { worker_addr: worker.to_string(), events: vec![e] };
                 let reply = client.report_task_events(req).await.ok()?.into_inner();
                 let handled = reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32);
@@ -258,10 +260,16 @@ impl WorkerService for Service {
     ) -> Result<Response<DispatchTaskReply>, Status> {
         let req = request.into_inner();
         let attempt = (req.task_instance_id, req.attempt);
-        let (status, auto) = {
+        let answer = {
             let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
             st.received.push(req.clone());
-            let answer = st.script.pop_front().unwrap_or(st.answer);
+            st.script.pop_front().unwrap_or(st.answer)
+        };
+        if answer == Answer::Hang {
+            return std::future::pending().await;
+        }
+        let (status, auto) = {
+            let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
             match answer {
                 Answer::Accept if st.running.iter().any(|(a, _)| *a == attempt) => (DispatchStatus::Accepted, None),
                 Answer::Accept if st.running.len() >= st.slots => {
@@ -277,6 +285,7 @@ impl WorkerService for Service {
                 Answer::Full => (DispatchStatus::Full, None),
                 Answer::Draining => (DispatchStatus::Draining, None),
                 Answer::Invalid => (DispatchStatus::Invalid, None),
+                Answer::Hang => unreachable!("answered above"),
             }
         };
         if let Some(outcome) = auto {
