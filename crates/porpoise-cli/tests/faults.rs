@@ -547,3 +547,43 @@ async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
     let run = d.finished_run(common::run_id(&out)).await;
     assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
 }
+
+/// The only master is killed (SIGKILL) while tasks run on the worker; they finish while it is
+/// away; it is started again at the same address. Every run completes, and no task ran twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_started_again_completes_its_runs_and_runs_nothing_twice() {
+    let mut d = Deployment::cluster().await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("resume", &gated_chain("resume", &dir));
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        runs.push(d.start_run("resume").await);
+    }
+    for &id in &runs {
+        d.wait_for_run(id, "task one runs", |run| {
+            run.tasks.iter().any(|t| t.task_name == "one" && t.state == "running")
+        })
+        .await;
+    }
+    d.kill("porpoise-master");
+    open_gate(&dir, "one");
+    open_gate(&dir, "two");
+    open_gate(&dir, "three");
+    d.start_again("porpoise-master");
+    d.wait_for_master().await;
+    for &id in &runs {
+        let run = d.finished_run(id).await;
+        assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
+        assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
+    }
+    let marks = dir.join("marks");
+    let marks_path = marks.display().to_string();
+    d.wait_until("no task process is left", || {
+        let marks_path = marks_path.clone();
+        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
+    })
+    .await;
+    let mut ran = lines(&marks);
+    ran.sort();
+    assert_eq!(ran, ["one", "one", "one", "three", "three", "three", "two", "two", "two"], "each task ran once");
+}

@@ -3,6 +3,7 @@
 //! the `porpoise` CLI and the gRPC API. Processes are killed when the harness is dropped.
 #![allow(dead_code)]
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
@@ -32,6 +33,8 @@ pub struct Deployment {
     pub database: Database,
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
+    /// The arguments each process was started with, to start it again.
+    args: HashMap<String, Vec<String>>,
 }
 
 /// Options for a cluster deployment.
@@ -56,7 +59,7 @@ fn bin(name: &str) -> &'static str {
 impl Deployment {
     fn spawn(&mut self, name: &str, args: &[String]) {
         let log = self.dir.path().join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
+        let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = file.try_clone().expect("log file");
         let child = Command::new(bin(name))
             .args(args)
@@ -67,6 +70,21 @@ impl Deployment {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         self.children.push((name.to_string(), child));
+        self.args.insert(name.to_string(), args.to_vec());
+    }
+
+    /// Kills process `name` with SIGKILL and reaps it.
+    pub fn kill(&mut self, name: &str) {
+        let i = self.children.iter().position(|(n, _)| n == name).expect("a process of that name");
+        let (_, mut child) = self.children.remove(i);
+        child.kill().expect("kill the process");
+        child.wait().expect("reap the process");
+    }
+
+    /// Starts process `name` again with the arguments it had (its log goes on in the same file).
+    pub fn start_again(&mut self, name: &str) {
+        let args = self.args.get(name).expect("a process of that name was started").clone();
+        self.spawn(name, &args);
     }
 
     /// A master and a worker as separate processes on the shared test Postgres and etcd.
@@ -98,6 +116,7 @@ impl Deployment {
             database: Database::Postgres(url.clone()),
             dir: tempfile::tempdir().expect("temporary directory"),
             children: Vec::new(),
+            args: HashMap::new(),
         };
         let mut master_args = vec![
             "--listen".into(),
@@ -151,6 +170,7 @@ impl Deployment {
             database: Database::Sqlite(data.join("porpoise.db")),
             dir,
             children: Vec::new(),
+            args: HashMap::new(),
         };
         d.spawn(
             "porpoise",
@@ -160,7 +180,7 @@ impl Deployment {
         d
     }
 
-    async fn wait_for_master(&mut self) {
+    pub async fn wait_for_master(&mut self) {
         let server = self.server.clone();
         self.wait_until("the master serves", || {
             let server = server.clone();
@@ -197,7 +217,9 @@ impl Deployment {
     /// Everything the processes logged, for failure messages.
     pub fn logs_text(&self) -> String {
         let mut out = String::new();
-        for (name, _) in &self.children {
+        let mut names: Vec<&String> = self.args.keys().collect();
+        names.sort();
+        for name in names {
             let text = std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default();
             let tail: Vec<&str> = text.lines().rev().take(60).collect();
             out.push_str(&format!("--- {name} (last lines) ---\n"));
