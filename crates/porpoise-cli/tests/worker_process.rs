@@ -1,11 +1,14 @@
 //! `porpoise-worker` as a real process against a real etcd: it registers, and when it is
-//! killed (no clean exit, no revoke) watchers see it leave within twice its lease TTL.
+//! killed (no clean exit, no revoke) watchers see it leave within twice its lease TTL; a
+//! worker started again on its data directory ends what the killed one left running.
 
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use porpoise_proto::v1::DispatchTaskRequest;
+use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
 use porpoise_registry::{EtcdRegistry, MemberEvent, Registry, Selector};
-use porpoise_testkit::{TestEtcd, free_port, unique_name};
+use porpoise_testkit::{TestEtcd, free_port, processes_named, unique_name};
 
 const TTL_SECS: u64 = 2;
 
@@ -55,4 +58,67 @@ fn bad_settings_exit_2_naming_the_setting() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--slots: must be at least 1"), "{stderr}");
+}
+
+/// Starts `porpoise-worker` on `data_dir` against the shared etcd; returns it and its address.
+fn start_worker(data_dir: &std::path::Path, root: &str) -> (std::process::Child, String) {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
+        .args(["--listen", &addr, "--etcd", &TestEtcd::shared().endpoint(), "--etcd-root", root])
+        .arg("--data-dir")
+        .arg(data_dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start porpoise-worker");
+    (child, addr)
+}
+
+async fn wait_until(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A worker killed with SIGKILL cannot end its tasks: their processes live on, and nobody will
+/// report their results. The next worker on the same data directory ends them at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_on_a_killed_workers_data_directory_ends_what_it_left_running() {
+    let root = format!("/{}", unique_name("porpoise-test"));
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut first, addr) = start_worker(dir.path(), &root);
+    let name = unique_name("porpoise-leftover");
+    let mut client = {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(c) = WorkerServiceClient::connect(format!("http://{addr}")).await {
+                break c;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "the worker never served");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    };
+    let dispatch = DispatchTaskRequest {
+        task_instance_id: 1,
+        attempt: 1,
+        workflow_instance_id: 1,
+        workflow_name: "w".into(),
+        task_name: "t".into(),
+        task_type: "shell".into(),
+        command: format!("setsid bash -c 'exec -a {name}-escaped sleep 300' & exec -a {name} sleep 300"),
+        master_addr: "127.0.0.1:1".into(),
+        ..Default::default()
+    };
+    client.dispatch_task(dispatch).await.expect("dispatch");
+    wait_until("the task's processes to start", || processes_named(&name).len() == 2).await;
+    first.kill().expect("kill the worker");
+    first.wait().expect("reap");
+    assert_eq!(processes_named(&name).len(), 2, "the task's processes outlive a killed worker");
+
+    let (mut second, _) = start_worker(dir.path(), &root);
+    wait_until("the leftovers to be ended", || processes_named(&name).is_empty()).await;
+    second.kill().expect("kill the worker");
+    second.wait().expect("reap");
 }

@@ -19,10 +19,15 @@ pub enum StateEventKind {
     TaskRetry,
     WaitTaskGroup,
     WorkflowBlocked,
+    /// A worker left the registry (and stayed away past the grace period): its attempts of
+    /// this run are failed over.
+    WorkerLost,
+    /// One attempt on a lost worker is failed over: a new attempt goes to another worker.
+    TaskFailover,
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 7] = [
+    pub const ALL: [StateEventKind; 9] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
@@ -30,6 +35,8 @@ impl StateEventKind {
         Self::TaskRetry,
         Self::WaitTaskGroup,
         Self::WorkflowBlocked,
+        Self::WorkerLost,
+        Self::TaskFailover,
     ];
 
     /// The label used in metrics, logs and the dead-letter table.
@@ -42,6 +49,8 @@ impl StateEventKind {
             Self::TaskRetry => "task_retry",
             Self::WaitTaskGroup => "wait_task_group",
             Self::WorkflowBlocked => "workflow_blocked",
+            Self::WorkerLost => "worker_lost",
+            Self::TaskFailover => "task_failover",
         }
     }
 }

@@ -57,6 +57,8 @@ pub struct MasterConfig {
     /// How often commands are polled for besides the wake-ups (Postgres NOTIFY, this master's
     /// own AdminService): the fallback for a missed notification.
     pub command_poll: Duration,
+    /// How long a worker must stay out of the registry before its attempts are failed over.
+    pub worker_failover_grace: Duration,
 }
 
 impl Default for MasterConfig {
@@ -72,6 +74,7 @@ impl Default for MasterConfig {
                 multiplier: 2.0,
             },
             command_poll: Duration::from_secs(5),
+            worker_failover_grace: Duration::from_secs(2),
         }
     }
 }
@@ -98,10 +101,13 @@ pub(crate) struct Shared {
     pub event_backoff: Backoff,
     pub consumer_wake: Notify,
     pub command_poll: Duration,
+    pub worker_failover_grace: Duration,
     /// Workers' events queued in a runner's inbox, so a resend does not queue a second copy.
     pub pending_events: Arc<Mutex<HashSet<runner::EventKey>>>,
     runners: Mutex<HashMap<i64, RunnerHandle>>,
     stalls: Mutex<HashMap<i64, String>>,
+    /// Lost workers waiting out their grace period.
+    lost_workers: Mutex<HashSet<String>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -179,6 +185,37 @@ impl Shared {
     pub fn wake_consumer(&self) {
         self.consumer_wake.notify_one();
     }
+
+    /// Worker `addr` is gone (it left the registry, or a resumed run found it absent): once it
+    /// has stayed away for the grace period, every run fails over its attempts there.
+    pub fn worker_lost(self: &Arc<Self>, addr: String) {
+        if !lock(&self.lost_workers).insert(addr.clone()) {
+            return; // already waiting out its grace period
+        }
+        let shared = self.clone();
+        self.spawner.spawn(async move {
+            tokio::time::sleep(shared.worker_failover_grace).await;
+            lock(&shared.lost_workers).remove(&addr);
+            if shared.workers.contains(&addr) {
+                info!(worker = %addr, "worker is back within the grace period; nothing failed over");
+                return;
+            }
+            let runners: Vec<(i64, RunnerHandle)> =
+                lock(&shared.runners).iter().map(|(id, r)| (*id, r.clone())).collect();
+            warn!(worker = %addr, runs = runners.len(), "worker lost; failing over its task attempts");
+            ::metrics::counter!(metrics::FAILOVERS, "kind" => "worker").increment(1);
+            for (id, runner) in runners {
+                runner.post(porpoise_core::StateEvent {
+                    kind: porpoise_core::StateEventKind::WorkerLost,
+                    workflow_instance_id: id,
+                    task_instance_id: None,
+                    attempt: None,
+                    state: None,
+                    detail: serde_json::json!({ "worker": addr }),
+                });
+            }
+        });
+    }
 }
 
 /// A running master.
@@ -214,11 +251,20 @@ impl MasterHandle {
             event_backoff: config.event_backoff,
             consumer_wake: Notify::new(),
             command_poll: config.command_poll,
+            worker_failover_grace: config.worker_failover_grace,
             pending_events: Arc::default(),
             runners: Mutex::default(),
             stalls: Mutex::default(),
+            lost_workers: Mutex::default(),
         });
-        spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone()));
+        let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
+        spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
+        let failovers = shared.clone();
+        spawner.spawn(async move {
+            while let Some(addr) = lost.recv().await {
+                failovers.worker_lost(addr);
+            }
+        });
         spawner.spawn(dispatch::run(shared.clone()));
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));

@@ -125,7 +125,21 @@ struct TaskRt {
     id: i64,
     state: ExecutionState,
     attempt: i32,
+    /// Attempts failed over: they do not count against the task's retries.
+    failovers: i32,
     worker: Option<String>,
+}
+
+impl TaskRt {
+    fn of(row: &TaskInstance) -> TaskRt {
+        TaskRt {
+            id: row.id,
+            state: row.state,
+            attempt: row.attempt,
+            failovers: row.failovers,
+            worker: row.worker_addr.clone(),
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -244,8 +258,7 @@ impl Runner {
                 continue;
             };
             self.mem.by_id.insert(t.id, idx);
-            self.mem.tasks[idx] =
-                Some(TaskRt { id: t.id, state: t.state, attempt: t.attempt, worker: t.worker_addr.clone() });
+            self.mem.tasks[idx] = Some(TaskRt::of(t));
             if matches!(t.state, Failure | Stopped) {
                 self.mem.failing.get_or_insert_with(|| failure_reason(&t.task_name, t.exit_code, ""));
             }
@@ -264,6 +277,10 @@ impl Runner {
             let task = &self.spec.tasks[idx];
             match (row.state, row.worker_addr.clone()) {
                 (Submitted, _) => self.enqueue(idx, Duration::ZERO, None),
+                (Dispatched | Running, Some(worker)) if !self.shared.workers.contains(&worker) => {
+                    // its worker left while nobody owned the run: fail it over after the grace
+                    self.shared.worker_lost(worker);
+                }
                 (Dispatched, Some(worker)) => {
                     self.shared.workers.reserve(&worker);
                     self.shared.spawner.spawn(dispatch::send(self.shared.clone(), self.queued(idx, None), worker));
@@ -438,6 +455,8 @@ impl Runner {
             StateEventKind::TaskRetry => self.on_task_retry(event).await,
             StateEventKind::WorkflowStateChange => self.on_workflow_state_change(event).await,
             StateEventKind::TaskTimeout => self.on_task_timeout(event).await,
+            StateEventKind::WorkerLost => self.on_worker_lost(event),
+            StateEventKind::TaskFailover => self.on_task_failover(event).await,
             kind @ (StateEventKind::WorkflowTimeout
             | StateEventKind::WaitTaskGroup
             | StateEventKind::WorkflowBlocked) => {
@@ -484,7 +503,8 @@ impl Runner {
             .into());
         }
         let task = self.spec.tasks[idx].clone();
-        let target = if requested == Failure && cur.attempt as u32 <= task.retries { Delayed } else { requested };
+        let retries_used = (cur.attempt - 1 - cur.failovers).max(0) as u32;
+        let target = if requested == Failure && retries_used < task.retries { Delayed } else { requested };
         if cur.state == target {
             return Ok(false);
         }
@@ -559,6 +579,68 @@ impl Runner {
             _ => {}
         }
         self.advance_pending = target.is_terminal() || target == Delayed;
+        Ok(true)
+    }
+
+    /// A worker left and stayed away past the grace period: posts one `task_failover` event per
+    /// attempt of this run on it, so that each is failed over (and retried) on its own.
+    fn on_worker_lost(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let worker = lost_worker(event)?;
+        let hit: Vec<TaskRt> = self
+            .mem
+            .tasks
+            .iter()
+            .flatten()
+            .filter(|t| matches!(t.state, Dispatched | Running) && t.worker.as_deref() == Some(worker))
+            .cloned()
+            .collect();
+        for t in &hit {
+            self.handle.post(StateEvent {
+                kind: StateEventKind::TaskFailover,
+                workflow_instance_id: self.mem.instance.id,
+                task_instance_id: Some(t.id),
+                attempt: Some(t.attempt),
+                state: Some(t.state),
+                detail: event.detail.clone(),
+            });
+        }
+        Ok(!hit.is_empty())
+    }
+
+    /// Fails over one attempt on a lost worker: a new attempt, queued for another worker of
+    /// the group. A failover does not use up a retry; the task instance keeps a warning
+    /// saying which attempt was failed over and where it ran.
+    async fn on_task_failover(&mut self, event: &StateEvent) -> Result<bool, HandlerError> {
+        let (idx, cur) = self.task_of(event)?;
+        let worker = lost_worker(event)?.to_string();
+        if event.attempt != Some(cur.attempt)
+            || !matches!(cur.state, Dispatched | Running)
+            || cur.worker.as_deref() != Some(worker.as_str())
+        {
+            return Ok(false); // it ended, or moved on, meanwhile
+        }
+        let mut update = TaskStateUpdate::new(cur.id, &self.shared.addr, cur.state, cur.attempt, Submitted);
+        update.attempt = Some(cur.attempt + 1);
+        update.failover = true;
+        update.warning = Some(format!("attempt {} failed over: its worker {worker} was lost", cur.attempt));
+        self.persist_task(&update).await?;
+        if let Some(rt) = self.mem.tasks[idx].as_mut() {
+            rt.state = Submitted;
+            rt.attempt = cur.attempt + 1;
+            rt.failovers += 1;
+            rt.worker = None;
+        }
+        self.shared.release_worker(&worker);
+        metrics::counter!(m::TASKS_FAILED_OVER).increment(1);
+        warn!(
+            run_id = self.mem.instance.id,
+            task = %self.spec.tasks[idx].name,
+            task_instance_id = cur.id,
+            attempt = cur.attempt,
+            %worker,
+            "task attempt failed over: its worker was lost"
+        );
+        self.enqueue(idx, Duration::ZERO, Some(worker));
         Ok(true)
     }
 
@@ -668,8 +750,7 @@ impl Runner {
         let created = self.shared.store.create_task_instances(&self.shared.addr, &new).await.map_err(store_error)?;
         for (&idx, ti) in ready.iter().zip(created) {
             self.mem.by_id.insert(ti.id, idx);
-            self.mem.tasks[idx] =
-                Some(TaskRt { id: ti.id, state: ti.state, attempt: ti.attempt, worker: ti.worker_addr.clone() });
+            self.mem.tasks[idx] = Some(TaskRt::of(&ti));
         }
         for idx in ready {
             if self.mem.tasks[idx].as_ref().is_some_and(|t| t.state == Submitted) {
@@ -796,6 +877,15 @@ impl Runner {
             Err(e) => Err(store_error(e)),
         }
     }
+}
+
+/// The worker a `worker_lost` or `task_failover` event names.
+fn lost_worker(event: &StateEvent) -> Result<&str, HandlerError> {
+    event
+        .detail
+        .get("worker")
+        .and_then(serde_json::Value::as_str)
+        .ok_or_else(|| DropReason::Malformed("no worker named".into()).into())
 }
 
 /// Why the run fails, when task `name` failed.

@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
 use porpoise_registry::{Member, MemberEvent, Registry, Role, Selector};
+use tokio::sync::mpsc::UnboundedSender;
 use tonic::transport::Channel;
 use tracing::{info, warn};
 
@@ -89,22 +90,29 @@ impl WorkerDirectory {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Follows worker membership in `registry`; unparks tasks when a worker joins.
-    pub async fn follow(self, registry: Arc<dyn Registry>, queue: DispatchQueue) {
+    /// Follows worker membership in `registry`; unparks tasks when a worker joins, and sends
+    /// the address of each worker that leaves to `lost`.
+    pub async fn follow(self, registry: Arc<dyn Registry>, queue: DispatchQueue, lost: UnboundedSender<String>) {
         let mut backoff = 0u32;
         loop {
             match registry.watch(&Selector::Workers { group: None }).await {
                 Ok(mut watch) => {
                     backoff = 0;
-                    {
+                    let before: Vec<String> = {
                         let mut st = self.state();
-                        let groups: Vec<String> = st.workers.drain().map(|(_, w)| w.group).collect();
-                        for g in groups {
-                            st.count_group(&g);
+                        let gone: Vec<(String, Worker)> = st.workers.drain().collect();
+                        for (_, w) in &gone {
+                            st.count_group(&w.group);
                         }
-                    }
+                        gone.into_iter().map(|(addr, _)| addr).collect()
+                    };
                     for m in watch.initial.drain(..) {
                         self.up(m, &queue);
+                    }
+                    // workers that left while the watch was broken
+                    for addr in before.into_iter().filter(|a| !self.contains(a)) {
+                        info!(worker = %addr, "worker left");
+                        let _ = lost.send(addr);
                     }
                     self.listed.send_replace(true);
                     while let Some(event) = watch.next().await {
@@ -116,6 +124,8 @@ impl WorkerDirectory {
                                 if let Some(w) = st.workers.remove(&key.addr) {
                                     st.count_group(&w.group);
                                 }
+                                drop(st);
+                                let _ = lost.send(key.addr);
                             }
                         }
                     }

@@ -253,7 +253,8 @@ mod answers {
         assert_eq!(cluster.run_ends(run).await.state, Success);
         assert_eq!(heir.accepted_names(), ["t0"]);
         let task = cluster.task(run, "t0").await;
-        assert_eq!((task.attempt, task.worker_addr.as_deref()), (1, Some(heir.addr.as_str())));
+        // requeued (same attempt) or failed over (a new one), whichever came first: no retry used
+        assert_eq!((task.attempt - task.failovers, task.worker_addr.as_deref()), (1, Some(heir.addr.as_str())));
     }
 }
 
@@ -432,6 +433,59 @@ mod half_done_work {
     }
 }
 
+mod worker_failover {
+    use super::*;
+
+    /// The worker running a task leaves and stays away: after the grace period the task runs
+    /// again, as a new attempt, on another worker, without using up a retry.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_task_on_a_lost_worker_runs_again_elsewhere_without_using_a_retry() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let lost = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("failover", 2, "default")).await;
+        lost.wait_accepted(2).await;
+        let heir = cluster.worker("default", 4).await;
+        heir.auto(TaskOutcome::Success);
+        workers_seen(&cluster, "default", 2).await;
+        lost.stop_serving();
+        lost.leave().await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        for name in ["t0", "t1"] {
+            let task = cluster.task(run, name).await;
+            assert_eq!((task.attempt, task.failovers), (2, 1), "{task:?}");
+            assert_eq!(task.worker_addr.as_deref(), Some(heir.addr.as_str()));
+            let warning = task.warning.unwrap_or_default();
+            assert!(warning.contains("attempt 1 failed over") && warning.contains(&lost.addr), "{warning}");
+        }
+        assert_eq!(heir.accepted().iter().map(|a| a.1).collect::<Vec<_>>(), [2, 2]);
+        assert_eq!(cluster.metric("porpoise_task_attempts_failed_over_total"), 2.0);
+        assert_eq!(cluster.metric("porpoise_failovers_total{kind=\"worker\"}"), 1.0);
+    }
+
+    /// A worker back within the grace period keeps its tasks: nothing runs twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_worker_back_within_the_grace_period_keeps_its_tasks() {
+        let config = MasterConfig { worker_failover_grace: Duration::from_secs(3600), ..Cluster::config() };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
+        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let w = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("blip", 1, "default")).await;
+        let attempt = w.wait_accepted(1).await[0];
+        w.leave().await;
+        workers_seen(&cluster, "default", 0).await;
+        w.rejoin().await;
+        workers_seen(&cluster, "default", 1).await;
+        w.finish(attempt, TaskOutcome::Success).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        let task = cluster.task(run, "t0").await;
+        assert_eq!((task.attempt, task.failovers), (1, 0));
+        assert_eq!(cluster.metric("porpoise_failovers_total{kind=\"worker\"}"), 0.0);
+    }
+}
+
 mod restarts {
     use super::*;
 
@@ -484,5 +538,27 @@ mod restarts {
         assert_eq!(attempts, [1, 2], "the retry waited for across the restart ran once");
         let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
         assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+
+    /// The worker of a running task left while the master was down: the restarted master
+    /// fails the attempt over to another worker.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_resumed_after_its_worker_was_lost_fails_the_attempt_over() {
+        let mut cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let lost = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("orphan", 1, "default")).await;
+        let attempt = lost.wait_accepted(1).await[0];
+        lost.report_running(attempt).await;
+        cluster.wait_tasks(run, "the task to run", |s| s == [("t0".to_string(), Running)]).await;
+        cluster.stop_master().await;
+        lost.stop_serving();
+        lost.leave().await;
+        let heir = cluster.worker("default", 4).await;
+        heir.auto(TaskOutcome::Success);
+        cluster.start_master().await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        let task = cluster.task(run, "t0").await;
+        assert_eq!((task.attempt, task.failovers, task.worker_addr.as_deref()), (2, 1, Some(heir.addr.as_str())));
     }
 }

@@ -14,7 +14,7 @@ pub(crate) const COMMAND_COLUMNS: &str =
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
      owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
-     warning, created_at, started_at, ended_at, updated_at";
+     warning, failovers, created_at, started_at, ended_at, updated_at";
 pub(crate) const DEAD_LETTER_COLUMNS: &str =
     "id, workflow_instance_id, task_instance_id, event_kind, event, reason, created_at";
 
@@ -150,6 +150,7 @@ pub(crate) struct TaskRow {
     worker_addr: Option<String>,
     exit_code: Option<i32>,
     warning: Option<String>,
+    failovers: i32,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
@@ -168,6 +169,7 @@ impl TryFrom<TaskRow> for TaskInstance {
             worker_addr: r.worker_addr,
             exit_code: r.exit_code,
             warning: r.warning,
+            failovers: r.failovers,
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
@@ -623,7 +625,7 @@ macro_rules! impl_store {
                     "UPDATE task_instance SET state = $1, attempt = COALESCE($2, attempt), \
                      worker_addr = COALESCE($3, worker_addr), exit_code = COALESCE($4, exit_code), \
                      started_at = COALESCE($5, started_at), ended_at = COALESCE($6, ended_at), updated_at = $7, \
-                     warning = COALESCE($12, warning) \
+                     warning = COALESCE($12, warning), failovers = failovers + $13 \
                      WHERE id = $8 AND state = $9 AND attempt = $10 AND EXISTS (SELECT 1 FROM workflow_instance w \
                      WHERE w.id = task_instance.workflow_instance_id AND w.owner = $11) RETURNING {TASK_COLUMNS}"
                 )))
@@ -639,6 +641,7 @@ macro_rules! impl_store {
                 .bind(u.expected_attempt)
                 .bind(&u.owner)
                 .bind(&u.warning)
+                .bind(i32::from(u.failover))
                 .fetch_optional(&self.pool)
                 .await?;
                 if let Some(row) = row {

@@ -174,6 +174,8 @@ pub struct TaskInstance {
     pub exit_code: Option<i32>,
     /// What a user should know that the state does not say (an attempt ran past its timeout).
     pub warning: Option<String>,
+    /// Attempts failed over because their worker was lost (they do not count as retries).
+    pub failovers: i32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
@@ -197,6 +199,8 @@ pub struct TaskStateUpdate {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub warning: Option<String>,
+    /// The attempt was failed over: counts one more failover.
+    pub failover: bool,
 }
 
 impl TaskStateUpdate {
@@ -214,6 +218,7 @@ impl TaskStateUpdate {
             started_at: None,
             ended_at: None,
             warning: None,
+            failover: false,
         }
     }
 }

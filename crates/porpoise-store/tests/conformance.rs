@@ -304,6 +304,26 @@ async fn dead_letters_keep_event_and_reason(store: Arc<dyn Store>) {
     assert_eq!(l.event, letter.event);
 }
 
+async fn a_failover_starts_a_new_attempt_and_is_counted(store: Arc<dyn Store>) {
+    let wf = instance(&*store, "master-1").await;
+    let new = [NewTaskInstance { workflow_instance_id: wf, task_name: "a".into(), state: Submitted }];
+    let a = store.create_task_instances("master-1", &new).await.expect("create")[0].id;
+    let mut dispatch = TaskStateUpdate::new(a, "master-1", Submitted, 1, Dispatched);
+    dispatch.worker_addr = Some("10.0.0.7:5679".into());
+    store.update_task_state(&dispatch).await.expect("dispatch");
+    let mut failover = TaskStateUpdate::new(a, "master-1", Dispatched, 1, Submitted);
+    failover.attempt = Some(2);
+    failover.failover = true;
+    failover.warning = Some("attempt 1 failed over".into());
+    let t = store.update_task_state(&failover).await.expect("fail over");
+    assert_eq!((t.state, t.attempt, t.failovers), (Submitted, 2, 1));
+    assert_eq!(t.warning.as_deref(), Some("attempt 1 failed over"));
+    // an ordinary update leaves the count alone
+    let t = store.update_task_state(&TaskStateUpdate::new(a, "master-1", Submitted, 2, Dispatched)).await.expect("on");
+    assert_eq!((t.attempt, t.failovers), (2, 1));
+    assert_eq!(store.task_instance(a).await.expect("read").expect("exists").failovers, 1);
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -332,6 +352,7 @@ suites!(
     workflow_updates_refuse_stale_writers,
     takeover_fences_the_previous_owner,
     task_updates_refuse_stale_writers,
+    a_failover_starts_a_new_attempt_and_is_counted,
     queries_by_owner_state_and_worker,
     dead_letters_keep_event_and_reason,
     a_run_is_requested_then_adopted,

@@ -56,6 +56,36 @@ pub enum WorkerError {
     Register(#[from] porpoise_registry::RegistryError),
 }
 
+/// Where a worker keeps the token that marks its tasks' processes.
+const TOKEN_FILE: &str = "worker.token";
+
+/// Makes this process the data directory's worker: ends every task process the previous worker
+/// on it left running (it died without killing them, and their results would never be
+/// reported), then records this worker's token there. Returns the token.
+async fn take_over_data_dir(data_dir: &std::path::Path) -> Result<String, WorkerError> {
+    let path = data_dir.join(TOKEN_FILE);
+    let token = format!("{}-{}", std::process::id(), chrono::Utc::now().timestamp_micros());
+    if let Ok(previous) = std::fs::read_to_string(&path) {
+        let previous = previous.trim().to_string();
+        if !previous.is_empty() {
+            let report = tokio::task::spawn_blocking(move || {
+                process::kill_leftovers(&previous, std::time::Duration::from_secs(5))
+            })
+            .await
+            .unwrap_or(process::KillReport { killed: 0, survivors: 0 });
+            if report.killed > 0 || report.survivors > 0 {
+                warn!(
+                    killed = report.killed,
+                    survivors = report.survivors,
+                    "ended task processes the previous worker on this data directory left running"
+                );
+            }
+        }
+    }
+    std::fs::write(&path, &token).map_err(|source| WorkerError::DataDir { path: path.clone(), source })?;
+    Ok(token)
+}
+
 /// A running worker.
 #[derive(Debug)]
 pub struct WorkerHandle {
@@ -78,8 +108,9 @@ impl WorkerHandle {
             .map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         let bound = listener.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
+        let token = take_over_data_dir(&config.data_dir).await?;
         let reporter = Reporter::start(addr.clone());
-        let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter));
+        let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let svc =
             porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()));

@@ -124,6 +124,47 @@ impl TaskProcesses {
     }
 }
 
+/// Kills every process whose [`TOKEN_VAR`] starts with `worker_token.`: what a previous
+/// worker process on the same data directory left running when it died (SIGKILL, a crash),
+/// whose results nobody will ever report. Blocking: call it off the async runtime.
+pub fn kill_leftovers(worker_token: &str, deadline: Duration) -> KillReport {
+    let proc_dir = Path::new("/proc");
+    let prefix = format!("{TOKEN_VAR}={worker_token}.").into_bytes();
+    let scan = || -> Vec<i32> {
+        let Ok(entries) = std::fs::read_dir(proc_dir) else { return Vec::new() };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+            .filter(|&pid| {
+                std::fs::read(proc_dir.join(pid.to_string()).join("environ"))
+                    .is_ok_and(|env| env.split(|&b| b == 0).any(|var| var.starts_with(&prefix)))
+            })
+            .filter(|&pid| {
+                std::fs::read_to_string(proc_dir.join(pid.to_string()).join("stat"))
+                    .ok()
+                    .and_then(|s| parse_stat(&s))
+                    .is_some_and(|s| s.state != 'Z' && s.state != 'X')
+            })
+            .collect()
+    };
+    let until = Instant::now() + deadline;
+    let mut killed = HashSet::new();
+    loop {
+        let alive = scan();
+        if alive.is_empty() || Instant::now() >= until {
+            return KillReport { killed: killed.len(), survivors: alive.len() };
+        }
+        for pid in alive {
+            if let Some(p) = Pid::from_raw(pid) {
+                let _ = rustix::process::kill_process_group(p, Signal::KILL);
+                let _ = rustix::process::kill_process(p, Signal::KILL);
+                killed.insert(pid);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

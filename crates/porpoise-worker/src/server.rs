@@ -46,10 +46,10 @@ pub struct WorkerServer {
 }
 
 impl WorkerServer {
-    pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter) -> Self {
+    pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter, token: String) -> Self {
         let started_at = chrono::Utc::now();
         Self {
-            token: format!("{}-{}", std::process::id(), started_at.timestamp_micros()),
+            token,
             addr,
             slots,
             tasks_dir,

@@ -69,6 +69,7 @@ impl Cluster {
         let mut config = MasterConfig::default();
         config.event_backoff.initial = Duration::from_millis(20);
         config.event_backoff.max = Duration::from_millis(200);
+        config.worker_failover_grace = Duration::from_millis(100);
         config
     }
 

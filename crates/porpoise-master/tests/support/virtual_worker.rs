@@ -53,6 +53,9 @@ struct State {
 #[derive(Debug, Clone)]
 pub struct VirtualWorker {
     pub addr: String,
+    group: String,
+    slots: u32,
+    registry: Arc<dyn Registry>,
     state: Arc<Mutex<State>>,
     registration: Arc<Mutex<Option<Registration>>>,
     shutdown: Arc<Mutex<Option<oneshot::Sender<()>>>>,
@@ -95,6 +98,9 @@ impl VirtualWorker {
             .expect("register the virtual worker");
         VirtualWorker {
             addr,
+            group: group.to_string(),
+            slots,
+            registry: registry.clone(),
             state,
             registration: Arc::new(Mutex::new(Some(registration))),
             shutdown: Arc::new(Mutex::new(Some(shutdown))),
@@ -161,6 +167,13 @@ impl VirtualWorker {
         .await
     }
 
+    /// Reports the accepted `attempt` RUNNING, until ACKed.
+    pub async fn report_running(&self, attempt: Attempt) {
+        let request = self.state().received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == attempt).cloned();
+        let request = request.expect("the attempt was dispatched here");
+        report(&request.master_addr, &self.addr, &request, None).await;
+    }
+
     /// Finishes the running `attempt` with `outcome`: reports RUNNING and RESULT until ACKed.
     pub async fn finish(&self, attempt: Attempt, outcome: TaskOutcome) {
         let master = {
@@ -170,7 +183,7 @@ impl VirtualWorker {
         };
         let request = self.state().received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == attempt).cloned();
         let request = request.expect("the attempt was dispatched here");
-        report(&master, &self.addr, &request, outcome).await;
+        report(&master, &self.addr, &request, Some(outcome)).await;
     }
 
     /// Stops answering (its port refuses connections) while it stays registered, as a worker
@@ -179,6 +192,20 @@ impl VirtualWorker {
         if let Some(s) = self.shutdown.lock().unwrap_or_else(|p| p.into_inner()).take() {
             let _ = s.send(());
         }
+    }
+
+    /// Registers again after [`VirtualWorker::leave`], as a worker back from a network cut.
+    pub async fn rejoin(&self) {
+        let registration = self
+            .registry
+            .register(
+                MemberKey::worker(&self.group, self.addr.clone()),
+                Heartbeat::idle(self.slots),
+                Duration::from_secs(10),
+            )
+            .await
+            .expect("register again");
+        *self.registration.lock().unwrap_or_else(|p| p.into_inner()) = Some(registration);
     }
 
     /// Leaves the registry, as a dead worker does when its lease runs out.
@@ -190,8 +217,9 @@ impl VirtualWorker {
     }
 }
 
-/// Sends RUNNING and RESULT for `request` to `master`, each until the master ACKs it.
-async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outcome: TaskOutcome) {
+/// Sends RUNNING and, with an `outcome`, RESULT for `request` to `master`, each until the
+/// master ACKs it.
+async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outcome: Option<TaskOutcome>) {
     let now = chrono::Utc::now().timestamp_millis();
     let event = |id: &str, kind| TaskEvent {
         event_id: format!("{}-{}-{id}", request.task_instance_id, request.attempt),
@@ -208,21 +236,23 @@ async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outco
             log_path: String::new(),
         }),
     );
-    let result = event(
-        "result",
-        task_event::Kind::Result(TaskResult {
-            outcome: outcome as i32,
-            exit_code: match outcome {
-                TaskOutcome::Success => Some(0),
-                TaskOutcome::Failure => Some(1),
-                _ => None,
-            },
-            started_at_ms: now,
-            ended_at_ms: now,
-            message: String::new(),
-        }),
-    );
-    for e in [running, result] {
+    let result = outcome.map(|outcome| {
+        event(
+            "result",
+            task_event::Kind::Result(TaskResult {
+                outcome: outcome as i32,
+                exit_code: match outcome {
+                    TaskOutcome::Success => Some(0),
+                    TaskOutcome::Failure => Some(1),
+                    _ => None,
+                },
+                started_at_ms: now,
+                ended_at_ms: now,
+                message: String::new(),
+            }),
+        )
+    });
+    for e in std::iter::once(running).chain(result) {
         wait_for_async(&format!("the master to ACK event {}", e.event_id), || {
             let e = e.clone();
             async move {
@@ -297,7 +327,7 @@ impl WorkerService for Service {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     st.running.retain(|(a, _)| *a != attempt);
                 }
-                report(&req.master_addr, &worker, &req, outcome).await;
+                report(&req.master_addr, &worker, &req, Some(outcome)).await;
             });
         }
         let message = match status {
