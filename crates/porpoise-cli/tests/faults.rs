@@ -13,7 +13,7 @@ use porpoise_proto::v1::task_event_service_server::{TaskEventService, TaskEventS
 use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
 use porpoise_proto::v1::worker_service_server::{WorkerService, WorkerServiceServer};
 use porpoise_proto::v1::{
-    AckStatus, DispatchStatus, DispatchTaskReply, DispatchTaskRequest, GetRunRequest, GetTaskLogReply,
+    AckStatus, DispatchStatus, DispatchTaskReply, DispatchTaskRequest, GetRunReply, GetRunRequest, GetTaskLogReply,
     GetTaskLogRequest, KillTaskReply, KillTaskRequest, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent,
     TaskOutcome, TaskResult, TaskRunning, task_event,
 };
@@ -586,4 +586,68 @@ async fn a_killed_master_started_again_completes_its_runs_and_runs_nothing_twice
     let mut ran = lines(&marks);
     ran.sort();
     assert_eq!(ran, ["one", "one", "one", "three", "three", "three", "two", "two", "two"], "each task ran once");
+}
+
+/// Task `name` of `run`.
+fn task_named<'a>(run: &'a GetRunReply, name: &str) -> &'a porpoise_proto::v1::TaskInstanceInfo {
+    run.tasks.iter().find(|t| t.task_name == name).expect("the task exists")
+}
+
+/// The worker running a task is killed (SIGKILL) while a second worker is alive: the task runs
+/// again, as a new attempt, on the other worker, and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_on_a_killed_worker_runs_again_on_the_other_worker() {
+    let options = ClusterOptions { workers: Some(2), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("failover", &gated_chain("failover", &dir));
+    let id = d.start_run("failover").await;
+    d.wait_for_run(id, "task one runs", |run| task_named(run, "one").state == "running").await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let doomed = task_named(&run, "one").worker_addr.clone();
+    let name = d.worker_addrs.get(&doomed).expect("one of the deployment's workers").clone();
+    d.kill(&name);
+    d.wait_for_run(id, "task one runs again on the other worker", |run| {
+        let one = task_named(run, "one");
+        one.attempt == 2 && one.state == "running" && one.worker_addr != doomed
+    })
+    .await;
+    for gate in ["one", "two", "three"] {
+        open_gate(&dir, gate);
+    }
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let one = task_named(&run, "one");
+    assert!(one.warning.contains("attempt 1 failed over") && one.warning.contains(&doomed), "{one:?}");
+    let mut ran = lines(&dir.join("marks"));
+    ran.sort();
+    assert_eq!(ran, ["one", "one", "three", "two"], "one ran on each worker; the rest once");
+}
+
+/// `porpoise standalone` killed mid-run (SIGKILL) and started again on its data directory: what
+/// its worker left running is ended, the task runs again, and the run completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_standalone_started_again_completes_its_runs() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("again", &gated_chain("again", &dir));
+    let id = d.start_run("again").await;
+    d.wait_for_run(id, "task one runs", |run| task_named(run, "one").state == "running").await;
+    d.kill("porpoise");
+    d.start_again("porpoise");
+    d.wait_for_master().await;
+    d.wait_for_run(id, "task one runs again", |run| {
+        let one = task_named(run, "one");
+        one.attempt == 2 && one.state == "running"
+    })
+    .await;
+    for gate in ["one", "two", "three"] {
+        open_gate(&dir, gate);
+    }
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
+    let mut ran = lines(&dir.join("marks"));
+    ran.sort();
+    assert_eq!(ran, ["one", "one", "three", "two"], "one ran again after the restart; the rest once");
 }

@@ -27,14 +27,18 @@ pub struct Deployment {
     pub server: String,
     /// The master's address (host:port), where TaskEventService is served.
     pub master_addr: String,
-    /// The worker's own address (cluster only).
+    /// The (first) worker's own address (cluster only).
     pub worker_addr: Option<String>,
+    /// Every worker's address → its process name (cluster only).
+    pub worker_addrs: HashMap<String, String>,
     pub metrics: Option<String>,
     pub database: Database,
     pub dir: tempfile::TempDir,
     children: Vec<(String, Child)>,
     /// The arguments each process was started with, to start it again.
     args: HashMap<String, Vec<String>>,
+    /// The binary each process runs.
+    binaries: HashMap<String, String>,
 }
 
 /// Options for a cluster deployment.
@@ -45,6 +49,9 @@ pub struct ClusterOptions {
     /// The address the worker advertises to masters (a proxy in front of it); its own when None.
     pub worker_advertise: Option<String>,
     pub slots: Option<u32>,
+    /// How many workers (default 1). The first is `porpoise-worker`, the next
+    /// `porpoise-worker-2` and so on, as process names for [`Deployment::kill`].
+    pub workers: Option<usize>,
 }
 
 fn bin(name: &str) -> &'static str {
@@ -58,10 +65,15 @@ fn bin(name: &str) -> &'static str {
 
 impl Deployment {
     fn spawn(&mut self, name: &str, args: &[String]) {
+        self.spawn_as(name, name, args);
+    }
+
+    /// Starts `binary` as process `name` (its log file and the name to kill it by).
+    fn spawn_as(&mut self, name: &str, binary: &str, args: &[String]) {
         let log = self.dir.path().join(format!("{name}.log"));
         let file = std::fs::OpenOptions::new().create(true).append(true).open(&log).expect("log file");
         let err = file.try_clone().expect("log file");
-        let child = Command::new(bin(name))
+        let child = Command::new(bin(binary))
             .args(args)
             .env("RUST_LOG", "info")
             .stdin(Stdio::null())
@@ -71,6 +83,7 @@ impl Deployment {
             .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
         self.children.push((name.to_string(), child));
         self.args.insert(name.to_string(), args.to_vec());
+        self.binaries.insert(name.to_string(), binary.to_string());
     }
 
     /// Kills process `name` with SIGKILL and reaps it.
@@ -84,7 +97,8 @@ impl Deployment {
     /// Starts process `name` again with the arguments it had (its log goes on in the same file).
     pub fn start_again(&mut self, name: &str) {
         let args = self.args.get(name).expect("a process of that name was started").clone();
-        self.spawn(name, &args);
+        let binary = self.binaries.get(name).expect("a process of that name was started").clone();
+        self.spawn_as(name, &binary, &args);
     }
 
     /// A master and a worker as separate processes on the shared test Postgres and etcd.
@@ -112,11 +126,13 @@ impl Deployment {
             server: format!("http://{master_addr}"),
             master_addr: master_addr.clone(),
             worker_addr: None,
+            worker_addrs: HashMap::new(),
             metrics: Some(format!("127.0.0.1:{metrics_port}")),
             database: Database::Postgres(url.clone()),
             dir: tempfile::tempdir().expect("temporary directory"),
             children: Vec::new(),
             args: HashMap::new(),
+            binaries: HashMap::new(),
         };
         let mut master_args = vec![
             "--listen".into(),
@@ -131,26 +147,35 @@ impl Deployment {
             master_args.extend(["--advertise".to_string(), adv.clone()]);
         }
         d.spawn("porpoise-master", &master_args);
-        let worker_dir = d.dir.path().join("worker");
-        let worker_addr = format!("127.0.0.1:{}", free_port());
-        d.worker_addr = Some(worker_addr.clone());
-        let mut worker_args: Vec<String> =
-            options.worker_advertise.iter().flat_map(|a| ["--advertise".to_string(), a.clone()]).collect();
-        worker_args.extend([
-            "--listen".into(),
-            worker_addr.clone(),
-            "--slots".into(),
-            options.slots.unwrap_or(16).to_string(),
-            "--data-dir".into(),
-            worker_dir.display().to_string(),
-        ]);
-        worker_args.extend(registry_args);
-        d.spawn("porpoise-worker", &worker_args);
+        let workers = options.workers.unwrap_or(1);
+        for n in 1..=workers {
+            let name = if n == 1 { "porpoise-worker".to_string() } else { format!("porpoise-worker-{n}") };
+            let worker_dir = d.dir.path().join(&name);
+            let worker_addr = format!("127.0.0.1:{}", free_port());
+            if n == 1 {
+                d.worker_addr = Some(worker_addr.clone());
+            }
+            d.worker_addrs.insert(worker_addr.clone(), name.clone());
+            let mut worker_args: Vec<String> =
+                options.worker_advertise.iter().flat_map(|a| ["--advertise".to_string(), a.clone()]).collect();
+            worker_args.extend([
+                "--listen".into(),
+                worker_addr.clone(),
+                "--slots".into(),
+                options.slots.unwrap_or(16).to_string(),
+                "--data-dir".into(),
+                worker_dir.display().to_string(),
+            ]);
+            worker_args.extend(registry_args.iter().cloned());
+            d.spawn_as(&name, "porpoise-worker", &worker_args);
+        }
         d.wait_for_master().await;
         let registry = EtcdRegistry::connect(&[etcd.endpoint()], &root).await.expect("connect etcd");
-        d.wait_until("the worker registers", || {
+        d.wait_until("the workers register", || {
             let registry = registry.clone();
-            async move { registry.members(&Selector::Workers { group: None }).await.map(|m| !m.is_empty()).unwrap_or(false) }
+            async move {
+                registry.members(&Selector::Workers { group: None }).await.map(|m| m.len() == workers).unwrap_or(false)
+            }
         })
         .await;
         d
@@ -166,11 +191,13 @@ impl Deployment {
             server: format!("http://{master_addr}"),
             master_addr: master_addr.clone(),
             worker_addr: None,
+            worker_addrs: HashMap::new(),
             metrics: None,
             database: Database::Sqlite(data.join("porpoise.db")),
             dir,
             children: Vec::new(),
             args: HashMap::new(),
+            binaries: HashMap::new(),
         };
         d.spawn(
             "porpoise",
