@@ -588,9 +588,14 @@ async fn a_killed_master_started_again_completes_its_runs_and_runs_nothing_twice
     assert_eq!(ran, ["one", "one", "one", "three", "three", "three", "two", "two", "two"], "each task ran once");
 }
 
-/// Task `name` of `run`.
+/// Task `name` of `run`; fails the test if it has none.
 fn task_named<'a>(run: &'a GetRunReply, name: &str) -> &'a porpoise_proto::v1::TaskInstanceInfo {
-    run.tasks.iter().find(|t| t.task_name == name).expect("the task exists")
+    find_task(run, name).expect("the task exists")
+}
+
+/// Task `name` of `run`, if it has been created.
+fn find_task<'a>(run: &'a GetRunReply, name: &str) -> Option<&'a porpoise_proto::v1::TaskInstanceInfo> {
+    run.tasks.iter().find(|t| t.task_name == name)
 }
 
 /// The worker running a task is killed (SIGKILL) while a second worker is alive: the task runs
@@ -602,15 +607,14 @@ async fn a_task_on_a_killed_worker_runs_again_on_the_other_worker() {
     let dir = d.dir.path().to_path_buf();
     d.apply("failover", &gated_chain("failover", &dir));
     let id = d.start_run("failover").await;
-    d.wait_for_run(id, "task one runs", |run| task_named(run, "one").state == "running").await;
+    d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
     let mut admin = d.admin().await;
     let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
     let doomed = task_named(&run, "one").worker_addr.clone();
     let name = d.worker_addrs.get(&doomed).expect("one of the deployment's workers").clone();
     d.kill(&name);
     d.wait_for_run(id, "task one runs again on the other worker", |run| {
-        let one = task_named(run, "one");
-        one.attempt == 2 && one.state == "running" && one.worker_addr != doomed
+        find_task(run, "one").is_some_and(|one| one.attempt == 2 && one.state == "running" && one.worker_addr != doomed)
     })
     .await;
     for gate in ["one", "two", "three"] {
@@ -633,13 +637,12 @@ async fn a_killed_standalone_started_again_completes_its_runs() {
     let dir = d.dir.path().to_path_buf();
     d.apply("again", &gated_chain("again", &dir));
     let id = d.start_run("again").await;
-    d.wait_for_run(id, "task one runs", |run| task_named(run, "one").state == "running").await;
+    d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
     d.kill("porpoise");
     d.start_again("porpoise");
     d.wait_for_master().await;
     d.wait_for_run(id, "task one runs again", |run| {
-        let one = task_named(run, "one");
-        one.attempt == 2 && one.state == "running"
+        find_task(run, "one").is_some_and(|one| one.attempt == 2 && one.state == "running")
     })
     .await;
     for gate in ["one", "two", "three"] {
@@ -650,4 +653,57 @@ async fn a_killed_standalone_started_again_completes_its_runs() {
     let mut ran = lines(&dir.join("marks"));
     ran.sort();
     assert_eq!(ran, ["one", "one", "three", "two"], "one ran again after the restart; the rest once");
+}
+
+/// Two masters share the runs; the owner of some is killed (SIGKILL) while their tasks run.
+/// The survivor takes them over, the workers' results reach it, and every task ran once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
+    let options = ClusterOptions { masters: Some(2), slots: Some(32), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("pair", &gated_chain("pair", &dir));
+    let mut runs = Vec::new();
+    for _ in 0..20 {
+        runs.push(d.start_run("pair").await);
+    }
+    for &id in &runs {
+        d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
+    }
+    let mut admin = d.admin().await;
+    let mut owners = HashMap::<String, usize>::new();
+    for &id in &runs {
+        let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+        *owners.entry(run.run.map(|r| r.owner).unwrap_or_default()).or_default() += 1;
+    }
+    // kill the master that owns the most runs; talk to the other from now on
+    let (doomed, taken) = owners.iter().max_by_key(|(_, n)| **n).map(|(o, n)| (o.clone(), *n)).expect("owners");
+    let doomed_index = d.masters.iter().position(|m| m.0 == doomed).expect("a master of the deployment");
+    let name = d.masters[doomed_index].2.clone();
+    d.kill(&name);
+    d.use_master(1 - doomed_index).await;
+    for gate in ["one", "two", "three"] {
+        open_gate(&dir, gate);
+    }
+    for &id in &runs {
+        let run = d.finished_run(id).await;
+        let summary = run.run.clone().expect("the run");
+        assert_eq!(summary.state, "success", "{run:?}\n{}", d.logs_text());
+        assert_ne!(summary.owner, doomed, "the run was taken over");
+        assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
+    }
+    let marks = dir.join("marks");
+    let marks_path = marks.display().to_string();
+    d.wait_until("no task process is left", || {
+        let marks_path = marks_path.clone();
+        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
+    })
+    .await;
+    let ran = lines(&marks);
+    for task in ["one", "two", "three"] {
+        assert_eq!(ran.iter().filter(|l| *l == task).count(), 20, "task {task} ran once per run");
+    }
+    let metrics = d.metrics_text().await;
+    let taken_over = common::metric(&metrics, r#"porpoise_failovers_total{kind="master"}"#);
+    assert_eq!(taken_over, taken as f64, "the survivor took over each of the killed master's runs");
 }

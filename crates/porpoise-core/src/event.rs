@@ -104,13 +104,25 @@ pub enum HandlerError {
     /// The event is broken: remove it and record it in the dead-letter table.
     #[error("dropped: {0}")]
     Drop(DropReason),
+    /// Another master owns the run now (it took the run over): this runner stops, and the
+    /// event goes to the owner, not to the dead-letter table.
+    #[error("the run is owned by {} now", owner.as_deref().unwrap_or("no master"))]
+    NotOwner { owner: Option<String> },
 }
 
 /// What to do with an event whose handling failed.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Disposition {
-    Retry { after: Option<Duration> },
-    Drop { reason: String },
+    Retry {
+        after: Option<Duration>,
+    },
+    Drop {
+        reason: String,
+    },
+    /// Stop the runner: the run belongs to `owner` now.
+    HandOver {
+        owner: Option<String>,
+    },
 }
 
 impl HandlerError {
@@ -122,6 +134,7 @@ impl HandlerError {
         match self {
             Self::Retryable { after, .. } => Disposition::Retry { after: *after },
             Self::Drop(reason) => Disposition::Drop { reason: reason.to_string() },
+            Self::NotOwner { owner } => Disposition::HandOver { owner: owner.clone() },
         }
     }
 }

@@ -113,9 +113,17 @@ async fn start(shared: Arc<Shared>, command: Command) {
     }
 }
 
-enum StartError {
+pub(crate) enum StartError {
     Retry(String),
     Fatal(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Retry(e) | Self::Fatal(e) => f.write_str(e),
+        }
+    }
 }
 
 fn classify(e: porpoise_store::StoreError) -> StartError {
@@ -175,7 +183,7 @@ async fn spec_of(shared: &Shared, id: i64) -> Result<WorkflowSpec, StartError> {
 }
 
 /// Starts the runner of `instance`, owned by this master, unless it has one.
-async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Result<(), StartError> {
+pub(crate) async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Result<(), StartError> {
     if shared.runner(instance.id).is_some() {
         return Ok(());
     }

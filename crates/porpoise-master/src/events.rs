@@ -75,11 +75,24 @@ fn to_state_event(e: &TaskEvent) -> Result<StateEvent, String> {
 
 fn ack(event_id: String, a: &Ack) -> EventAck {
     match a {
-        Ack::Handled | Ack::Ignored => EventAck { event_id, status: AckStatus::Handled as i32, message: String::new() },
-        Ack::Dropped(reason) => {
-            EventAck { event_id, status: AckStatus::Handled as i32, message: format!("dropped: {reason}") }
+        Ack::Handled | Ack::Ignored => {
+            EventAck { event_id, status: AckStatus::Handled as i32, message: String::new(), owner: String::new() }
         }
-        Ack::RetryLater(reason) => EventAck { event_id, status: AckStatus::RetryLater as i32, message: reason.clone() },
+        Ack::Dropped(reason) => EventAck {
+            event_id,
+            status: AckStatus::Handled as i32,
+            message: format!("dropped: {reason}"),
+            owner: String::new(),
+        },
+        Ack::RetryLater(reason) => {
+            EventAck { event_id, status: AckStatus::RetryLater as i32, message: reason.clone(), owner: String::new() }
+        }
+        Ack::Moved(owner) => EventAck {
+            event_id,
+            status: AckStatus::RetryLater as i32,
+            message: format!("the run is owned by {} now", owner.as_deref().unwrap_or("no master")),
+            owner: owner.clone().unwrap_or_default(),
+        },
     }
 }
 
@@ -118,7 +131,11 @@ impl TaskEvents {
                 // the runner is being started (or restarted); the worker resends
                 Ack::RetryLater("the run's runner is not ready yet".into())
             }
-            Ok(Some(wi)) => Ack::RetryLater(format!("workflow instance {} is owned by {:?}", wi.id, wi.owner)),
+            // taken over by a live master: send it there; otherwise it waits for its next owner
+            Ok(Some(wi)) => match wi.owner.filter(|o| shared.masters.is_live(o)) {
+                Some(owner) => Ack::Moved(Some(owner)),
+                None => Ack::RetryLater(format!("run {} waits to be taken over", wi.id)),
+            },
             Ok(None) => Ack::RetryLater("workflow instance not found yet".into()),
             Err(e) => Ack::RetryLater(e.to_string()),
         }

@@ -12,6 +12,8 @@ mod dispatch;
 mod events;
 /// One owner for everything the master spawns.
 mod lifecycle;
+/// The live masters and the takeover of runs without a live owner.
+mod masters;
 /// Metric names and descriptions.
 pub mod metrics;
 /// The task priority queue with per-group parking.
@@ -108,6 +110,7 @@ pub(crate) struct Shared {
     stalls: Mutex<HashMap<i64, String>>,
     /// Lost workers waiting out their grace period.
     lost_workers: Mutex<HashSet<String>>,
+    pub masters: Arc<masters::Masters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -256,6 +259,7 @@ impl MasterHandle {
             runners: Mutex::default(),
             stalls: Mutex::default(),
             lost_workers: Mutex::default(),
+            masters: Arc::default(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
@@ -288,6 +292,8 @@ impl MasterHandle {
                     return Err(e.into());
                 }
             };
+        spawner.spawn(shared.masters.clone().follow(registry.clone()));
+        spawner.spawn(masters::take_over_orphans(shared.clone()));
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
         spawner.spawn(consumer::run(shared.clone(), notifications));
         info!(%addr, "master started");

@@ -17,6 +17,7 @@ pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
+pub const TAKEOVER_SECONDS: &str = "porpoise_takeover_seconds";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
 pub const STATE_EVENTS_IGNORED: &str = "porpoise_state_events_ignored_total";
 pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
@@ -41,7 +42,11 @@ pub fn describe() {
     describe_counter!(TASKS_TIMED_OUT, "Task attempts that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
-    describe_counter!(FAILOVERS, "Members lost past their grace period whose work this master failed over, by kind");
+    describe_counter!(
+        FAILOVERS,
+        "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
+    );
+    describe_histogram!(TAKEOVER_SECONDS, "Time to take over one run of a lost master and start its runner");
     describe_counter!(TASKS_FAILED_OVER, "Task attempts failed over to a new attempt because their worker was lost");
     describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
     describe_counter!(STATE_EVENTS_IGNORED, "State events with nothing to do (duplicate, late or stale), by kind");
@@ -73,6 +78,7 @@ fn register_at_zero() {
     }
     gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
     counter!(FAILOVERS, "kind" => "worker").increment(0);
+    counter!(FAILOVERS, "kind" => "master").increment(0);
     for reason in ["invalid", "full", "draining", "unreachable"] {
         counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
     }

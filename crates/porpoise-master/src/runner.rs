@@ -40,6 +40,8 @@ pub(crate) enum Ack {
     RetryLater(String),
     /// Broken; recorded in the dead-letter table.
     Dropped(String),
+    /// The run belongs to another master now (`None`: to none yet): send the event there.
+    Moved(Option<String>),
 }
 
 /// The details of a task state change, carried in [`StateEvent::detail`].
@@ -161,6 +163,8 @@ pub(crate) struct Runner {
     finished: bool,
     /// The handled event may have made tasks ready or ended the run: [`Runner::advance`] is due.
     advance_pending: bool,
+    /// The run was taken over by this master (`None` inside: by none yet).
+    moved_to: Option<Option<String>>,
 }
 
 /// How many failed attempts at one event before the run is reported stalled.
@@ -186,6 +190,7 @@ impl Runner {
             handle: handle.clone(),
             finished: false,
             advance_pending: false,
+            moved_to: None,
         };
         if !shared.add_runner(id, handle.clone()) {
             return None;
@@ -222,10 +227,14 @@ impl Runner {
         }
         self.shared.remove_runner(id);
         inbox.close();
-        // events that raced with the end of the run are late: nothing to do
+        // events that raced with the end of the run are late (or belong to its new owner)
+        let late = match &self.moved_to {
+            Some(owner) => Ack::Moved(owner.clone()),
+            None => Ack::Ignored,
+        };
         while let Ok(env) = inbox.try_recv() {
             if let Some(tx) = env.reply {
-                let _ = tx.send(Ack::Ignored);
+                let _ = tx.send(late.clone());
             }
         }
         debug!(workflow_instance_id = id, "runner finished");
@@ -354,6 +363,14 @@ impl Runner {
                     }
                     break;
                 }
+                Err(HandlerError::NotOwner { owner }) => {
+                    self.mem = snapshot;
+                    self.hand_over(owner.clone());
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(Ack::Moved(owner));
+                    }
+                    return;
+                }
                 Err(HandlerError::Retryable { reason, after }) => {
                     self.mem = snapshot;
                     self.advance_pending = false;
@@ -384,6 +401,7 @@ impl Runner {
                     self.advance_pending = false;
                     self.dead_letter(event, &reason.to_string()).await;
                 }
+                Err(HandlerError::NotOwner { owner }) => self.hand_over(owner),
                 Err(HandlerError::Retryable { reason, after }) => {
                     failures += 1;
                     self.wait_to_retry(kind, failures, &reason, after).await;
@@ -391,6 +409,19 @@ impl Runner {
             }
         }
         failures
+    }
+
+    /// Another master took the run over: this runner writes nothing more and stops; events
+    /// still queued for it go to the new owner (their senders are told where).
+    fn hand_over(&mut self, owner: Option<String>) {
+        warn!(
+            run_id = self.mem.instance.id,
+            owner = owner.as_deref().unwrap_or("none yet"),
+            "the run is owned by another master now; this runner stops"
+        );
+        self.advance_pending = false;
+        self.finished = true;
+        self.moved_to = Some(owner);
     }
 
     /// Says that handling a `kind` event failed for the `failures`th time, reports the run
@@ -747,7 +778,14 @@ impl Runner {
                 state: Submitted,
             })
             .collect();
-        let created = self.shared.store.create_task_instances(&self.shared.addr, &new).await.map_err(store_error)?;
+        let created = match self.shared.store.create_task_instances(&self.shared.addr, &new).await {
+            Ok(created) => created,
+            Err(e @ StoreError::Conflict { .. }) => {
+                self.still_owner().await?;
+                return Err(store_error(e));
+            }
+            Err(e) => return Err(store_error(e)),
+        };
         for (&idx, ti) in ready.iter().zip(created) {
             self.mem.by_id.insert(ti.id, idx);
             self.mem.tasks[idx] = Some(TaskRt::of(&ti));
@@ -847,6 +885,9 @@ impl Runner {
                         self.mem.instance = found;
                         Ok(())
                     }
+                    Some(found) if found.owner.as_deref() != Some(&self.shared.addr) => {
+                        Err(HandlerError::NotOwner { owner: found.owner })
+                    }
                     Some(found) => Err(DropReason::Unsupported(format!(
                         "workflow instance {} is {} owned by {:?}, not {} owned by this master",
                         found.id, found.state, found.owner, update.expected
@@ -859,10 +900,21 @@ impl Runner {
         }
     }
 
+    /// `Err(NotOwner)` when the database says another master (or none) owns the run now.
+    async fn still_owner(&self) -> Result<(), HandlerError> {
+        let id = self.mem.instance.id;
+        match self.shared.store.workflow_instance(id).await.map_err(store_error)? {
+            Some(w) if w.owner.as_deref() == Some(self.shared.addr.as_str()) => Ok(()),
+            Some(w) => Err(HandlerError::NotOwner { owner: w.owner }),
+            None => Err(DropReason::UnknownWorkflowInstance(id).into()),
+        }
+    }
+
     async fn persist_task(&self, update: &TaskStateUpdate) -> Result<(), HandlerError> {
         match self.shared.store.update_task_state(update).await {
             Ok(_) => Ok(()),
             Err(StoreError::Conflict { found, .. }) => {
+                self.still_owner().await?;
                 let row = self.shared.store.task_instance(update.id).await.map_err(store_error)?;
                 let attempt = update.attempt.unwrap_or(update.expected_attempt);
                 match row {

@@ -562,3 +562,51 @@ mod restarts {
         assert_eq!((task.attempt, task.failovers, task.worker_addr.as_deref()), (2, 1, Some(heir.addr.as_str())));
     }
 }
+
+mod takeover {
+    use super::*;
+    use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
+    use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent, TaskResult, task_event};
+
+    /// Another master took the run over while this one still ran it (this one was paused past
+    /// its lease, say). This master's next write is refused; its runner stops without
+    /// dead-lettering anything, and the worker is told to send the event elsewhere.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_whose_run_was_taken_over_writes_nothing_more_for_it() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("fenced", 1, "default")).await;
+        let (ti, attempt) = w.wait_accepted(1).await[0];
+        let before = cluster.store.workflow_instance(run).await.expect("read").expect("the run");
+        let owner = before.owner.clone().expect("owned");
+        cluster.store.take_over_workflow_instance(run, &owner, before.epoch, "127.0.0.1:9").await.expect("take over");
+
+        let mut client =
+            TaskEventServiceClient::connect(format!("http://{owner}")).await.expect("connect to the master");
+        let result = TaskEvent {
+            event_id: "fenced-result".into(),
+            task_instance_id: ti,
+            attempt,
+            workflow_instance_id: run,
+            kind: Some(task_event::Kind::Result(TaskResult {
+                outcome: TaskOutcome::Success as i32,
+                exit_code: Some(0),
+                started_at_ms: 1,
+                ended_at_ms: 2,
+                message: String::new(),
+            })),
+        };
+        let req = ReportTaskEventsRequest { worker_addr: w.addr.clone(), events: vec![result] };
+        let ack = client.report_task_events(req).await.expect("report").into_inner().acks.remove(0);
+        assert_eq!(ack.status, AckStatus::RetryLater as i32, "{ack:?}");
+        let task = cluster.task(run, "t0").await;
+        assert_eq!(task.state, Dispatched, "the old owner's write was refused");
+        let after = cluster.store.workflow_instance(run).await.expect("read").expect("the run");
+        assert_eq!(after.owner.as_deref(), Some("127.0.0.1:9"));
+        wait_for("the runner to stop", || (cluster.metric("porpoise_workflow_instances_running") == 0.0).then_some(()))
+            .await;
+        let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
+        assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+}

@@ -109,7 +109,7 @@ impl WorkerHandle {
         let bound = listener.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let token = take_over_data_dir(&config.data_dir).await?;
-        let reporter = Reporter::start(addr.clone());
+        let reporter = Reporter::start(addr.clone(), registry.clone());
         let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let svc =

@@ -1,6 +1,8 @@
 //! Delivers task events to masters: events queue in order, go out in batches per master, and
 //! stay queued until the master ACKs them `HANDLED`. A failed call or `RETRY_LATER` keeps them
-//! for the next round, after a capped exponential backoff.
+//! for the next round, after a capped exponential backoff. Events follow their run: an ACK
+//! naming the run's new owner (it was taken over) sends them there, and events for a master
+//! that left the registry go to a live one, which names the owner.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -10,9 +12,10 @@ use std::time::Duration;
 use porpoise_core::Backoff;
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
 use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent};
+use porpoise_registry::{Registry, Selector};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 /// Events sent in one call, at most.
 const BATCH: usize = 512;
@@ -27,11 +30,12 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    /// Starts the delivery task for a worker serving at `worker_addr`.
-    pub fn start(worker_addr: String) -> Reporter {
+    /// Starts the delivery task for a worker serving at `worker_addr`; `registry` says which
+    /// masters are live.
+    pub fn start(worker_addr: String, registry: Arc<dyn Registry>) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone()));
+        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry));
         Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, worker_addr }
     }
 
@@ -52,7 +56,20 @@ impl Reporter {
     }
 }
 
-async fn deliver(worker_addr: String, mut rx: mpsc::UnboundedReceiver<(String, TaskEvent)>, pending: Arc<AtomicUsize>) {
+/// What a master said of a batch.
+struct Outcome {
+    /// Events ACKed `HANDLED`.
+    handled: Vec<String>,
+    /// Events whose run another master owns now → that master.
+    moved: HashMap<String, String>,
+}
+
+async fn deliver(
+    worker_addr: String,
+    mut rx: mpsc::UnboundedReceiver<(String, TaskEvent)>,
+    pending: Arc<AtomicUsize>,
+    registry: Arc<dyn Registry>,
+) {
     // seq → (master, event): insertion order is delivery order
     let mut queue: BTreeMap<u64, (String, TaskEvent)> = BTreeMap::new();
     let mut seq = 0u64;
@@ -90,11 +107,17 @@ async fn deliver(worker_addr: String, mut rx: mpsc::UnboundedReceiver<(String, T
                 .collect();
             match send_batch(&mut clients, &worker_addr, &master, batch.iter().map(|(_, e)| e.clone()).collect()).await
             {
-                Ok(handled) => {
+                Ok(outcome) => {
                     for (s, e) in &batch {
-                        if handled.contains(&e.event_id) {
+                        if outcome.handled.contains(&e.event_id) {
                             queue.remove(s);
                             pending.fetch_sub(1, Ordering::Relaxed);
+                        } else if let Some(owner) = outcome.moved.get(&e.event_id)
+                            && let Some(entry) = queue.get_mut(s)
+                        {
+                            debug!(event_id = %e.event_id, from = %master, to = %owner, "the run moved; resending there");
+                            entry.0 = owner.clone();
+                            all_ok = false;
                         } else {
                             all_ok = false;
                         }
@@ -104,6 +127,20 @@ async fn deliver(worker_addr: String, mut rx: mpsc::UnboundedReceiver<(String, T
                     all_ok = false;
                     clients.remove(&master);
                     warn!(%master, error = %e, events = batch.len(), "cannot deliver task events; will resend");
+                    // a master that left the registry will not come back to take them: a live
+                    // one will say where their runs went
+                    if let Ok(live) = registry.members(&Selector::Masters).await {
+                        let live: Vec<String> = live.into_iter().map(|m| m.key.addr).collect();
+                        if !live.is_empty() && !live.contains(&master) {
+                            let to = &live[(seq as usize) % live.len()];
+                            info!(from = %master, to = %to, events = batch.len(), "master gone; sending its events to a live master");
+                            for (s, _) in &batch {
+                                if let Some(entry) = queue.get_mut(s) {
+                                    entry.0 = to.clone();
+                                }
+                            }
+                        }
+                    }
                 }
             }
         }
@@ -132,13 +169,13 @@ async fn deliver(worker_addr: String, mut rx: mpsc::UnboundedReceiver<(String, T
     }
 }
 
-/// Sends one batch; returns the ids the master ACKed as handled.
+/// Sends one batch; says which events the master ACKed as handled and which went elsewhere.
 async fn send_batch(
     clients: &mut HashMap<String, TaskEventServiceClient<Channel>>,
     worker_addr: &str,
     master: &str,
     events: Vec<TaskEvent>,
-) -> Result<Vec<String>, String> {
+) -> Result<Outcome, String> {
     if !clients.contains_key(master) {
         let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
         let endpoint = Channel::from_shared(url).map_err(|e| format!("bad master address {master:?}: {e}"))?;
@@ -156,5 +193,13 @@ async fn send_batch(
         .await
         .map_err(|s| s.to_string())?
         .into_inner();
-    Ok(reply.acks.into_iter().filter(|a| a.status == AckStatus::Handled as i32).map(|a| a.event_id).collect())
+    let mut outcome = Outcome { handled: Vec::new(), moved: HashMap::new() };
+    for a in reply.acks {
+        if a.status == AckStatus::Handled as i32 {
+            outcome.handled.push(a.event_id);
+        } else if !a.owner.is_empty() && a.owner != master {
+            outcome.moved.insert(a.event_id, a.owner);
+        }
+    }
+    Ok(outcome)
 }

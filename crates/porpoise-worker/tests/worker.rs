@@ -48,7 +48,12 @@ impl TaskEventService for MasterSvc {
         let status = if refuse { AckStatus::RetryLater } else { AckStatus::Handled };
         let acks = events
             .iter()
-            .map(|e| EventAck { event_id: e.event_id.clone(), status: status as i32, message: String::new() })
+            .map(|e| EventAck {
+                event_id: e.event_id.clone(),
+                status: status as i32,
+                message: String::new(),
+                owner: String::new(),
+            })
             .collect();
         if !refuse {
             self.0.handled.lock().expect("lock").extend(events);

@@ -31,6 +31,8 @@ pub struct Deployment {
     pub worker_addr: Option<String>,
     /// Every worker's address → its process name (cluster only).
     pub worker_addrs: HashMap<String, String>,
+    /// Every master's (address, metrics address, process name), in start order.
+    pub masters: Vec<(String, String, String)>,
     pub metrics: Option<String>,
     pub database: Database,
     pub dir: tempfile::TempDir,
@@ -52,6 +54,9 @@ pub struct ClusterOptions {
     /// How many workers (default 1). The first is `porpoise-worker`, the next
     /// `porpoise-worker-2` and so on, as process names for [`Deployment::kill`].
     pub workers: Option<usize>,
+    /// How many masters (default 1), named like the workers: `porpoise-master`,
+    /// `porpoise-master-2`, …; the CLI talks to the first until [`Deployment::use_master`].
+    pub masters: Option<usize>,
 }
 
 fn bin(name: &str) -> &'static str {
@@ -84,6 +89,22 @@ impl Deployment {
         self.children.push((name.to_string(), child));
         self.args.insert(name.to_string(), args.to_vec());
         self.binaries.insert(name.to_string(), binary.to_string());
+    }
+
+    /// Talks to master `i` (0-based, in start order) from now on: the CLI, admin and metrics.
+    pub async fn use_master(&mut self, i: usize) {
+        let (addr, metrics, _) = self.masters[i].clone();
+        self.server = format!("http://{addr}");
+        self.master_addr = addr;
+        self.metrics = Some(metrics);
+        self.wait_for_master().await;
+    }
+
+    fn database_url(&self) -> String {
+        match &self.database {
+            Database::Postgres(url) => url.clone(),
+            Database::Sqlite(path) => path.display().to_string(),
+        }
     }
 
     /// Kills process `name` with SIGKILL and reaps it.
@@ -127,6 +148,7 @@ impl Deployment {
             master_addr: master_addr.clone(),
             worker_addr: None,
             worker_addrs: HashMap::new(),
+            masters: vec![(master_addr.clone(), format!("127.0.0.1:{metrics_port}"), "porpoise-master".into())],
             metrics: Some(format!("127.0.0.1:{metrics_port}")),
             database: Database::Postgres(url.clone()),
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -147,6 +169,16 @@ impl Deployment {
             master_args.extend(["--advertise".to_string(), adv.clone()]);
         }
         d.spawn("porpoise-master", &master_args);
+        for n in 2..=options.masters.unwrap_or(1) {
+            let name = format!("porpoise-master-{n}");
+            let addr = format!("127.0.0.1:{}", free_port());
+            let metrics = format!("127.0.0.1:{}", free_port());
+            let mut args = vec!["--listen".to_string(), addr.clone(), "--database-url".into()];
+            args.extend([d.database_url(), "--metrics-listen".into(), metrics.clone()]);
+            args.extend(registry_args.iter().cloned());
+            d.spawn_as(&name, "porpoise-master", &args);
+            d.masters.push((addr, metrics, name));
+        }
         let workers = options.workers.unwrap_or(1);
         for n in 1..=workers {
             let name = if n == 1 { "porpoise-worker".to_string() } else { format!("porpoise-worker-{n}") };
@@ -192,6 +224,7 @@ impl Deployment {
             master_addr: master_addr.clone(),
             worker_addr: None,
             worker_addrs: HashMap::new(),
+            masters: Vec::new(),
             metrics: None,
             database: Database::Sqlite(data.join("porpoise.db")),
             dir,

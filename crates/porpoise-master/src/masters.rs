@@ -1,0 +1,125 @@
+//! The live masters, followed in the registry, and the takeover of runs whose owner is not one
+//! of them (it died, or lost its lease). Each live master takes its share of such runs at once
+//! (by run id, modulo the number of live masters) and any survivor takes what is still left a
+//! sweep later, so that a master dying halfway through a takeover leaves nothing unowned. A
+//! takeover is a conditional write on owner and epoch: of two masters trying, one wins, and
+//! the loser's writes are refused from then on. The winner rebuilds the run's runner from the
+//! database, as after a restart.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use porpoise_core::ExecutionState;
+use porpoise_registry::{MemberEvent, Registry, Selector};
+use porpoise_store::StoreError;
+use tracing::{info, warn};
+
+use crate::metrics as m;
+use crate::{Shared, consumer};
+
+/// How often runs without a live owner are looked for (also at once when a master leaves).
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+/// Runs looked at per sweep, at most.
+const SWEEP_LIMIT: u32 = 10_000;
+
+/// The masters registered now.
+#[derive(Debug, Default)]
+pub(crate) struct Masters {
+    live: Mutex<BTreeSet<String>>,
+    /// Woken when a master leaves.
+    pub left: tokio::sync::Notify,
+}
+
+impl Masters {
+    fn live(&self) -> MutexGuard<'_, BTreeSet<String>> {
+        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn is_live(&self, addr: &str) -> bool {
+        self.live().contains(addr)
+    }
+
+    /// Follows the masters in `registry`.
+    pub async fn follow(self: Arc<Self>, registry: Arc<dyn Registry>) {
+        let mut failures = 0u32;
+        loop {
+            match registry.watch(&Selector::Masters).await {
+                Ok(mut watch) => {
+                    failures = 0;
+                    *self.live() = watch.initial.drain(..).map(|m| m.key.addr).collect();
+                    self.left.notify_one();
+                    while let Some(event) = watch.next().await {
+                        match event {
+                            MemberEvent::Up(member) => {
+                                self.live().insert(member.key.addr);
+                            }
+                            MemberEvent::Down(key) => {
+                                info!(master = %key.addr, "master left");
+                                self.live().remove(&key.addr);
+                                self.left.notify_one();
+                            }
+                        }
+                    }
+                    warn!("master watch ended; watching again");
+                }
+                Err(e) => {
+                    failures += 1;
+                    warn!(error = %e, failures, "cannot watch masters; retrying");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(failures.min(25)))).await;
+                }
+            }
+        }
+    }
+}
+
+/// Runs forever: takes over runs whose owner is not a live master.
+pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
+    let unfinished: Vec<ExecutionState> = ExecutionState::ALL.into_iter().filter(|s| !s.is_terminal()).collect();
+    // orphans another master should have taken in the previous sweep: anyone takes them now
+    let mut overdue: HashSet<i64> = HashSet::new();
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = shared.masters.left.notified() => {}
+        }
+        let live: Vec<String> = shared.masters.live().iter().cloned().collect();
+        let Some(me) = live.iter().position(|a| *a == shared.addr) else {
+            continue; // not registered (the lease was lost): take no work
+        };
+        let runs = match shared.store.workflow_instances_in(&unfinished, SWEEP_LIMIT).await {
+            Ok(runs) => runs,
+            Err(e) => {
+                warn!(error = %e, "cannot look for runs without a live owner; retrying");
+                continue;
+            }
+        };
+        let mut next = HashSet::new();
+        for run in runs {
+            let Some(owner) = run.owner.clone().filter(|o| !live.contains(o)) else { continue };
+            let share = (run.id.unsigned_abs() % live.len() as u64) as usize;
+            if share != me && !overdue.contains(&run.id) {
+                next.insert(run.id);
+                continue;
+            }
+            let began = Instant::now();
+            match shared.store.take_over_workflow_instance(run.id, &owner, run.epoch, &shared.addr).await {
+                Ok(instance) => {
+                    info!(run_id = run.id, from = %owner, epoch = instance.epoch, "run taken over");
+                    metrics::counter!(m::FAILOVERS, "kind" => "master").increment(1);
+                    if let Err(e) = consumer::start_runner(&shared, instance).await {
+                        warn!(run_id = run.id, error = %e, "cannot start the runner of a run taken over; retrying");
+                        next.insert(run.id);
+                    }
+                    metrics::histogram!(m::TAKEOVER_SECONDS).record(began.elapsed().as_secs_f64());
+                }
+                Err(StoreError::Conflict { .. }) => {} // another master took it
+                Err(e) => {
+                    warn!(run_id = run.id, error = %e, "cannot take the run over; retrying");
+                    next.insert(run.id);
+                }
+            }
+        }
+        overdue = next;
+    }
+}
