@@ -251,9 +251,9 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
 fn gated_chain(name: &str, dir: &std::path::Path) -> String {
     let task = |t: &str| {
         format!(
-            "echo {t} >> {marks}; until [ -f {gate} ]; do sleep 0.02; done",
+            "echo {t} >> {marks}; {hold}",
             marks = dir.join("marks").display(),
-            gate = dir.join(format!("gate-{t}")).display()
+            hold = common::hold_until(&dir.join(format!("gate-{t}")))
         )
     };
     format!(
@@ -371,8 +371,8 @@ async fn a_live_runs_runner_ignores_stale_events_and_dead_letters_impossible_one
     let dir = d.dir.path().to_path_buf();
     // "retried" fails once and then holds on its gate; "stuck" waits for a worker group nobody serves
     let yaml = format!(
-        "name: live\ntasks:\n  - name: retried\n    retries: 1\n    retry_interval: 0s\n    command: '[ $PORPOISE_ATTEMPT -ge 2 ] || exit 1; until [ -f {gate} ]; do sleep 0.02; done'\n  - name: stuck\n    worker_group: nowhere\n    command: echo never\n",
-        gate = dir.join("gate").display()
+        "name: live\ntasks:\n  - name: retried\n    retries: 1\n    retry_interval: 0s\n    command: '[ $PORPOISE_ATTEMPT -ge 2 ] || exit 1; {hold}'\n  - name: stuck\n    worker_group: nowhere\n    command: echo never\n",
+        hold = common::hold_until(&dir.join("gate"))
     );
     d.apply("live", &yaml);
     let id = d.start_run("live").await;

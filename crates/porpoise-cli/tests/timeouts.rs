@@ -17,7 +17,7 @@ fn spec(strategy: &str, command: &str) -> String {
 async fn warn_lets_the_task_run_on_and_says_so(mut d: Deployment) {
     let (gate, marks) = (d.path("gate"), d.path("marks"));
     // the task runs until the test opens the gate: well past its timeout, however slow the machine
-    let command = format!("until [ -f {} ]; do sleep 0.05; done; echo done >> {}", gate.display(), marks.display());
+    let command = format!("{}; echo done >> {}", common::hold_until(&gate), marks.display());
     d.apply("slow", &spec("warn", &command));
     let id = d.start_run("slow").await;
     d.wait_for_run(id, "the overrun to be marked on the running task", |r| {

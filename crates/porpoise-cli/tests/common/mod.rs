@@ -485,3 +485,10 @@ macro_rules! both_modes {
 }
 #[allow(unused_imports)]
 pub(crate) use both_modes;
+
+/// A shell loop that holds a task until the test creates `gate`. It ends by itself (failing)
+/// once the gate's directory is gone, so a test that failed leaves no task looping.
+pub fn hold_until(gate: &Path) -> String {
+    let dir = gate.parent().unwrap_or(gate);
+    format!("until [ -f {} ]; do [ -d {} ] || exit 1; sleep 0.02; done", gate.display(), dir.display())
+}
