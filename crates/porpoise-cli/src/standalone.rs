@@ -42,6 +42,7 @@ impl Standalone {
             slots,
             data_dir: data_dir.join("worker"),
             lease_ttl: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(10),
         };
         let worker =
             WorkerHandle::start(worker_config, registry).await.map_err(|e| format!("cannot start the worker: {e}"))?;

@@ -707,3 +707,80 @@ async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
     let taken_over = common::metric(&metrics, r#"porpoise_failovers_total{kind="master"}"#);
     assert_eq!(taken_over, taken as f64, "the survivor took over each of the killed master's runs");
 }
+
+/// Starts two workers with `grace` as their shutdown grace and one gated run; returns the
+/// deployment, the run, and the process name and address of the worker running task one.
+async fn gated_run_on_two_workers(grace: &str) -> (Deployment, i64, String, String) {
+    let options = ClusterOptions {
+        workers: Some(2),
+        worker_args: vec!["--shutdown-grace".into(), grace.into()],
+        ..Default::default()
+    };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("drain", &gated_chain("drain", &dir));
+    let id = d.start_run("drain").await;
+    d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let addr = task_named(&run, "one").worker_addr.clone();
+    let name = d.worker_addrs.get(&addr).expect("one of the deployment's workers").clone();
+    (d, id, name, addr)
+}
+
+/// SIGTERM on a worker whose task ends within the grace period: it takes nothing new, the
+/// task's result is delivered, the task is not run again, and the worker exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_stopped_with_sigterm_lets_its_task_finish() {
+    let (mut d, id, name, addr) = gated_run_on_two_workers("60s").await;
+    let dir = d.dir.path().to_path_buf();
+    d.sigterm(&name);
+    let worker = name.clone();
+    let log = d.dir.path().join(format!("{worker}.log"));
+    d.wait_until("the worker drains", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).is_ok_and(|l| l.contains("draining: waiting for running tasks")) }
+    })
+    .await;
+    open_gate(&dir, "one");
+    let status = d.wait_exit(&name).await;
+    assert!(status.success(), "the worker exits 0 after SIGTERM: {status}\n{}", d.logs_text());
+    open_gate(&dir, "two");
+    open_gate(&dir, "three");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let one = task_named(&run, "one");
+    assert_eq!((one.attempt, one.worker_addr.as_str()), (1, addr.as_str()), "the result came from the stopped worker");
+    assert!(run.tasks.iter().filter(|t| t.task_name != "one").all(|t| t.worker_addr != addr), "{run:?}");
+    let mut ran = lines(&dir.join("marks"));
+    ran.sort();
+    assert_eq!(ran, ["one", "three", "two"], "each task ran once");
+}
+
+/// SIGTERM on a worker whose task outlasts the grace period: the task's processes are killed
+/// (none survives), the attempt is failed over to the other worker, and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_whose_grace_runs_out_kills_its_task_and_it_runs_elsewhere() {
+    let (mut d, id, name, addr) = gated_run_on_two_workers("1s").await;
+    let dir = d.dir.path().to_path_buf();
+    let status = d.terminate(&name).await;
+    assert!(status.success(), "the worker exits 0 after SIGTERM: {status}\n{}", d.logs_text());
+    d.wait_for_run(id, "task one runs again on the other worker", |run| {
+        find_task(run, "one").is_some_and(|t| t.attempt == 2 && t.state == "running" && t.worker_addr != addr)
+    })
+    .await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let ti = task_named(&run, "one").task_instance_id;
+    let survivors = porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &format!(".{ti}.1"));
+    assert!(survivors.is_empty(), "processes of the killed attempt survived: {survivors:?}");
+    // the same lookup finds the new attempt's processes: the check above can see them
+    assert!(!porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &format!(".{ti}.2")).is_empty());
+    for gate in ["one", "two", "three"] {
+        open_gate(&dir, gate);
+    }
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let one = task_named(&run, "one");
+    assert!(one.warning.contains("stopped before the task ended"), "{one:?}");
+}

@@ -25,8 +25,8 @@ const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct TaskEvents(pub Arc<Shared>);
 
-/// Turns a worker's event into a state event, or says what is wrong with it.
-fn to_state_event(e: &TaskEvent) -> Result<StateEvent, String> {
+/// Turns a worker's event (sent by `worker`) into a state event, or says what is wrong with it.
+fn to_state_event(e: &TaskEvent, worker: &str) -> Result<StateEvent, String> {
     if e.task_instance_id <= 0 || e.workflow_instance_id <= 0 || e.attempt <= 0 {
         return Err(format!(
             "ids and attempt must be positive (task instance {}, workflow instance {}, attempt {})",
@@ -42,6 +42,17 @@ fn to_state_event(e: &TaskEvent) -> Result<StateEvent, String> {
                 ..Default::default()
             },
         ),
+        Some(task_event::Kind::Result(r)) if r.outcome == TaskOutcome::WorkerStopped as i32 => {
+            // the worker shut down and killed the task: fail the attempt over, as for a lost worker
+            return Ok(StateEvent {
+                kind: StateEventKind::TaskFailover,
+                workflow_instance_id: e.workflow_instance_id,
+                task_instance_id: Some(e.task_instance_id),
+                attempt: Some(e.attempt),
+                state: Some(ExecutionState::Running),
+                detail: serde_json::json!({ "worker": worker, "why": "stopped before the task ended" }),
+            });
+        }
         Some(task_event::Kind::Result(r)) => {
             let outcome = TaskOutcome::try_from(r.outcome);
             let state = match outcome {
@@ -153,7 +164,7 @@ impl TaskEventService for TaskEvents {
         let mut acks = Vec::with_capacity(req.events.len());
         for e in req.events {
             let event_id = e.event_id.clone();
-            match to_state_event(&e) {
+            match to_state_event(&e, &req.worker_addr) {
                 Err(problem) => {
                     metrics::counter!(m::TASK_EVENTS_REJECTED).increment(1);
                     warn!(worker = %req.worker_addr, %event_id, %problem, "malformed task event dropped");

@@ -653,7 +653,8 @@ impl Runner {
         let mut update = TaskStateUpdate::new(cur.id, &self.shared.addr, cur.state, cur.attempt, Submitted);
         update.attempt = Some(cur.attempt + 1);
         update.failover = true;
-        update.warning = Some(format!("attempt {} failed over: its worker {worker} was lost", cur.attempt));
+        let why = event.detail.get("why").and_then(serde_json::Value::as_str).unwrap_or("was lost");
+        update.warning = Some(format!("attempt {} failed over: its worker {worker} {why}", cur.attempt));
         self.persist_task(&update).await?;
         if let Some(rt) = self.mem.tasks[idx].as_mut() {
             rt.state = Submitted;

@@ -56,3 +56,26 @@ pub fn processes_named(name: &str) -> Vec<String> {
         .filter(|c| c.contains(name))
         .collect()
 }
+
+/// Pids of the live processes whose environment sets `var` to a value ending in `suffix`
+/// (a task attempt's processes carry `PORPOISE_TASK_TOKEN=<worker>.<task instance>.<attempt>`).
+pub fn processes_with_env(var: &str, suffix: &str) -> Vec<u32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    let prefix = format!("{var}=");
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| s.rsplit_once(')').map(|(_, t)| t.trim_start().chars().next()))
+                .is_some_and(|state| state != Some('Z') && state != Some('X'));
+            alive
+                && std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+                    env.split(|&b| b == 0)
+                        .filter_map(|v| std::str::from_utf8(v).ok())
+                        .any(|v| v.strip_prefix(&prefix).is_some_and(|value| value.ends_with(suffix)))
+                })
+        })
+        .collect()
+}

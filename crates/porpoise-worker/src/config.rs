@@ -36,6 +36,9 @@ pub struct Args {
     /// Registry lease TTL in seconds: how long after a crash the worker is considered gone.
     #[arg(long, env = "PORPOISE_LEASE_TTL_SECS", default_value_t = 10)]
     pub lease_ttl_secs: u64,
+    /// On SIGTERM, how long running tasks may go on before they are killed (and failed over).
+    #[arg(long, env = "PORPOISE_WORKER_SHUTDOWN_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
 }
 
 /// A setting that cannot work, named.
@@ -80,6 +83,7 @@ impl TryFrom<&Args> for WorkerConfig {
             slots: a.slots,
             data_dir: a.data_dir.clone(),
             lease_ttl: Duration::from_secs(a.lease_ttl_secs),
+            shutdown_grace: a.shutdown_grace,
         })
     }
 }

@@ -43,6 +43,8 @@ pub struct WorkerConfig {
     pub data_dir: PathBuf,
     /// The registry lease TTL.
     pub lease_ttl: Duration,
+    /// How long [`WorkerHandle::stop`] lets running tasks go on before it kills them.
+    pub shutdown_grace: Duration,
 }
 
 /// Errors starting a worker.
@@ -55,6 +57,11 @@ pub enum WorkerError {
     #[error("cannot register in the registry: {0}")]
     Register(#[from] porpoise_registry::RegistryError),
 }
+
+/// How long a stopping worker waits for killed tasks to end and be reported.
+const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long a stopping worker waits for masters to ACK its last events.
+const FLUSH_WAIT: Duration = Duration::from_secs(10);
 
 /// Where a worker keeps the token that marks its tasks' processes.
 const TOKEN_FILE: &str = "worker.token";
@@ -95,6 +102,7 @@ pub struct WorkerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     serve: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
+    grace: Duration,
 }
 
 impl WorkerHandle {
@@ -131,7 +139,15 @@ impl WorkerHandle {
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
         let registration = Arc::new(registration);
         let heartbeat = tokio::spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
-        Ok(WorkerHandle { addr, server, registration: Some(registration), shutdown: Some(shutdown), serve, heartbeat })
+        Ok(WorkerHandle {
+            addr,
+            server,
+            registration: Some(registration),
+            shutdown: Some(shutdown),
+            serve,
+            heartbeat,
+            grace: config.shutdown_grace,
+        })
     }
 
     /// Events not yet ACKed by a master.
@@ -139,8 +155,37 @@ impl WorkerHandle {
         self.server.reporter().pending()
     }
 
-    /// Leaves the registry and stops serving. Running tasks are killed with the process.
+    /// Stops gracefully: takes no more tasks (dispatches are answered DRAINING), lets running
+    /// tasks finish for the grace period, kills what is left (whole process groups; each is
+    /// reported WORKER_STOPPED, and the master fails it over), waits for the masters to ACK the
+    /// events, then leaves the registry and stops serving.
     pub async fn stop(mut self) {
+        self.server.drain();
+        let running = self.server.running();
+        if running > 0 {
+            info!(running, grace = %humantime::format_duration(self.grace), "draining: waiting for running tasks");
+        }
+        let deadline = tokio::time::Instant::now() + self.grace;
+        while self.server.running() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let left = self.server.running();
+        if left > 0 {
+            warn!(tasks = left, "the shutdown grace period ran out: killing the tasks still running");
+            self.server.kill_running();
+            let deadline = tokio::time::Instant::now() + KILL_WAIT;
+            while self.server.running() > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        let deadline = tokio::time::Instant::now() + FLUSH_WAIT;
+        while self.server.reporter().pending() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let unsent = self.server.reporter().pending();
+        if unsent > 0 {
+            warn!(events = unsent, "stopping with task events no master has ACKed");
+        }
         self.heartbeat.abort();
         if let Some(r) = self.registration.take()
             && let Err(e) = r.revoke().await

@@ -42,6 +42,10 @@ pub struct WorkerServer {
     started_at: chrono::DateTime<chrono::Utc>,
     /// Unique to this worker process: marks its tasks' processes (see [`crate::process`]).
     token: String,
+    /// Stopping: dispatches are answered DRAINING.
+    draining: std::sync::atomic::AtomicBool,
+    /// Stopping, and the grace period ran out: killed tasks are reported WORKER_STOPPED.
+    stopping: std::sync::atomic::AtomicBool,
     sampler: crate::system::SystemSampler,
 }
 
@@ -50,6 +54,8 @@ impl WorkerServer {
         let started_at = chrono::Utc::now();
         Self {
             token,
+            draining: Default::default(),
+            stopping: Default::default(),
             addr,
             slots,
             tasks_dir,
@@ -66,6 +72,21 @@ impl WorkerServer {
 
     pub fn reporter(&self) -> &Reporter {
         &self.reporter
+    }
+
+    /// Takes no more tasks: dispatches are answered DRAINING from now on.
+    pub fn drain(&self) {
+        self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Kills every running task (the shutdown grace ran out); each is reported WORKER_STOPPED.
+    pub fn kill_running(&self) {
+        self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
+        for slot in self.attempts().values() {
+            if let Slot::Running(kill) = slot {
+                kill.notify_one();
+            }
+        }
     }
 
     /// Tasks running now.
@@ -115,6 +136,13 @@ impl WorkerServer {
                 exit_code = ?result.exit_code,
                 "task finished"
             );
+            let mut result = result;
+            if result.outcome == porpoise_proto::v1::TaskOutcome::Killed as i32
+                && this.stopping.load(std::sync::atomic::Ordering::SeqCst)
+            {
+                result.outcome = porpoise_proto::v1::TaskOutcome::WorkerStopped as i32;
+                result.message = "the worker stopped before the task ended (its shutdown grace ran out)".into();
+            }
             this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
             this.reporter.send(&master, event(task_event::Kind::Result(result)));
         });
@@ -163,6 +191,9 @@ impl WorkerService for WorkerGrpc {
             return Ok(self.reply(DispatchStatus::Invalid, problem));
         }
         let key = (req.task_instance_id, req.attempt);
+        if self.0.draining.load(std::sync::atomic::Ordering::SeqCst) {
+            return Ok(self.reply(DispatchStatus::Draining, "the worker is shutting down"));
+        }
         let kill = {
             let mut attempts = self.attempts();
             if attempts.contains_key(&key) {

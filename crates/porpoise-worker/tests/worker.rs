@@ -126,6 +126,7 @@ async fn worker(slots: u32) -> Setup {
         slots,
         data_dir: dir.path().to_path_buf(),
         lease_ttl: Duration::from_secs(5),
+        shutdown_grace: Duration::from_secs(5),
     };
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");

@@ -57,6 +57,8 @@ pub struct ClusterOptions {
     /// How many masters (default 1), named like the workers: `porpoise-master`,
     /// `porpoise-master-2`, …; the CLI talks to the first until [`Deployment::use_master`].
     pub masters: Option<usize>,
+    /// More arguments for every worker.
+    pub worker_args: Vec<String>,
 }
 
 fn bin(name: &str) -> &'static str {
@@ -104,6 +106,38 @@ impl Deployment {
         match &self.database {
             Database::Postgres(url) => url.clone(),
             Database::Sqlite(path) => path.display().to_string(),
+        }
+    }
+
+    /// Sends process `name` SIGTERM.
+    pub fn sigterm(&self, name: &str) {
+        let (_, child) = self.children.iter().find(|(n, _)| n == name).expect("a process of that name");
+        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -TERM failed");
+    }
+
+    /// The log of process `name` so far.
+    pub fn log_of(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// Sends process `name` SIGTERM and waits (up to 60 s) for it to exit; returns its status.
+    pub async fn terminate(&mut self, name: &str) -> std::process::ExitStatus {
+        self.sigterm(name);
+        self.wait_exit(name).await
+    }
+
+    /// Waits (up to 60 s) for process `name` to exit; returns its status.
+    pub async fn wait_exit(&mut self, name: &str) -> std::process::ExitStatus {
+        let i = self.children.iter().position(|(n, _)| n == name).expect("a process of that name");
+        let (_, mut child) = self.children.remove(i);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait for the process") {
+                return status;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{name} did not exit after SIGTERM\n{}", self.logs_text());
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -199,6 +233,7 @@ impl Deployment {
                 worker_dir.display().to_string(),
             ]);
             worker_args.extend(registry_args.iter().cloned());
+            worker_args.extend(options.worker_args.iter().cloned());
             d.spawn_as(&name, "porpoise-worker", &worker_args);
         }
         d.wait_for_master().await;
