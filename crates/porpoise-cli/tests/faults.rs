@@ -784,3 +784,40 @@ async fn a_worker_whose_grace_runs_out_kills_its_task_and_it_runs_elsewhere() {
     let one = task_named(&run, "one");
     assert!(one.warning.contains("stopped before the task ended"), "{one:?}");
 }
+
+/// A worker paused (SIGSTOP) past its lease while it runs a task, then resumed (SIGCONT): its
+/// watchdog ends the task before the master starts it on the other worker, so two executions
+/// never overlap (each holds a lock while it runs); the resumed worker's report of the old
+/// attempt changes nothing, and the run succeeds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
+    let options = ClusterOptions { workers: Some(2), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks").display().to_string();
+    let command = format!(
+        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {hold}",
+        lock = dir.join("lock").display(),
+        hold = common::hold_until(&dir.join("gate-one"))
+    );
+    d.apply("paused", &format!("name: paused\ntasks:\n  - name: one\n    command: {command:?}\n"));
+    let id = d.start_run("paused").await;
+    d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let paused = task_named(&run, "one").worker_addr.clone();
+    let name = d.worker_addrs.get(&paused).expect("one of the deployment's workers").clone();
+    d.signal(&name, "STOP");
+    d.wait_for_run(id, "task one runs again on the other worker", |run| {
+        find_task(run, "one").is_some_and(|t| t.attempt == 2 && t.state == "running" && t.worker_addr != paused)
+    })
+    .await;
+    d.signal(&name, "CONT");
+    open_gate(&dir, "one");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    assert_eq!(task_named(&run, "one").attempt, 2);
+    let ran = lines(&dir.join("marks"));
+    assert!(!ran.contains(&"overlap".to_string()), "two executions overlapped: {ran:?}");
+    assert_eq!(ran, ["one", "one"]);
+}

@@ -14,6 +14,8 @@ pub mod reporter;
 pub mod server;
 /// CPU, memory and load readings for the heartbeat.
 pub mod system;
+/// The watchdog that ends the tasks of a dead or paused worker.
+pub mod watchdog;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -103,6 +105,7 @@ pub struct WorkerHandle {
     serve: JoinHandle<()>,
     heartbeat: JoinHandle<()>,
     grace: Duration,
+    watchdog: Option<watchdog::Watchdog>,
 }
 
 impl WorkerHandle {
@@ -117,6 +120,8 @@ impl WorkerHandle {
         let bound = listener.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let token = take_over_data_dir(&config.data_dir).await?;
+        let watchdog = watchdog::Watchdog::start(&config.data_dir, &token, config.lease_ttl / 2)
+            .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
         let reporter = Reporter::start(addr.clone(), registry.clone());
         let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token));
         let (shutdown, stopped) = oneshot::channel::<()>();
@@ -147,6 +152,7 @@ impl WorkerHandle {
             serve,
             heartbeat,
             grace: config.shutdown_grace,
+            watchdog: Some(watchdog),
         })
     }
 
@@ -196,6 +202,9 @@ impl WorkerHandle {
             let _ = s.send(());
         }
         let _ = (&mut self.serve).await;
+        if let Some(w) = self.watchdog.take() {
+            w.stop();
+        }
     }
 }
 

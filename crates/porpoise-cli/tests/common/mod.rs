@@ -111,9 +111,15 @@ impl Deployment {
 
     /// Sends process `name` SIGTERM.
     pub fn sigterm(&self, name: &str) {
+        self.signal(name, "TERM");
+    }
+
+    /// Sends process `name` signal `sig` (`TERM`, `STOP`, `CONT`, …).
+    pub fn signal(&self, name: &str, sig: &str) {
         let (_, child) = self.children.iter().find(|(n, _)| n == name).expect("a process of that name");
-        let status = Command::new("kill").args(["-TERM", &child.id().to_string()]).status().expect("run kill");
-        assert!(status.success(), "kill -TERM failed");
+        let status =
+            Command::new("kill").args([&format!("-{sig}"), &child.id().to_string()]).status().expect("run kill");
+        assert!(status.success(), "kill -{sig} failed");
     }
 
     /// The log of process `name` so far.
