@@ -185,6 +185,8 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
             "state": run.state,
             "reason": (!run.state_reason.is_empty()).then_some(&run.state_reason),
             "owner": run.owner,
+            "epoch": run.epoch,
+            "awaiting_takeover": run.awaiting_takeover,
             "created_at_ms": run.created_at_ms,
             "started_at_ms": (run.started_at_ms != 0).then_some(run.started_at_ms),
             "ended_at_ms": (run.ended_at_ms != 0).then_some(run.ended_at_ms),
@@ -198,6 +200,12 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
         outln!("  reason: {}", run.state_reason)?;
     }
     outln!("  started {}  ended {}", time(run.started_at_ms), time(run.ended_at_ms))?;
+    if !run.owner.is_empty() {
+        outln!("  owner {} (epoch {})", run.owner, run.epoch)?;
+    }
+    if run.awaiting_takeover {
+        outln!("  waiting to be taken over: its master {} is gone", run.owner)?;
+    }
     outln!(
         "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
         "ID",

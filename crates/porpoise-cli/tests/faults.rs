@@ -659,6 +659,19 @@ async fn a_killed_standalone_started_again_completes_its_runs() {
 /// The survivor takes them over, the workers' results reach it, and every task ran once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
+    runs_taken_over_from_a_master_stopped_by("KILL").await;
+}
+
+/// As above, with SIGTERM: the master leaves the registry first, so the survivor takes its
+/// runs over without waiting for its lease to end, and it exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_masters_runs_are_handed_over_when_it_is_stopped_with_sigterm() {
+    runs_taken_over_from_a_master_stopped_by("TERM").await;
+}
+
+/// Two masters share 20 gated runs; the owner of most is stopped with `signal` while their
+/// first tasks run; the survivor completes every run and each task runs once.
+async fn runs_taken_over_from_a_master_stopped_by(signal: &str) {
     let options = ClusterOptions { masters: Some(2), slots: Some(32), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     let dir = d.dir.path().to_path_buf();
@@ -670,6 +683,17 @@ async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
     for &id in &runs {
         d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
     }
+    // both masters count the whole cluster's runs from the database
+    for (_, metrics_addr, _) in d.masters.clone() {
+        d.wait_until("the cluster gauge to count the 20 running runs", || {
+            let metrics_addr = metrics_addr.clone();
+            async move {
+                let text = common::scrape(&metrics_addr).await;
+                common::metric(&text, r#"porpoise_cluster_workflow_instances{state="running"}"#) == 20.0
+            }
+        })
+        .await;
+    }
     let mut admin = d.admin().await;
     let mut owners = HashMap::<String, usize>::new();
     for &id in &runs {
@@ -680,7 +704,13 @@ async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
     let (doomed, taken) = owners.iter().max_by_key(|(_, n)| **n).map(|(o, n)| (o.clone(), *n)).expect("owners");
     let doomed_index = d.masters.iter().position(|m| m.0 == doomed).expect("a master of the deployment");
     let name = d.masters[doomed_index].2.clone();
-    d.kill(&name);
+    if signal == "KILL" {
+        d.kill(&name);
+    } else {
+        d.signal(&name, signal);
+        let status = d.wait_exit(&name).await;
+        assert!(status.success(), "the master exits 0 after SIG{signal}: {status}\n{}", d.logs_text());
+    }
     d.use_master(1 - doomed_index).await;
     for gate in ["one", "two", "three"] {
         open_gate(&dir, gate);
@@ -705,7 +735,18 @@ async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
     }
     let metrics = d.metrics_text().await;
     let taken_over = common::metric(&metrics, r#"porpoise_failovers_total{kind="master"}"#);
-    assert_eq!(taken_over, taken as f64, "the survivor took over each of the killed master's runs");
+    assert_eq!(taken_over, taken as f64, "the survivor took over each of the stopped master's runs");
+    // the cluster-wide gauges come from the database: nothing is left running or unowned
+    let metrics_addr = d.metrics.clone().expect("metrics");
+    d.wait_until("the cluster gauges to show no unfinished run", || {
+        let metrics_addr = metrics_addr.clone();
+        async move {
+            let text = common::scrape(&metrics_addr).await;
+            common::metric(&text, r#"porpoise_cluster_workflow_instances{state="running"}"#) == 0.0
+                && common::metric(&text, "porpoise_workflow_instances_without_live_owner") == 0.0
+        }
+    })
+    .await;
 }
 
 /// Starts two workers with `grace` as their shutdown grace and one gated run; returns the

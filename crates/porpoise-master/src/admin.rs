@@ -48,6 +48,8 @@ impl Admin {
             created_at_ms: w.created_at.timestamp_millis(),
             started_at_ms: ms(w.started_at),
             ended_at_ms: ms(w.ended_at),
+            epoch: w.epoch,
+            awaiting_takeover: !w.state.is_terminal() && w.owner.as_deref().is_some_and(|o| !self.0.masters.is_live(o)),
         }
     }
 

@@ -61,6 +61,8 @@ pub struct MasterConfig {
     pub command_poll: Duration,
     /// How long a worker must stay out of the registry before its attempts are failed over.
     pub worker_failover_grace: Duration,
+    /// How often runs without a live owner are looked for (also at once when a master leaves).
+    pub takeover_sweep: Duration,
 }
 
 impl Default for MasterConfig {
@@ -77,6 +79,7 @@ impl Default for MasterConfig {
             },
             command_poll: Duration::from_secs(5),
             worker_failover_grace: Duration::from_secs(2),
+            takeover_sweep: Duration::from_secs(1),
         }
     }
 }
@@ -104,6 +107,7 @@ pub(crate) struct Shared {
     pub consumer_wake: Notify,
     pub command_poll: Duration,
     pub worker_failover_grace: Duration,
+    pub takeover_sweep: Duration,
     /// Workers' events queued in a runner's inbox, so a resend does not queue a second copy.
     pub pending_events: Arc<Mutex<HashSet<runner::EventKey>>>,
     runners: Mutex<HashMap<i64, RunnerHandle>>,
@@ -255,6 +259,7 @@ impl MasterHandle {
             consumer_wake: Notify::new(),
             command_poll: config.command_poll,
             worker_failover_grace: config.worker_failover_grace,
+            takeover_sweep: config.takeover_sweep,
             pending_events: Arc::default(),
             runners: Mutex::default(),
             stalls: Mutex::default(),

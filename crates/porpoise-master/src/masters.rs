@@ -18,8 +18,6 @@ use tracing::{info, warn};
 use crate::metrics as m;
 use crate::{Shared, consumer};
 
-/// How often runs without a live owner are looked for (also at once when a master leaves).
-const SWEEP_EVERY: Duration = Duration::from_secs(1);
 /// Runs looked at per sweep, at most.
 const SWEEP_LIMIT: u32 = 10_000;
 
@@ -80,7 +78,7 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
     let mut overdue: HashSet<i64> = HashSet::new();
     loop {
         tokio::select! {
-            () = tokio::time::sleep(SWEEP_EVERY) => {}
+            () = tokio::time::sleep(shared.takeover_sweep) => {}
             () = shared.masters.left.notified() => {}
         }
         let live: Vec<String> = shared.masters.live().iter().cloned().collect();
@@ -94,6 +92,7 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
                 continue;
             }
         };
+        count_runs(&runs, &live);
         let mut next = HashSet::new();
         for run in runs {
             let Some(owner) = run.owner.clone().filter(|o| !live.contains(o)) else { continue };
@@ -122,4 +121,15 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
         }
         overdue = next;
     }
+}
+
+/// Sets the cluster-wide gauges from one sweep's unfinished runs: by state, and those whose
+/// owner is not a live master.
+fn count_runs(runs: &[porpoise_store::WorkflowInstance], live: &[String]) {
+    for state in ExecutionState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+        let n = runs.iter().filter(|r| r.state == state).count();
+        metrics::gauge!(m::CLUSTER_WORKFLOWS, "state" => state.as_str()).set(n as f64);
+    }
+    let orphaned = runs.iter().filter(|r| r.owner.as_ref().is_some_and(|o| !live.contains(o))).count();
+    metrics::gauge!(m::WORKFLOWS_WITHOUT_OWNER).set(orphaned as f64);
 }

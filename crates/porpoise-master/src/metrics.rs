@@ -18,6 +18,8 @@ pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
 pub const TAKEOVER_SECONDS: &str = "porpoise_takeover_seconds";
+pub const CLUSTER_WORKFLOWS: &str = "porpoise_cluster_workflow_instances";
+pub const WORKFLOWS_WITHOUT_OWNER: &str = "porpoise_workflow_instances_without_live_owner";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
 pub const STATE_EVENTS_IGNORED: &str = "porpoise_state_events_ignored_total";
 pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
@@ -47,6 +49,11 @@ pub fn describe() {
         "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
     );
     describe_histogram!(TAKEOVER_SECONDS, "Time to take over one run of a lost master and start its runner");
+    describe_gauge!(
+        CLUSTER_WORKFLOWS,
+        "Unfinished workflow instances in the whole cluster, by state, as the database holds them (updated every second)"
+    );
+    describe_gauge!(WORKFLOWS_WITHOUT_OWNER, "Unfinished workflow instances whose owner is not a live master");
     describe_counter!(TASKS_FAILED_OVER, "Task attempts failed over to a new attempt because their worker was lost");
     describe_counter!(STATE_EVENTS_HANDLED, "State events handled, by kind");
     describe_counter!(STATE_EVENTS_IGNORED, "State events with nothing to do (duplicate, late or stale), by kind");
@@ -69,7 +76,10 @@ fn register_at_zero() {
     ] {
         counter!(name).increment(0);
     }
-    for name in [WORKFLOWS_RUNNING, WORKFLOWS_STALLED, TASKS_WAITING_FOR_WORKER] {
+    for state in porpoise_core::ExecutionState::ALL.into_iter().filter(|s| !s.is_terminal()) {
+        gauge!(CLUSTER_WORKFLOWS, "state" => state.as_str()).increment(0.0);
+    }
+    for name in [WORKFLOWS_RUNNING, WORKFLOWS_STALLED, TASKS_WAITING_FOR_WORKER, WORKFLOWS_WITHOUT_OWNER] {
         gauge!(name).increment(0.0);
     }
     for state in ["success", "failure", "stopped"] {

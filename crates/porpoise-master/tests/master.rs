@@ -565,8 +565,10 @@ mod restarts {
 
 mod takeover {
     use super::*;
+    use porpoise_proto::v1::GetRunRequest;
     use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
     use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent, TaskResult, task_event};
+    use porpoise_registry::{Heartbeat, MemberKey};
 
     /// Another master took the run over while this one still ran it (this one was paused past
     /// its lease, say). This master's next write is refused; its runner stops without
@@ -580,6 +582,12 @@ mod takeover {
         let (ti, attempt) = w.wait_accepted(1).await[0];
         let before = cluster.store.workflow_instance(run).await.expect("read").expect("the run");
         let owner = before.owner.clone().expect("owned");
+        // the new owner is a live master (registered), so this one does not take the run back
+        let _other = cluster
+            .registry
+            .register(MemberKey::master("127.0.0.1:9"), Heartbeat::idle(0), Duration::from_secs(60))
+            .await
+            .expect("register another master");
         cluster.store.take_over_workflow_instance(run, &owner, before.epoch, "127.0.0.1:9").await.expect("take over");
 
         let mut client =
@@ -608,5 +616,33 @@ mod takeover {
             .await;
         let letters = cluster.store.dead_letters(10).await.expect("read dead letters");
         assert!(letters.is_empty(), "dead-lettered: {letters:?}");
+    }
+
+    /// A run whose owner is not a live master says that it waits to be taken over (the sweep
+    /// that would take it is an hour away here), with its owner and epoch.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_whose_master_is_gone_says_it_waits_to_be_taken_over() {
+        let config = MasterConfig { takeover_sweep: Duration::from_secs(3600), ..Cluster::config() };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
+        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let w = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("orphaned", 1, "default")).await;
+        w.wait_accepted(1).await;
+        let before = cluster.store.workflow_instance(run).await.expect("read").expect("the run");
+        let owner = before.owner.clone().expect("owned");
+        let mut admin = cluster.admin();
+        let summary = admin.get_run(GetRunRequest { run_id: run }).await.expect("get").into_inner().run.expect("run");
+        assert_eq!(
+            (summary.owner.as_str(), summary.epoch, summary.awaiting_takeover),
+            (owner.as_str(), before.epoch, false)
+        );
+
+        cluster.store.take_over_workflow_instance(run, &owner, before.epoch, "127.0.0.1:9").await.expect("take over");
+        let summary = admin.get_run(GetRunRequest { run_id: run }).await.expect("get").into_inner().run.expect("run");
+        assert_eq!(summary.owner, "127.0.0.1:9");
+        assert_eq!(summary.epoch, before.epoch + 1);
+        assert!(summary.awaiting_takeover, "{summary:?}");
     }
 }

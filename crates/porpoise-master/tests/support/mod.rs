@@ -105,6 +105,11 @@ impl Cluster {
             AdminServiceClient::connect(format!("http://{}", self.master.addr)).await.expect("connect to the master");
     }
 
+    /// A client of the master's AdminService.
+    pub fn admin(&self) -> AdminServiceClient<Channel> {
+        self.admin.clone()
+    }
+
     /// A virtual worker of `group` with `slots` slots and no load.
     pub async fn worker(&self, group: &str, slots: u32) -> VirtualWorker {
         VirtualWorker::start(&self.registry, group, slots, 0.0).await
