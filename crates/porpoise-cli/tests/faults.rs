@@ -31,6 +31,10 @@ struct AckDropper {
     forwarded: Arc<Mutex<HashMap<String, u32>>>,
     /// Events whose HANDLED ACK reached the worker: it has nothing left to do for them.
     acked: Arc<Mutex<std::collections::HashSet<String>>>,
+    /// While set, reports are not forwarded at all: the master never sees them.
+    swallow: Arc<std::sync::atomic::AtomicBool>,
+    /// Results seen (forwarded or not): (task instance, attempt).
+    results: Arc<Mutex<Vec<(i64, i32)>>>,
 }
 
 #[tonic::async_trait]
@@ -40,6 +44,17 @@ impl TaskEventService for AckDropper {
         request: Request<ReportTaskEventsRequest>,
     ) -> Result<Response<ReportTaskEventsReply>, Status> {
         let req = request.into_inner();
+        {
+            let mut r = self.results.lock().expect("lock");
+            for e in &req.events {
+                if matches!(e.kind, Some(task_event::Kind::Result(_))) {
+                    r.push((e.task_instance_id, e.attempt));
+                }
+            }
+        }
+        if self.swallow.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Status::unavailable("the network ate the report"));
+        }
         {
             let mut f = self.forwarded.lock().expect("lock");
             for e in &req.events {
@@ -85,6 +100,8 @@ async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
         drop_replies: Arc::new(Mutex::new(3)),
         forwarded: Arc::default(),
         acked: Arc::default(),
+        swallow: Arc::default(),
+        results: Arc::default(),
     };
     common::serve(listener, tonic::service::Routes::new(TaskEventServiceServer::new(dropper.clone())));
     let options = ClusterOptions { advertise: Some(proxy_addr.clone()), ..Default::default() };
@@ -861,4 +878,45 @@ async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
     let ran = lines(&dir.join("marks"));
     assert!(!ran.contains(&"overlap".to_string()), "two executions overlapped: {ran:?}");
     assert_eq!(ran, ["one", "one"]);
+}
+
+/// A worker's task finished, but the report never reached the master (the network ate it);
+/// the worker is killed (SIGKILL) and started again on its data directory. The result is
+/// delivered from its journal, and the task is not run again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_result_a_killed_worker_never_delivered_comes_from_its_journal() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+    let proxy_addr = listener.local_addr().expect("addr").to_string();
+    let dropper = AckDropper {
+        master: Arc::default(),
+        drop_replies: Arc::new(Mutex::new(0)),
+        forwarded: Arc::default(),
+        acked: Arc::default(),
+        swallow: Arc::new(std::sync::atomic::AtomicBool::new(true)),
+        results: Arc::default(),
+    };
+    common::serve(listener, tonic::service::Routes::new(TaskEventServiceServer::new(dropper.clone())));
+    let options = ClusterOptions { advertise: Some(proxy_addr.clone()), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    *dropper.master.lock().expect("lock") = d.master_addr.clone();
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks");
+    d.apply(
+        "journal",
+        &format!("name: journal\ntasks:\n  - name: one\n    command: echo one >> {}\n", marks.display()),
+    );
+    let id = d.start_run("journal").await;
+    let results = dropper.results.clone();
+    d.wait_until("the worker to report the result", || {
+        let results = results.clone();
+        async move { !results.lock().expect("lock").is_empty() }
+    })
+    .await;
+    d.kill("porpoise-worker");
+    d.start_again("porpoise-worker");
+    dropper.swallow.store(false, std::sync::atomic::Ordering::SeqCst);
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
+    assert_eq!(task_named(&run, "one").attempt, 1, "the result of attempt 1 was delivered");
+    assert_eq!(lines(&marks), ["one"], "the task ran once");
 }

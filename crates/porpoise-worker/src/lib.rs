@@ -6,6 +6,8 @@
 pub mod config;
 /// Running one task attempt: working directory, command, log, timeout, kill.
 pub mod executor;
+/// The event journal that keeps unACKed events across a crash.
+pub mod journal;
 /// Finding and killing every process of a task attempt.
 pub mod process;
 /// Delivers task events to masters in batches, resending until each is ACKed.
@@ -122,7 +124,16 @@ impl WorkerHandle {
         let token = take_over_data_dir(&config.data_dir).await?;
         let watchdog = watchdog::Watchdog::start(&config.data_dir, &token, config.lease_ttl / 2)
             .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
-        let reporter = Reporter::start(addr.clone(), registry.clone());
+        let mut stops = 0u32;
+        let (journal, replay) = journal::Journal::open(&config.data_dir, || {
+            stops += 1;
+            format!("{addr}#{token}-stop-{stops}")
+        })
+        .map_err(|source| WorkerError::DataDir { path: config.data_dir.join(journal::FILE), source })?;
+        if !replay.is_empty() {
+            info!(events = replay.len(), "delivering the events a previous worker on this data directory left");
+        }
+        let reporter = Reporter::start(addr.clone(), &token, registry.clone(), Arc::new(journal), replay);
         let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let svc =

@@ -15,7 +15,9 @@ use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent};
 use porpoise_registry::{Registry, Selector};
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
+
+use crate::journal::Journal;
 
 /// Events sent in one call, at most.
 const BATCH: usize = 512;
@@ -26,23 +28,39 @@ pub struct Reporter {
     tx: mpsc::UnboundedSender<(String, TaskEvent)>,
     next_id: Arc<AtomicU64>,
     pending: Arc<AtomicUsize>,
-    worker_addr: String,
+    /// Prefix of this worker process's event ids: its address and its token.
+    id_prefix: String,
+    journal: Arc<Journal>,
 }
 
 impl Reporter {
-    /// Starts the delivery task for a worker serving at `worker_addr`; `registry` says which
-    /// masters are live.
-    pub fn start(worker_addr: String, registry: Arc<dyn Registry>) -> Reporter {
+    /// Starts the delivery task for a worker serving at `worker_addr` (its process token
+    /// `token`); `registry` says which masters are live. `replay` (from the journal) goes first.
+    pub fn start(
+        worker_addr: String,
+        token: &str,
+        registry: Arc<dyn Registry>,
+        journal: Arc<Journal>,
+        replay: Vec<(String, TaskEvent)>,
+    ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
-        let pending = Arc::new(AtomicUsize::new(0));
-        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry));
-        Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, worker_addr }
+        let pending = Arc::new(AtomicUsize::new(replay.len()));
+        for event in replay {
+            let _ = tx.send(event);
+        }
+        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone()));
+        let id_prefix = format!("{worker_addr}#{token}");
+        Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, id_prefix, journal }
     }
 
-    /// Queues `event` for `master_addr`, giving it a unique id. Returns the id.
+    /// Journals `event` for `master_addr` (flushed to disk), then queues it, giving it a unique
+    /// id. Returns the id.
     pub fn send(&self, master_addr: &str, mut event: TaskEvent) -> String {
-        let id = format!("{}#{}", self.worker_addr, self.next_id.fetch_add(1, Ordering::Relaxed));
+        let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
         event.event_id = id.clone();
+        if let Err(e) = self.journal.add(master_addr, &event) {
+            error!(event_id = %id, error = %e, "cannot journal the event; sending it anyway (a crash now would lose it)");
+        }
         self.pending.fetch_add(1, Ordering::Relaxed);
         if self.tx.send((master_addr.to_string(), event)).is_err() {
             warn!(event_id = %id, "event reporter stopped; event not queued");
@@ -69,6 +87,7 @@ async fn deliver(
     mut rx: mpsc::UnboundedReceiver<(String, TaskEvent)>,
     pending: Arc<AtomicUsize>,
     registry: Arc<dyn Registry>,
+    journal: Arc<Journal>,
 ) {
     // seq → (master, event): insertion order is delivery order
     let mut queue: BTreeMap<u64, (String, TaskEvent)> = BTreeMap::new();
@@ -112,6 +131,7 @@ async fn deliver(
                         if outcome.handled.contains(&e.event_id) {
                             queue.remove(s);
                             pending.fetch_sub(1, Ordering::Relaxed);
+                            journal.ack(&e.event_id);
                         } else if let Some(owner) = outcome.moved.get(&e.event_id)
                             && let Some(entry) = queue.get_mut(s)
                         {
