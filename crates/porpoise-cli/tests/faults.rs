@@ -920,3 +920,50 @@ async fn a_result_a_killed_worker_never_delivered_comes_from_its_journal() {
     assert_eq!(task_named(&run, "one").attempt, 1, "the result of attempt 1 was delivered");
     assert_eq!(lines(&marks), ["one"], "the task ran once");
 }
+
+/// etcd is down (SIGKILL) for longer than three lease TTLs while tasks run, then comes back.
+/// Masters and workers keep the membership they last saw, tasks finish and report, every run
+/// completes, and no task runs twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_etcd_outage_mid_run_loses_nothing_and_runs_nothing_twice() {
+    let options = ClusterOptions { workers: Some(2), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("outage", &gated_chain("outage", &dir));
+    let mut runs = Vec::new();
+    for _ in 0..5 {
+        runs.push(d.start_run("outage").await);
+    }
+    for &id in &runs {
+        d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
+    }
+    let etcd = porpoise_testkit::TestEtcd::shared();
+    etcd.kill();
+    open_gate(&dir, "one");
+    for &id in &runs {
+        d.wait_for_run(id, "task two runs while etcd is down", |run| {
+            find_task(run, "two").is_some_and(|t| t.state == "running")
+        })
+        .await;
+    }
+    // the outage outlasts three lease TTLs (3 s each)
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    etcd.restart();
+    open_gate(&dir, "two");
+    open_gate(&dir, "three");
+    for &id in &runs {
+        let run = d.finished_run(id).await;
+        assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
+        assert!(run.tasks.iter().all(|t| t.attempt == 1), "no task was failed over: {run:?}");
+    }
+    let marks = dir.join("marks").display().to_string();
+    d.wait_until("no task process is left", || {
+        let marks = marks.clone();
+        async move { porpoise_testkit::processes_named(&marks).is_empty() }
+    })
+    .await;
+    let ran = lines(&dir.join("marks"));
+    for task in ["one", "two", "three"] {
+        assert_eq!(ran.iter().filter(|l| *l == task).count(), 5, "task {task} ran once per run: {ran:?}");
+    }
+}
