@@ -676,21 +676,29 @@ async fn a_killed_standalone_started_again_completes_its_runs() {
 /// The survivor takes them over, the workers' results reach it, and every task ran once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
-    runs_taken_over_from_a_master_stopped_by("KILL").await;
+    runs_taken_over_from_a_master_stopped_by("KILL", None).await;
+}
+
+/// As above, with Postgres stopped for longer than the master's lease right after the kill:
+/// the takeover cannot happen until Postgres is back, and then completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_during_a_postgres_outage_completes_once_it_is_back() {
+    runs_taken_over_from_a_master_stopped_by("KILL", Some(TestPostgres::start())).await;
 }
 
 /// As above, with SIGTERM: the master leaves the registry first, so the survivor takes its
 /// runs over without waiting for its lease to end, and it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masters_runs_are_handed_over_when_it_is_stopped_with_sigterm() {
-    runs_taken_over_from_a_master_stopped_by("TERM").await;
+    runs_taken_over_from_a_master_stopped_by("TERM", None).await;
 }
 
 /// Two masters share 20 gated runs; the owner of most is stopped with `signal` while their
-/// first tasks run; the survivor completes every run and each task runs once.
-async fn runs_taken_over_from_a_master_stopped_by(signal: &str) {
+/// first tasks run (and, given a private Postgres, that is stopped for 10 s right after); the
+/// survivor completes every run and each task runs once.
+async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<TestPostgres>) {
     let options = ClusterOptions { masters: Some(2), slots: Some(32), ..Default::default() };
-    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let mut d = Deployment::cluster_on(outage.as_ref().unwrap_or_else(|| TestPostgres::shared()), options).await;
     let dir = d.dir.path().to_path_buf();
     d.apply("pair", &gated_chain("pair", &dir));
     let mut runs = Vec::new();
@@ -727,6 +735,12 @@ async fn runs_taken_over_from_a_master_stopped_by(signal: &str) {
         d.signal(&name, signal);
         let status = d.wait_exit(&name).await;
         assert!(status.success(), "the master exits 0 after SIG{signal}: {status}\n{}", d.logs_text());
+    }
+    if let Some(pg) = &outage {
+        pg.stop();
+        // longer than the killed master's lease (3 s): the survivor would take over now
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        pg.restart();
     }
     d.use_master(1 - doomed_index).await;
     for gate in ["one", "two", "three"] {
