@@ -126,12 +126,7 @@ async fn a_lost_ack_loses_nothing_and_the_resent_event_is_handled_once() {
         }
     })
     .await;
-    let marks_path = marks.display().to_string();
-    d.wait_until("no task process is left", || {
-        let marks_path = marks_path.clone();
-        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
-    })
-    .await;
+    d.wait_for_no_task_process().await;
     assert_eq!(lines(&marks).len(), 3, "each task ran exactly once");
     let resent = dropper.forwarded.lock().expect("lock").values().filter(|&&n| n > 1).count();
     assert!(resent >= 1, "the worker resent the events whose ACK was lost");
@@ -546,12 +541,7 @@ async fn a_dispatch_whose_reply_is_lost_runs_the_task_once() {
             assert_eq!(message, "already accepted", "task {ti}: the worker did not recognise the resend");
         }
     }
-    let marks_path = marks.display().to_string();
-    d.wait_until("no task process is left", || {
-        let marks_path = marks_path.clone();
-        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
-    })
-    .await;
+    d.wait_for_no_task_process().await;
     assert_eq!(lines(&marks).len(), 3, "the resent dispatches ran nothing again");
     for (ti, worker, state) in proxy.recorded.lock().expect("lock").iter() {
         assert_eq!(
@@ -594,12 +584,7 @@ async fn a_killed_master_started_again_completes_its_runs_and_runs_nothing_twice
         assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
     }
     let marks = dir.join("marks");
-    let marks_path = marks.display().to_string();
-    d.wait_until("no task process is left", || {
-        let marks_path = marks_path.clone();
-        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
-    })
-    .await;
+    d.wait_for_no_task_process().await;
     let mut ran = lines(&marks);
     ran.sort();
     assert_eq!(ran, ["one", "one", "one", "three", "three", "three", "two", "two", "two"], "each task ran once");
@@ -754,12 +739,7 @@ async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<T
         assert!(run.tasks.iter().all(|t| t.state == "success" && t.attempt == 1), "{run:?}");
     }
     let marks = dir.join("marks");
-    let marks_path = marks.display().to_string();
-    d.wait_until("no task process is left", || {
-        let marks_path = marks_path.clone();
-        async move { porpoise_testkit::processes_named(&marks_path).is_empty() }
-    })
-    .await;
+    d.wait_for_no_task_process().await;
     let ran = lines(&marks);
     for task in ["one", "two", "three"] {
         assert_eq!(ran.iter().filter(|l| *l == task).count(), 20, "task {task} ran once per run");
@@ -970,12 +950,7 @@ async fn an_etcd_outage_mid_run_loses_nothing_and_runs_nothing_twice() {
         assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
         assert!(run.tasks.iter().all(|t| t.attempt == 1), "no task was failed over: {run:?}");
     }
-    let marks = dir.join("marks").display().to_string();
-    d.wait_until("no task process is left", || {
-        let marks = marks.clone();
-        async move { porpoise_testkit::processes_named(&marks).is_empty() }
-    })
-    .await;
+    d.wait_for_no_task_process().await;
     let ran = lines(&dir.join("marks"));
     for task in ["one", "two", "three"] {
         assert_eq!(ran.iter().filter(|l| *l == task).count(), 5, "task {task} ran once per run: {ran:?}");

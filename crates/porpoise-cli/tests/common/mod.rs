@@ -109,6 +109,17 @@ impl Deployment {
         }
     }
 
+    /// Waits until no task process of this deployment is left: the tests' tasks name the
+    /// `marks` file in its directory on their command lines (the daemons do not).
+    pub async fn wait_for_no_task_process(&mut self) {
+        let dir = self.path("marks").display().to_string();
+        self.wait_until("no task process is left", || {
+            let dir = dir.clone();
+            async move { porpoise_testkit::processes_named(&dir).is_empty() }
+        })
+        .await;
+    }
+
     /// Sends process `name` SIGTERM.
     pub fn sigterm(&self, name: &str) {
         self.signal(name, "TERM");
