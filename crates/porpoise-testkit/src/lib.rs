@@ -19,18 +19,30 @@ pub use process::unprivileged_ids;
 const PORTS: std::ops::Range<u16> = 20_000..32_000;
 
 /// A free TCP port on 127.0.0.1 for a server a test is about to start: a random one of
-/// [`PORTS`] that can be bound now. (A port the kernel picks for a throwaway listener comes
-/// from the ephemeral range, where the test's own client connections may take it before the
-/// server binds it: the server then fails, or a client reaches the wrong server.)
+/// [`PORTS`] that can be bound now and that no other test process holds. (A port the kernel
+/// picks for a throwaway listener comes from the ephemeral range, where client connections may
+/// take it before the server binds it.) Each port handed out is held — an exclusive lock on a
+/// file named after it, in a directory shared by all test processes — until this process
+/// ends, so two test processes (or two suites running at once) never get the same port.
 pub fn free_port() -> u16 {
     use std::hash::BuildHasher;
+    use std::sync::Mutex;
     use std::sync::atomic::{AtomicU64, Ordering};
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    static HELD: Mutex<Vec<std::fs::File>> = Mutex::new(Vec::new());
+    let dir = std::env::temp_dir().join("porpoise-test-ports");
+    std::fs::create_dir_all(&dir).unwrap_or_else(|e| panic!("cannot create {}: {e}", dir.display()));
     let state = std::collections::hash_map::RandomState::new();
     for _ in 0..1000 {
         let draw = state.hash_one((std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)));
         let port = PORTS.start + (draw % u64::from(PORTS.end - PORTS.start)) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let Ok(file) =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(dir.join(port.to_string()))
+        else {
+            continue;
+        };
+        if file.try_lock().is_ok() && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            HELD.lock().unwrap_or_else(|p| p.into_inner()).push(file);
             return port;
         }
     }
