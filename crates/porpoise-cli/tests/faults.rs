@@ -956,3 +956,39 @@ async fn an_etcd_outage_mid_run_loses_nothing_and_runs_nothing_twice() {
         assert_eq!(ran.iter().filter(|l| *l == task).count(), 5, "task {task} ran once per run: {ran:?}");
     }
 }
+
+/// Both masters restarted (SIGKILL, then started again) one after the other while runs keep
+/// coming: every run completes once, and each task runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn masters_restarted_one_after_another_under_load_complete_every_run_once() {
+    let options = ClusterOptions { masters: Some(2), slots: Some(32), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let marks = d.path("marks");
+    d.apply("rolling", &chain("rolling", &marks.display().to_string(), "0.2"));
+    let mut runs = Vec::new();
+    for round in 0..2 {
+        for _ in 0..10 {
+            runs.push(d.start_run("rolling").await);
+        }
+        let (_, _, name) = d.masters[round].clone();
+        // the CLI talks to the master that stays up
+        d.use_master(1 - round).await;
+        d.kill(&name);
+        for _ in 0..10 {
+            runs.push(d.start_run("rolling").await);
+        }
+        d.start_again(&name);
+        d.use_master(round).await;
+    }
+    for &id in &runs {
+        let run = d.finished_run(id).await;
+        assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}\n{}", d.logs_text());
+        assert!(run.tasks.iter().all(|t| t.state == "success"), "{run:?}");
+    }
+    d.wait_for_no_task_process().await;
+    let mut ran = lines(&marks);
+    let total = ran.len();
+    ran.sort();
+    ran.dedup();
+    assert_eq!((ran.len(), total), (runs.len() * 3, runs.len() * 3), "each task ran once");
+}
