@@ -645,4 +645,32 @@ mod takeover {
         assert_eq!(summary.epoch, before.epoch + 1);
         assert!(summary.awaiting_takeover, "{summary:?}");
     }
+
+    /// Three masters: the owner of every run stops, the second dies right away (with its share
+    /// taken over or not), and the third completes the takeover: every run completes, and
+    /// nothing runs twice.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_master_dying_halfway_through_a_takeover_leaves_the_rest_to_a_third() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 16).await;
+        workers_seen(&cluster, "default", 1).await;
+        let mut runs = Vec::new();
+        for i in 0..6 {
+            runs.push(cluster.run(&independent(&format!("relay-{i}"), 1, "default")).await);
+        }
+        w.wait_accepted(6).await;
+        let second = cluster.extra_master().await;
+        let third = cluster.extra_master().await;
+        cluster.stop_master().await;
+        second.stop().await;
+        for attempt in w.running() {
+            w.finish(attempt, TaskOutcome::Success).await;
+        }
+        for &run in &runs {
+            let ended = cluster.run_ends(run).await;
+            assert_eq!((ended.state, ended.owner.as_deref()), (Success, Some(third.addr.as_str())), "{ended:?}");
+        }
+        assert_eq!(w.accepted().len(), 6, "nothing ran twice");
+        third.stop().await;
+    }
 }

@@ -105,6 +105,12 @@ impl Cluster {
             AdminServiceClient::connect(format!("http://{}", self.master.addr)).await.expect("connect to the master");
     }
 
+    /// Another master on the same store and registry.
+    pub async fn extra_master(&self) -> MasterHandle {
+        let config = MasterConfig { listen: "127.0.0.1:0".parse().expect("an address"), ..self.config.clone() };
+        MasterHandle::start(config, self.store.clone(), self.registry.clone(), None).await.expect("start a master")
+    }
+
     /// A client of the master's AdminService.
     pub fn admin(&self) -> AdminServiceClient<Channel> {
         self.admin.clone()

@@ -62,7 +62,7 @@ pub struct VirtualWorker {
 }
 
 #[derive(Debug, Clone)]
-struct Service(Arc<Mutex<State>>, String);
+struct Service(Arc<Mutex<State>>, String, Arc<dyn Registry>);
 
 impl VirtualWorker {
     /// Starts a worker of `group` with `slots` slots, reporting `load` (percent) in its
@@ -82,7 +82,7 @@ impl VirtualWorker {
             over_slots: 0,
         }));
         let (shutdown, stopped) = oneshot::channel::<()>();
-        let service = WorkerServiceServer::new(Service(state.clone(), addr.clone()));
+        let service = WorkerServiceServer::new(Service(state.clone(), addr.clone(), registry.clone()));
         tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
@@ -171,7 +171,7 @@ impl VirtualWorker {
     pub async fn report_running(&self, attempt: Attempt) {
         let request = self.state().received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == attempt).cloned();
         let request = request.expect("the attempt was dispatched here");
-        report(&request.master_addr, &self.addr, &request, None).await;
+        report(&self.registry, &request.master_addr, &self.addr, &request, None).await;
     }
 
     /// Finishes the running `attempt` with `outcome`: reports RUNNING and RESULT until ACKed.
@@ -183,7 +183,7 @@ impl VirtualWorker {
         };
         let request = self.state().received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == attempt).cloned();
         let request = request.expect("the attempt was dispatched here");
-        report(&master, &self.addr, &request, Some(outcome)).await;
+        report(&self.registry, &master, &self.addr, &request, Some(outcome)).await;
     }
 
     /// Stops answering (its port refuses connections) while it stays registered, as a worker
@@ -217,9 +217,17 @@ impl VirtualWorker {
     }
 }
 
-/// Sends RUNNING and, with an `outcome`, RESULT for `request` to `master`, each until the
-/// master ACKs it.
-async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outcome: Option<TaskOutcome>) {
+/// Sends RUNNING and, with an `outcome`, RESULT for `request` to `master`, each until a master
+/// ACKs it — following the run to its new owner when told, and to a live master when `master`
+/// cannot be reached, as a worker does.
+async fn report(
+    registry: &Arc<dyn Registry>,
+    master: &str,
+    worker: &str,
+    request: &DispatchTaskRequest,
+    outcome: Option<TaskOutcome>,
+) {
+    let target = Arc::new(Mutex::new(master.to_string()));
     let now = chrono::Utc::now().timestamp_millis();
     let event = |id: &str, kind| TaskEvent {
         event_id: format!("{}-{}-{id}", request.task_instance_id, request.attempt),
@@ -255,12 +263,24 @@ async fn report(master: &str, worker: &str, request: &DispatchTaskRequest, outco
     for e in std::iter::once(running).chain(result) {
         wait_for_async(&format!("the master to ACK event {}", e.event_id), || {
             let e = e.clone();
+            let target = target.clone();
             async move {
+                let to = target.lock().unwrap_or_else(|p| p.into_inner()).clone();
                 // the master may be restarting: connect again for each try
-                let mut client = TaskEventServiceClient::connect(format!("http://{master}")).await.ok()?;
+                let Ok(mut client) = TaskEventServiceClient::connect(format!("http://{to}")).await else {
+                    // gone? any live master says where the run went
+                    let live = registry.members(&porpoise_registry::Selector::Masters).await.ok()?;
+                    if let Some(m) = live.into_iter().map(|m| m.key.addr).find(|a| *a != to) {
+                        *target.lock().unwrap_or_else(|p| p.into_inner()) = m;
+                    }
+                    return None;
+                };
                 let req = ReportTaskEventsRequest { worker_addr: worker.to_string(), events: vec![e] };
                 let reply = client.report_task_events(req).await.ok()?.into_inner();
                 let handled = reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32);
+                if let Some(owner) = reply.acks.iter().map(|a| a.owner.clone()).find(|o| !o.is_empty()) {
+                    *target.lock().unwrap_or_else(|p| p.into_inner()) = owner;
+                }
                 if !handled {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
@@ -301,7 +321,8 @@ impl WorkerService for Service {
         let (status, auto) = {
             let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
             match answer {
-                Answer::Accept if st.running.iter().any(|(a, _)| *a == attempt) => (DispatchStatus::Accepted, None),
+                // a resent dispatch of an attempt it has (or had): a real worker runs it once
+                Answer::Accept if st.accepted.contains(&attempt) => (DispatchStatus::Accepted, None),
                 Answer::Accept if st.running.len() >= st.slots => {
                     st.over_slots += 1;
                     (DispatchStatus::Full, None)
@@ -321,13 +342,14 @@ impl WorkerService for Service {
         if let Some(outcome) = auto {
             let state = self.0.clone();
             let worker = self.1.clone();
+            let registry = self.2.clone();
             let req = req.clone();
             tokio::spawn(async move {
                 {
                     let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
                     st.running.retain(|(a, _)| *a != attempt);
                 }
-                report(&req.master_addr, &worker, &req, Some(outcome)).await;
+                report(&registry, &req.master_addr, &worker, &req, Some(outcome)).await;
             });
         }
         let message = match status {
