@@ -60,8 +60,24 @@ fn bad_settings_exit_2_naming_the_setting() {
     assert!(stderr.contains("--slots: must be at least 1"), "{stderr}");
 }
 
+/// A worker process, killed when dropped (also when the test fails).
+struct Worker(std::process::Child);
+
+impl Worker {
+    fn kill(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Starts `porpoise-worker` on `data_dir` against the shared etcd; returns it and its address.
-fn start_worker(data_dir: &std::path::Path, root: &str) -> (std::process::Child, String) {
+fn start_worker(data_dir: &std::path::Path, root: &str) -> (Worker, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
         .args(["--listen", &addr, "--etcd", &TestEtcd::shared().endpoint(), "--etcd-root", root])
@@ -71,7 +87,7 @@ fn start_worker(data_dir: &std::path::Path, root: &str) -> (std::process::Child,
         .stderr(Stdio::null())
         .spawn()
         .expect("start porpoise-worker");
-    (child, addr)
+    (Worker(child), addr)
 }
 
 async fn wait_until(what: &str, check: impl Fn() -> bool) {
@@ -82,14 +98,9 @@ async fn wait_until(what: &str, check: impl Fn() -> bool) {
     }
 }
 
-/// A worker killed with SIGKILL cannot end its tasks: their processes live on, and nobody will
-/// report their results. The next worker on the same data directory ends them at start.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_worker_started_on_a_killed_workers_data_directory_ends_what_it_left_running() {
-    let root = format!("/{}", unique_name("porpoise-test"));
-    let dir = tempfile::tempdir().expect("dir");
-    let (mut first, addr) = start_worker(dir.path(), &root);
-    let name = unique_name("porpoise-leftover");
+/// Dispatches a task that leaves two processes named after `name` (one escaped with
+/// `setsid`) to the worker at `addr`, and waits until both run.
+async fn start_sprawling_task(addr: &str, name: &str) {
     let mut client = {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         loop {
@@ -112,13 +123,37 @@ async fn a_worker_started_on_a_killed_workers_data_directory_ends_what_it_left_r
         ..Default::default()
     };
     client.dispatch_task(dispatch).await.expect("dispatch");
-    wait_until("the task's processes to start", || processes_named(&name).len() == 2).await;
-    first.kill().expect("kill the worker");
-    first.wait().expect("reap");
-    assert_eq!(processes_named(&name).len(), 2, "the task's processes outlive a killed worker");
+    wait_until("the task's processes to start", || processes_named(name).len() == 2).await;
+}
 
-    let (mut second, _) = start_worker(dir.path(), &root);
+/// A worker killed with SIGKILL cannot end its tasks itself: its watchdog does, at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_workers_watchdog_ends_its_tasks() {
+    let root = format!("/{}", unique_name("porpoise-test"));
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut worker, addr) = start_worker(dir.path(), &root);
+    let name = unique_name("porpoise-orphan");
+    start_sprawling_task(&addr, &name).await;
+    worker.kill();
+    wait_until("the watchdog to end the task's processes", || processes_named(&name).is_empty()).await;
+}
+
+/// When the watchdog died with the worker (everything but the tasks was killed), the task
+/// processes live on; the next worker on the same data directory ends them at start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_started_on_a_killed_workers_data_directory_ends_what_it_left_running() {
+    let root = format!("/{}", unique_name("porpoise-test"));
+    let dir = tempfile::tempdir().expect("dir");
+    let (mut first, addr) = start_worker(dir.path(), &root);
+    let name = unique_name("porpoise-leftover");
+    start_sprawling_task(&addr, &name).await;
+    // the watchdog names the worker's liveness file on its command line
+    let alive = dir.path().join("worker.alive").display().to_string();
+    let status = Command::new("pkill").args(["-KILL", "-f", &alive]).status().expect("run pkill");
+    assert!(status.success(), "no watchdog found for {alive}");
+    first.kill();
+    assert_eq!(processes_named(&name).len(), 2, "the task's processes outlive a killed worker and watchdog");
+
+    let (_second, _) = start_worker(dir.path(), &root);
     wait_until("the leftovers to be ended", || processes_named(&name).is_empty()).await;
-    second.kill().expect("kill the worker");
-    second.wait().expect("reap");
 }
