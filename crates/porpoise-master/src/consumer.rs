@@ -113,17 +113,9 @@ async fn start(shared: Arc<Shared>, command: Command) {
     }
 }
 
-pub(crate) enum StartError {
+enum StartError {
     Retry(String),
     Fatal(String),
-}
-
-impl std::fmt::Display for StartError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Self::Retry(e) | Self::Fatal(e) => f.write_str(e),
-        }
-    }
 }
 
 fn classify(e: porpoise_store::StoreError) -> StartError {
@@ -149,25 +141,32 @@ pub(crate) async fn resume_own_runs(shared: Arc<Shared>) {
         info!(runs = runs.len(), "resuming this master's unfinished runs");
     }
     for run in runs {
-        let shared = shared.clone();
-        shared.clone().spawner.spawn(async move {
-            let mut failures = 0u32;
-            loop {
-                match start_runner(&shared, run.clone()).await {
-                    Ok(()) => return,
-                    Err(StartError::Retry(e)) => {
-                        failures += 1;
-                        warn!(run_id = run.id, error = %e, failures, "cannot resume the run yet; retrying");
-                        tokio::time::sleep(backoff.delay(failures - 1)).await;
-                    }
-                    Err(StartError::Fatal(e)) => {
-                        error!(run_id = run.id, error = %e, "cannot resume the run");
-                        return;
-                    }
+        spawn_runner(&shared, run);
+    }
+}
+
+/// Starts the runner of `instance` (owned by this master: resumed or taken over) in the
+/// background, retrying outages until it has started.
+pub(crate) fn spawn_runner(shared: &Arc<Shared>, instance: WorkflowInstance) {
+    let shared = shared.clone();
+    shared.clone().spawner.spawn(async move {
+        let backoff = Backoff::default();
+        let mut failures = 0u32;
+        loop {
+            match start_runner(&shared, instance.clone()).await {
+                Ok(()) => return,
+                Err(StartError::Retry(e)) => {
+                    failures += 1;
+                    warn!(run_id = instance.id, error = %e, failures, "cannot start the run's runner yet; retrying");
+                    tokio::time::sleep(backoff.delay(failures - 1)).await;
+                }
+                Err(StartError::Fatal(e)) => {
+                    error!(run_id = instance.id, error = %e, "cannot start the run's runner");
+                    return;
                 }
             }
-        });
-    }
+        }
+    });
 }
 
 /// The spec of definition `id`.
@@ -183,7 +182,7 @@ async fn spec_of(shared: &Shared, id: i64) -> Result<WorkflowSpec, StartError> {
 }
 
 /// Starts the runner of `instance`, owned by this master, unless it has one.
-pub(crate) async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Result<(), StartError> {
+async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Result<(), StartError> {
     if shared.runner(instance.id).is_some() {
         return Ok(());
     }

@@ -106,10 +106,8 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
                 Ok(instance) => {
                     info!(run_id = run.id, from = %owner, epoch = instance.epoch, "run taken over");
                     metrics::counter!(m::FAILOVERS, "kind" => "master").increment(1);
-                    if let Err(e) = consumer::start_runner(&shared, instance).await {
-                        warn!(run_id = run.id, error = %e, "cannot start the runner of a run taken over; retrying");
-                        next.insert(run.id);
-                    }
+                    // the run is ours now, so no later sweep sees it orphaned: start it until it runs
+                    consumer::spawn_runner(&shared, instance);
                     metrics::histogram!(m::TAKEOVER_SECONDS).record(began.elapsed().as_secs_f64());
                 }
                 Err(StoreError::Conflict { .. }) => {} // another master took it

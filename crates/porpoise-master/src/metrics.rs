@@ -48,7 +48,7 @@ pub fn describe() {
         FAILOVERS,
         "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
     );
-    describe_histogram!(TAKEOVER_SECONDS, "Time to take over one run of a lost master and start its runner");
+    describe_histogram!(TAKEOVER_SECONDS, "Time of the conditional write that takes one run of a lost master over");
     describe_gauge!(
         CLUSTER_WORKFLOWS,
         "Unfinished workflow instances in the whole cluster, by state, as the database holds them (updated every second)"

@@ -55,8 +55,7 @@ mod selection {
         let cluster = Cluster::start(WorkerSelector::RoundRobin).await;
         let mut workers = Vec::new();
         for _ in 0..3 {
-            let w = cluster.worker("default", 10).await;
-            w.auto(TaskOutcome::Success);
+            let w = cluster.auto_worker("default", 10, TaskOutcome::Success).await;
             workers.push(w);
         }
         workers_seen(&cluster, "default", 3).await;
@@ -69,8 +68,8 @@ mod selection {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn lowest_load_weighs_the_heartbeat_load_and_the_slots_in_use() {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let busy = VirtualWorker::start(&cluster.registry, "default", 4, 80.0).await;
-        let idle = VirtualWorker::start(&cluster.registry, "default", 4, 10.0).await;
+        let busy = VirtualWorker::start(&cluster.registry, "default", 4, 80.0, None).await;
+        let idle = VirtualWorker::start(&cluster.registry, "default", 4, 10.0, None).await;
         workers_seen(&cluster, "default", 2).await;
         let run = cluster.run(&independent("weighed", 4, "default")).await;
         // load 10% + n/4 of the slots against 80%: the idle machine takes three, then the busy one
@@ -132,15 +131,13 @@ mod slots_and_groups {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn tasks_wait_for_a_worker_of_their_group() {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let plain = cluster.worker("default", 4).await;
-        plain.auto(TaskOutcome::Success);
+        let plain = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 1).await;
         let yaml = "name: grouped\ntasks:\n  - { name: plain, command: 'true' }\n  - { name: gpu-job, command: 'true', worker_group: gpu }\n";
         let run = cluster.run(yaml).await;
         tasks_waiting(&cluster, 1).await;
         wait_for("the plain task to succeed", || (count(&plain) == 1).then_some(())).await;
-        let gpu = cluster.worker("gpu", 1).await;
-        gpu.auto(TaskOutcome::Success);
+        let gpu = cluster.auto_worker("gpu", 1, TaskOutcome::Success).await;
         assert_eq!(cluster.run_ends(run).await.state, Success);
         assert_eq!(gpu.accepted_names(), ["gpu-job"]);
         assert_eq!(plain.accepted_names(), ["plain"], "a task went to a worker outside its group");
@@ -208,8 +205,7 @@ mod answers {
         distinct.dedup();
         assert_eq!(distinct.len(), refused.len(), "a task was sent to a draining worker twice: {refused:?}");
         assert_eq!(cluster.metric("porpoise_tasks_dispatch_failed_total{reason=\"draining\"}"), refused.len() as f64);
-        let fresh = cluster.worker("default", 8).await;
-        fresh.auto(TaskOutcome::Success);
+        let fresh = cluster.auto_worker("default", 8, TaskOutcome::Success).await;
         assert_eq!(cluster.run_ends(run).await.state, Success);
         assert_eq!(fresh.accepted().len(), 3);
         assert_eq!(draining.received().len(), refused.len(), "a draining worker was sent more tasks");
@@ -247,8 +243,7 @@ mod answers {
         })
         .await;
         assert_eq!(cluster.task(run, "t0").await.state, Dispatched);
-        let heir = cluster.worker("edge", 4).await;
-        heir.auto(TaskOutcome::Success);
+        let heir = cluster.auto_worker("edge", 4, TaskOutcome::Success).await;
         doomed.leave().await;
         assert_eq!(cluster.run_ends(run).await.state, Success);
         assert_eq!(heir.accepted_names(), ["t0"]);
@@ -305,8 +300,7 @@ mod commands {
         let pool = store.pool().clone();
         let config = MasterConfig { command_poll: Duration::from_secs(3600), ..Cluster::config() };
         let cluster = Cluster::start_on(config, Arc::new(store), Some(pool)).await;
-        let w = cluster.worker("default", 4).await;
-        w.auto(TaskOutcome::Success);
+        let _w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 1).await;
         // a first run, through this master: it is listening once that one has started
         let first = cluster.run(&independent("woken", 1, "default")).await;
@@ -351,8 +345,7 @@ mod half_done_work {
     /// the run succeeded as if nothing had happened.
     async fn chain_survives(when: When, times: u32) {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let w = cluster.worker("default", 4).await;
-        w.auto(TaskOutcome::Success);
+        let w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 1).await;
         for op in WRITES {
             cluster.store.fail(op, when, times);
@@ -419,8 +412,7 @@ mod half_done_work {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_that_fails_calls_off_the_retries_it_was_waiting_for() {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let w = cluster.worker("default", 4).await;
-        w.auto(TaskOutcome::Failure);
+        let _w = cluster.auto_worker("default", 4, TaskOutcome::Failure).await;
         workers_seen(&cluster, "default", 1).await;
         let yaml = "name: doomed\ntasks:\n  - { name: patient, command: 'false', retries: 3, retry_interval: 1h }\n  - { name: fragile, command: 'false' }\n";
         let run = cluster.run(yaml).await;
@@ -445,8 +437,7 @@ mod worker_failover {
         workers_seen(&cluster, "default", 1).await;
         let run = cluster.run(&independent("failover", 2, "default")).await;
         lost.wait_accepted(2).await;
-        let heir = cluster.worker("default", 4).await;
-        heir.auto(TaskOutcome::Success);
+        let heir = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 2).await;
         lost.stop_serving();
         lost.leave().await;
@@ -497,8 +488,7 @@ mod restarts {
         let plain = cluster.worker("default", 8).await;
         let slow = cluster.worker("slow", 8).await;
         slow.answer(Answer::Hang);
-        let flaky = cluster.worker("flaky", 8).await;
-        flaky.auto(TaskOutcome::Failure);
+        let flaky = cluster.auto_worker("flaky", 8, TaskOutcome::Failure).await;
         for group in ["default", "slow", "flaky"] {
             workers_seen(&cluster, group, 1).await;
         }
@@ -526,8 +516,7 @@ mod restarts {
         plain.finish(running, TaskOutcome::Success).await;
         let after = plain.wait_accepted(2).await[1];
         plain.finish(after, TaskOutcome::Success).await;
-        let later = cluster.worker("later", 1).await;
-        later.auto(TaskOutcome::Success);
+        let later = cluster.auto_worker("later", 1, TaskOutcome::Success).await;
         assert_eq!(cluster.run_ends(run).await.state, Success);
 
         assert_eq!(plain.accepted_names(), ["running", "after"], "the running task was not run again");
@@ -554,8 +543,7 @@ mod restarts {
         cluster.stop_master().await;
         lost.stop_serving();
         lost.leave().await;
-        let heir = cluster.worker("default", 4).await;
-        heir.auto(TaskOutcome::Success);
+        let heir = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         cluster.start_master().await;
         assert_eq!(cluster.run_ends(run).await.state, Success);
         let task = cluster.task(run, "t0").await;

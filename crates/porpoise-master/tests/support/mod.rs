@@ -12,7 +12,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use porpoise_core::ExecutionState;
 use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
-use porpoise_proto::v1::{ApplyWorkflowRequest, StartRunRequest};
+use porpoise_proto::v1::{ApplyWorkflowRequest, StartRunRequest, TaskOutcome};
 use porpoise_registry::{MemoryRegistry, Registry};
 use porpoise_store::{SqliteStore, Store, TaskInstance, WorkflowInstance};
 use tonic::transport::Channel;
@@ -37,6 +37,7 @@ pub async fn wait_for<T>(what: &str, mut check: impl FnMut() -> Option<T>) -> T 
 
 /// The process's metrics (one recorder per test process; nextest runs each test in its own).
 fn metrics() -> &'static PrometheusHandle {
+    let _ = tracing_subscriber::fmt().with_env_filter("porpoise_master=debug").with_test_writer().try_init();
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().expect("install the metrics recorder"))
 }
@@ -118,7 +119,13 @@ impl Cluster {
 
     /// A virtual worker of `group` with `slots` slots and no load.
     pub async fn worker(&self, group: &str, slots: u32) -> VirtualWorker {
-        VirtualWorker::start(&self.registry, group, slots, 0.0).await
+        VirtualWorker::start(&self.registry, group, slots, 0.0, None).await
+    }
+
+    /// A virtual worker that finishes every task it accepts at once with `outcome` — from its
+    /// first dispatch on: tasks already waiting are dispatched as soon as it registers.
+    pub async fn auto_worker(&self, group: &str, slots: u32, outcome: TaskOutcome) -> VirtualWorker {
+        VirtualWorker::start(&self.registry, group, slots, 0.0, Some(outcome)).await
     }
 
     /// Applies `yaml` and starts a run of it; returns the run id.
@@ -150,7 +157,10 @@ impl Cluster {
             if done(&run) {
                 return run;
             }
-            assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}; it is {}", run.state);
+            if tokio::time::Instant::now() >= deadline {
+                let tasks = states(&self.tasks(id).await);
+                panic!("timed out waiting for {what}; it is {}, its tasks {tasks:?}", run.state);
+            }
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     }

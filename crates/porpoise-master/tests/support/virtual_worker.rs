@@ -67,14 +67,21 @@ struct Service(Arc<Mutex<State>>, String, Arc<dyn Registry>);
 impl VirtualWorker {
     /// Starts a worker of `group` with `slots` slots, reporting `load` (percent) in its
     /// heartbeat, registered in `registry`.
-    pub async fn start(registry: &Arc<dyn Registry>, group: &str, slots: u32, load: f64) -> VirtualWorker {
+    /// With `auto`, it finishes every task it accepts at once with that outcome.
+    pub async fn start(
+        registry: &Arc<dyn Registry>,
+        group: &str,
+        slots: u32,
+        load: f64,
+        auto: Option<TaskOutcome>,
+    ) -> VirtualWorker {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind a loopback port");
         let addr = listener.local_addr().expect("local address").to_string();
         let state = Arc::new(Mutex::new(State {
             slots: slots as usize,
             script: VecDeque::new(),
             answer: Answer::Accept,
-            auto: None,
+            auto,
             received: Vec::new(),
             accepted: Vec::new(),
             running: Vec::new(),
