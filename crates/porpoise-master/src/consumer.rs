@@ -1,12 +1,12 @@
 //! The command consumer: claims commands as they arrive (Postgres LISTEN/NOTIFY, or a wake-up
-//! from this master's own AdminService; a slow poll only as a fallback), adopts the run each
-//! one names and starts its runner.
+//! from this master's own AdminService; a slow poll only as a fallback); the claim makes this
+//! master the owner of each command's run, and the consumer starts its runner.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use porpoise_core::{Backoff, WorkflowSpec};
-use porpoise_store::{Command, NewWorkflowInstance, WorkflowInstance};
+use porpoise_store::{Command, WorkflowInstance};
 use sqlx::postgres::{PgListener, PgPool};
 use tracing::{error, info, warn};
 
@@ -192,32 +192,16 @@ async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Resul
     Ok(())
 }
 
+/// Starts the runner of the run `command` starts, which the claim made ours.
 async fn try_start(shared: &Arc<Shared>, command: &Command) -> Result<(), StartError> {
-    let instance: WorkflowInstance = match command.workflow_instance_id {
-        Some(id) => match shared.store.adopt_workflow_instance(id, &shared.addr).await {
-            Ok(i) => i,
-            Err(porpoise_store::StoreError::Conflict { .. }) => {
-                // adopted by us in an attempt whose answer was lost?
-                match shared.store.workflow_instance(id).await.map_err(classify)? {
-                    Some(i) if i.owner.as_deref() == Some(shared.addr.as_str()) => i,
-                    other => return Err(StartError::Fatal(format!("run {id} is already owned: {other:?}"))),
-                }
-            }
-            Err(e) => return Err(classify(e)),
-        },
-        None => shared
-            .store
-            .create_workflow_instance(&NewWorkflowInstance {
-                workflow_definition_id: command.workflow_definition_id,
-                command_id: Some(command.id),
-                workflow_name: spec_of(shared, command.workflow_definition_id).await?.name,
-                owner: shared.addr.clone(),
-                priority: command.priority,
-                params: command.params.clone(),
-                state: porpoise_core::ExecutionState::Submitted,
-            })
-            .await
-            .map_err(classify)?,
+    let Some(id) = command.workflow_instance_id else {
+        return Err(StartError::Fatal(format!("command {} names no run", command.id)));
     };
-    start_runner(shared, instance).await
+    match shared.store.workflow_instance(id).await.map_err(classify)? {
+        Some(instance) if instance.owner.as_deref() == Some(shared.addr.as_str()) => {
+            start_runner(shared, instance).await
+        }
+        // taken over already (this master looked dead) or gone: its owner runs it, not us
+        other => Err(StartError::Fatal(format!("run {id} is not ours: {other:?}"))),
+    }
 }

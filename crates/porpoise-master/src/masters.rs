@@ -4,7 +4,8 @@
 //! sweep later, so that a master dying halfway through a takeover leaves nothing unowned. A
 //! takeover is a conditional write on owner and epoch: of two masters trying, one wins, and
 //! the loser's writes are refused from then on. The winner rebuilds the run's runner from the
-//! database, as after a restart.
+//! database, as after a restart. The same sweep starts a runner for any run this master owns
+//! but does not run (a claim whose answer was lost, say).
 
 use std::collections::{BTreeSet, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -95,6 +96,14 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
         count_runs(&runs, &live);
         let mut next = HashSet::new();
         for run in runs {
+            if run.owner.as_deref() == Some(shared.addr.as_str()) {
+                if shared.runner(run.id).is_none() {
+                    // ours without a runner: a claim whose answer was lost, or a start that gave
+                    // up; the runner reloads the run and does nothing if it finished meanwhile
+                    consumer::spawn_runner(&shared, run);
+                }
+                continue;
+            }
             let Some(owner) = run.owner.clone().filter(|o| !live.contains(o)) else { continue };
             let share = (run.id.unsigned_abs() % live.len() as u64) as usize;
             if share != me && !overdue.contains(&run.id) {

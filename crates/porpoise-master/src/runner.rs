@@ -213,13 +213,14 @@ impl Runner {
 
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
         let id = self.mem.instance.id;
-        let rows = self.rebuild().await;
-        let start = Envelope { event: self.start_event(), reply: None, early: false, _pending: None };
-        if self.mem.instance.state == Submitted {
-            metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
-            self.process(start).await;
-        } else {
-            self.resume(&rows).await;
+        match self.rebuild().await {
+            None => self.finished = true,
+            Some(_) if self.mem.instance.state == Submitted => {
+                metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
+                let start = Envelope { event: self.start_event(), reply: None, early: false, _pending: None };
+                self.process(start).await;
+            }
+            Some(rows) => self.resume(&rows).await,
         }
         while !self.finished {
             let Some(env) = inbox.recv().await else { break };
@@ -240,19 +241,25 @@ impl Runner {
         debug!(workflow_instance_id = id, "runner finished");
     }
 
-    /// Loads the run's task instances into memory, retrying until the database answers, and
-    /// returns them.
-    async fn rebuild(&mut self) -> Vec<TaskInstance> {
+    /// Loads the run and its task instances into memory, retrying until the database answers,
+    /// and returns the task instances; `None` when there is nothing to run: the run is gone,
+    /// finished or owned by another master (this runner was started from an older reading).
+    async fn rebuild(&mut self) -> Option<Vec<TaskInstance>> {
         let id = self.mem.instance.id;
         let mut failures = 0u32;
-        let rows = loop {
-            match self.shared.store.task_instances_of(id).await {
-                Ok(rows) => break rows,
+        let loaded = loop {
+            let read = async {
+                let instance = self.shared.store.workflow_instance(id).await?;
+                let rows = self.shared.store.task_instances_of(id).await?;
+                Ok::<_, StoreError>(instance.map(|i| (i, rows)))
+            };
+            match read.await {
+                Ok(loaded) => break loaded,
                 Err(e) => {
                     failures += 1;
-                    error!(workflow_instance_id = id, error = %e, failures, "cannot load the run's task instances; retrying");
+                    error!(workflow_instance_id = id, error = %e, failures, "cannot load the run; retrying");
                     if failures == STALL_AFTER {
-                        self.shared.set_stall(id, format!("stalled loading its task instances: {e}"));
+                        self.shared.set_stall(id, format!("stalled loading the run: {e}"));
                     }
                     tokio::time::sleep(self.shared.event_backoff.delay(failures - 1)).await;
                 }
@@ -261,6 +268,20 @@ impl Runner {
         if failures >= STALL_AFTER {
             self.shared.clear_stall(id);
         }
+        let Some((instance, rows)) = loaded else {
+            warn!(workflow_instance_id = id, "run to start is gone");
+            return None;
+        };
+        if instance.owner.as_deref() != Some(self.shared.addr.as_str()) {
+            info!(workflow_instance_id = id, owner = ?instance.owner, "run is owned by another master; not started");
+            self.moved_to = Some(instance.owner);
+            return None;
+        }
+        if instance.state.is_terminal() {
+            debug!(workflow_instance_id = id, state = %instance.state, "run has finished; not started");
+            return None;
+        }
+        self.mem.instance = instance;
         for t in &rows {
             let Some(idx) = self.dag.index_of(&t.task_name) else {
                 warn!(workflow_instance_id = id, task_instance_id = t.id, task = %t.task_name, "task instance of no task in the workflow; left alone");
@@ -272,7 +293,7 @@ impl Runner {
                 self.mem.failing.get_or_insert_with(|| failure_reason(&t.task_name, t.exit_code, ""));
             }
         }
-        rows
+        Some(rows)
     }
 
     /// Carries on a run rebuilt from the database (after a restart or a takeover): queues what

@@ -363,6 +363,21 @@ mod half_done_work {
         assert!(letters.is_empty(), "dead-lettered: {letters:?}");
     }
 
+    /// The claim of a run's command committed, but its answer was lost: the run is this
+    /// master's all the same (claiming it and owning it are one commit), and the master's next
+    /// sweep starts it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claim_whose_answer_was_lost_still_starts_the_run() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
+        workers_seen(&cluster, "default", 1).await;
+        cluster.store.fail(Op::ClaimCommands, When::AnswerLost, 1);
+        let run = cluster.run(CHAIN).await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(cluster.store.fired(Op::ClaimCommands), 1);
+        assert_eq!(w.accepted_names(), ["a", "b"], "each task runs once");
+    }
+
     /// Each write fails before the database sees it: the runner must put its memory back as
     /// it was, or the retry would find nothing to do and the database would never catch up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -46,15 +46,15 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Queues a command for a master to claim.
     async fn insert_command(&self, command: &NewCommand) -> Result<i64>;
-    /// Claims up to `limit` unclaimed commands for `owner`, most urgent and oldest first.
-    /// Concurrent claimers never claim the same command.
+    /// Claims up to `limit` unclaimed commands for `owner`, most urgent and oldest first, and
+    /// in the same transaction makes `owner` the owner of the run each one starts (adopting the
+    /// unowned run the command names, bumping its epoch, or creating the run when the command
+    /// names none). Concurrent claimers never claim the same command.
     async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>>;
 
     /// Requests a run: creates an unowned workflow instance in `submitted` and the command that
     /// starts it, in one transaction. Returns the instance and the command id.
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)>;
-    /// Makes `owner` the owner of an instance nobody owns yet (bumping the epoch).
-    async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> Result<WorkflowInstance>;
     /// Runs of one workflow (or of all), newest first.
     async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>>;
     /// Creates a workflow instance owned by `new.owner`.

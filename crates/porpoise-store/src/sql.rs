@@ -314,13 +314,56 @@ macro_rules! impl_store {
 
             async fn claim_commands(&self, owner: &str, limit: u32) -> $crate::Result<Vec<$crate::Command>> {
                 use $crate::sql::*;
+                let t = now();
+                let mut tx = self.pool.begin().await?;
                 let rows = sqlx::query_as::<$db, CommandRow>(sqlx::AssertSqlSafe(format!($claim, COMMAND_COLUMNS)))
                     .bind(owner)
-                    .bind(now())
+                    .bind(t)
                     .bind(i64::from(limit))
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *tx)
                     .await?;
                 let mut commands = rows.into_iter().map(TryInto::try_into).collect::<$crate::Result<Vec<_>>>()?;
+                // the claimant owns each command's run from the same commit: a master dying right
+                // after claiming leaves an owned run for the takeover, never an unowned one
+                for c in &mut commands {
+                    let c: &mut $crate::Command = c;
+                    match c.workflow_instance_id {
+                        Some(id) => {
+                            sqlx::query::<$db>(
+                                "UPDATE workflow_instance SET owner = $1, epoch = epoch + 1, updated_at = $2 \
+                                 WHERE id = $3 AND owner IS NULL",
+                            )
+                            .bind(owner)
+                            .bind(t)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                        }
+                        None => {
+                            let (id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                                "INSERT INTO workflow_instance (workflow_definition_id, command_id, workflow_name, \
+                                 state, owner, epoch, priority, params, created_at, updated_at) \
+                                 SELECT id, $1, name, 'submitted', $2, 1, $3, $4, $5, $5 FROM workflow_definition \
+                                 WHERE id = $6 RETURNING id",
+                            )
+                            .bind(c.id)
+                            .bind(owner)
+                            .bind(c.priority.rank())
+                            .bind(params_json(&c.params))
+                            .bind(t)
+                            .bind(c.workflow_definition_id)
+                            .fetch_one(&mut *tx)
+                            .await?;
+                            sqlx::query::<$db>("UPDATE command SET workflow_instance_id = $1 WHERE id = $2")
+                                .bind(id)
+                                .bind(c.id)
+                                .execute(&mut *tx)
+                                .await?;
+                            c.workflow_instance_id = Some(id);
+                        }
+                    }
+                }
+                tx.commit().await?;
                 commands.sort_by_key(|c: &$crate::Command| (c.priority, c.id));
                 Ok(commands)
             }
@@ -363,23 +406,6 @@ macro_rules! impl_store {
                 let mut instance: $crate::WorkflowInstance = row.try_into()?;
                 instance.command_id = Some(command_id);
                 Ok((instance, command_id))
-            }
-
-            async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> $crate::Result<$crate::WorkflowInstance> {
-                use $crate::sql::*;
-                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
-                    "UPDATE workflow_instance SET owner = $1, epoch = epoch + 1, updated_at = $2 \
-                     WHERE id = $3 AND owner IS NULL RETURNING {WORKFLOW_COLUMNS}"
-                )))
-                .bind(owner)
-                .bind(now())
-                .bind(id)
-                .fetch_optional(&self.pool)
-                .await?;
-                match row {
-                    Some(row) => row.try_into(),
-                    None => Err(self.workflow_conflict(id, "owned by nobody").await),
-                }
             }
 
             async fn list_workflow_instances(

@@ -276,14 +276,24 @@ async fn a_run_is_requested_then_adopted(store: Arc<dyn Store>) {
     let claimed = store.claim_commands("master-1", 10).await.expect("claim");
     assert_eq!(claimed.len(), 1);
     assert_eq!((claimed[0].workflow_instance_id, claimed[0].params["day"].as_str()), (Some(instance.id), "d1"));
-    let adopted = store.adopt_workflow_instance(instance.id, "master-1").await.expect("adopt");
+    // the claim and the adoption are one commit: no claimed command leaves its run unowned
+    let adopted = store.workflow_instance(instance.id).await.expect("read").expect("exists");
     assert_eq!((adopted.owner.as_deref(), adopted.epoch), (Some("master-1"), 1));
-    let err = store.adopt_workflow_instance(instance.id, "master-2").await.expect_err("already owned");
-    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert!(store.claim_commands("master-2", 10).await.expect("claim").is_empty());
+    // a bare command (no run yet) gets its run, owned by the claimant, in the same commit
+    let bare = store.insert_command(&command(def, Priority::Low)).await.expect("insert");
+    let claimed = store.claim_commands("master-2", 10).await.expect("claim");
+    assert_eq!(claimed.iter().map(|c| c.id).collect::<Vec<_>>(), [bare]);
+    let created = claimed[0].workflow_instance_id.expect("the claim created the run");
+    let created = store.workflow_instance(created).await.expect("read").expect("exists");
+    assert_eq!(
+        (created.owner.as_deref(), created.state, created.command_id, created.workflow_name.as_str()),
+        (Some("master-2"), Submitted, Some(bare), "wf")
+    );
     let (second, _) = store.create_run(&run).await.expect("second run");
     let newest: Vec<i64> =
         store.list_workflow_instances(Some("wf"), 10).await.expect("list").iter().map(|w| w.id).collect();
-    assert_eq!(newest, [second.id, instance.id]);
+    assert_eq!(newest, [second.id, created.id, instance.id]);
     assert!(store.list_workflow_instances(Some("other"), 10).await.expect("list").is_empty());
     assert_eq!(store.list_workflow_instances(None, 1).await.expect("list").len(), 1);
 }

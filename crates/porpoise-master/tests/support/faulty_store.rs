@@ -18,6 +18,8 @@ pub enum Op {
     CreateTasks,
     /// A workflow instance moving to this state.
     WorkflowTo(ExecutionState),
+    /// A claim that claims at least one command (only [`When::AnswerLost`] is meaningful).
+    ClaimCommands,
 }
 
 /// Where the write fails.
@@ -103,13 +105,14 @@ impl Store for FaultyStore {
         self.inner.insert_command(command).await
     }
     async fn claim_commands(&self, owner: &str, limit: u32) -> Result<Vec<Command>> {
-        self.inner.claim_commands(owner, limit).await
+        let claimed = self.inner.claim_commands(owner, limit).await?;
+        if !claimed.is_empty() && self.take(Op::ClaimCommands).is_some() {
+            return Err(outage());
+        }
+        Ok(claimed)
     }
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)> {
         self.inner.create_run(run).await
-    }
-    async fn adopt_workflow_instance(&self, id: i64, owner: &str) -> Result<WorkflowInstance> {
-        self.inner.adopt_workflow_instance(id, owner).await
     }
     async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>> {
         self.inner.list_workflow_instances(workflow_name, limit).await
