@@ -258,15 +258,13 @@ async fn a_postgres_outage_mid_run_loses_nothing() {
     );
 }
 
-/// A chain of tasks one → two → three; each marks that it started, then waits for its gate
-/// file `DIR/gate-NAME` before it ends, so the test decides when each task finishes.
+/// A chain of tasks one → two → three; each marks that it started, then waits at its gate
+/// `DIR/gate-NAME` (closed here) before it ends, so the test decides when each task finishes.
 fn gated_chain(name: &str, dir: &std::path::Path) -> String {
     let task = |t: &str| {
-        format!(
-            "echo {t} >> {marks}; {hold}",
-            marks = dir.join("marks").display(),
-            hold = common::hold_until(&dir.join(format!("gate-{t}")))
-        )
+        let gate = dir.join(format!("gate-{t}"));
+        common::close_gate(&gate);
+        format!("echo {t} >> {marks}; {wait}", marks = dir.join("marks").display(), wait = common::wait_at(&gate))
     };
     format!(
         "name: {name}\ntasks:\n  - name: one\n    command: {}\n  - name: two\n    depends_on: [one]\n    command: {}\n  - name: three\n    depends_on: [two]\n    command: {}\n",
@@ -277,7 +275,7 @@ fn gated_chain(name: &str, dir: &std::path::Path) -> String {
 }
 
 fn open_gate(dir: &std::path::Path, task: &str) {
-    open_gate_file(&dir.join(format!("gate-{task}")));
+    common::open_gate(&dir.join(format!("gate-{task}")));
 }
 
 /// An event whose handling keeps failing makes the run say it is stalled, and why — in the
@@ -657,37 +655,55 @@ async fn a_killed_standalone_started_again_completes_its_runs() {
     assert_eq!(ran, ["one", "one", "three", "two"], "one ran again after the restart; the rest once");
 }
 
-/// Two masters share the runs; the owner of some is killed (SIGKILL) while their tasks run.
+/// Two masters share 100 runs; the owner of most is killed (SIGKILL) while their tasks run.
 /// The survivor takes them over, the workers' results reach it, and every task ran once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_masters_runs_are_taken_over_and_every_task_runs_once() {
-    runs_taken_over_from_a_master_stopped_by("KILL", None).await;
+    runs_taken_over_from_a_master_stopped_by(Stop::Kill, 100, None).await;
 }
 
-/// As above, with Postgres stopped for longer than the master's lease right after the kill:
-/// the takeover cannot happen until Postgres is back, and then completes.
+/// As above (20 runs), with Postgres stopped for longer than the master's lease right after
+/// the kill: the takeover cannot happen until Postgres is back, and then completes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_takeover_during_a_postgres_outage_completes_once_it_is_back() {
-    runs_taken_over_from_a_master_stopped_by("KILL", Some(TestPostgres::start())).await;
+    runs_taken_over_from_a_master_stopped_by(Stop::Kill, 20, Some(TestPostgres::start())).await;
 }
 
 /// As above, with SIGTERM: the master leaves the registry first, so the survivor takes its
 /// runs over without waiting for its lease to end, and it exits 0.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_masters_runs_are_handed_over_when_it_is_stopped_with_sigterm() {
-    runs_taken_over_from_a_master_stopped_by("TERM", None).await;
+    runs_taken_over_from_a_master_stopped_by(Stop::Term, 20, None).await;
 }
 
-/// Two masters share 20 gated runs; the owner of most is stopped with `signal` while their
+/// As above, with the master paused (SIGSTOP) until the survivor has taken its runs over, then
+/// resumed (SIGCONT) while their tasks still run: it learns that it lost its lease, its runners
+/// find their runs owned by the survivor and stop, whatever it still tries to write is refused,
+/// and every task runs once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_master_writes_nothing_for_the_runs_it_lost() {
+    runs_taken_over_from_a_master_stopped_by(Stop::Pause, 20, None).await;
+}
+
+/// How the test stops the master that owns the most runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Stop {
+    Kill,
+    Term,
+    /// SIGSTOP until its runs are taken over, then SIGCONT.
+    Pause,
+}
+
+/// Two masters share `n` gated runs; the owner of most is stopped as `how` says while their
 /// first tasks run (and, given a private Postgres, that is stopped for 10 s right after); the
 /// survivor completes every run and each task runs once.
-async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<TestPostgres>) {
-    let options = ClusterOptions { masters: Some(2), slots: Some(32), ..Default::default() };
+async fn runs_taken_over_from_a_master_stopped_by(how: Stop, n: usize, outage: Option<TestPostgres>) {
+    let options = ClusterOptions { masters: Some(2), workers: Some(2), slots: Some(64), ..Default::default() };
     let mut d = Deployment::cluster_on(outage.as_ref().unwrap_or_else(|| TestPostgres::shared()), options).await;
     let dir = d.dir.path().to_path_buf();
     d.apply("pair", &gated_chain("pair", &dir));
     let mut runs = Vec::new();
-    for _ in 0..20 {
+    for _ in 0..n {
         runs.push(d.start_run("pair").await);
     }
     for &id in &runs {
@@ -695,11 +711,11 @@ async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<T
     }
     // both masters count the whole cluster's runs from the database
     for (_, metrics_addr, _) in d.masters.clone() {
-        d.wait_until("the cluster gauge to count the 20 running runs", || {
+        d.wait_until("the cluster gauge to count the running runs", || {
             let metrics_addr = metrics_addr.clone();
             async move {
                 let text = common::scrape(&metrics_addr).await;
-                common::metric(&text, r#"porpoise_cluster_workflow_instances{state="running"}"#) == 20.0
+                common::metric(&text, r#"porpoise_cluster_workflow_instances{state="running"}"#) == n as f64
             }
         })
         .await;
@@ -714,12 +730,45 @@ async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<T
     let (doomed, taken) = owners.iter().max_by_key(|(_, n)| **n).map(|(o, n)| (o.clone(), *n)).expect("owners");
     let doomed_index = d.masters.iter().position(|m| m.0 == doomed).expect("a master of the deployment");
     let name = d.masters[doomed_index].2.clone();
-    if signal == "KILL" {
-        d.kill(&name);
-    } else {
-        d.signal(&name, signal);
-        let status = d.wait_exit(&name).await;
-        assert!(status.success(), "the master exits 0 after SIG{signal}: {status}\n{}", d.logs_text());
+    match how {
+        Stop::Kill => d.kill(&name),
+        Stop::Term => {
+            d.signal(&name, "TERM");
+            let status = d.wait_exit(&name).await;
+            assert!(status.success(), "the master exits 0 after SIGTERM: {status}\n{}", d.logs_text());
+        }
+        Stop::Pause => {
+            d.signal(&name, "STOP");
+            d.use_master(1 - doomed_index).await;
+            let admin = d.admin().await;
+            let (runs, doomed) = (runs.clone(), doomed.clone());
+            d.wait_until("the survivor to take over every run of the paused master", || {
+                let (mut admin, runs, doomed) = (admin.clone(), runs.clone(), doomed.clone());
+                async move {
+                    for id in runs {
+                        match admin.get_run(GetRunRequest { run_id: id }).await {
+                            Ok(run) if run.get_ref().run.as_ref().is_some_and(|r| r.owner != doomed) => {}
+                            _ => return false,
+                        }
+                    }
+                    true
+                }
+            })
+            .await;
+            d.signal(&name, "CONT");
+            // before any task ends (no event tells it), the resumed master finds that it lost
+            // its lease and that its runs are the survivor's, and stops their runners
+            let paused_metrics = d.masters[doomed_index].1.clone();
+            d.wait_until("the resumed master to stop the runners of the runs it lost", || {
+                let paused_metrics = paused_metrics.clone();
+                async move {
+                    let text = common::scrape(&paused_metrics).await;
+                    common::metric(&text, "porpoise_master_registrations_lost_total") >= 1.0
+                        && common::metric(&text, "porpoise_workflow_instances_running") == 0.0
+                }
+            })
+            .await;
+        }
     }
     if let Some(pg) = &outage {
         pg.stop();
@@ -742,7 +791,11 @@ async fn runs_taken_over_from_a_master_stopped_by(signal: &str, outage: Option<T
     d.wait_for_no_task_process().await;
     let ran = lines(&marks);
     for task in ["one", "two", "three"] {
-        assert_eq!(ran.iter().filter(|l| *l == task).count(), 20, "task {task} ran once per run");
+        assert_eq!(ran.iter().filter(|l| *l == task).count(), n, "task {task} ran once per run");
+    }
+    if how == Stop::Pause {
+        let letters = d.dead_letters().await;
+        assert!(letters.is_empty(), "nothing was dead-lettered: {letters:?}");
     }
     let metrics = d.metrics_text().await;
     let taken_over = common::metric(&metrics, r#"porpoise_failovers_total{kind="master"}"#);
@@ -847,10 +900,11 @@ async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     let dir = d.dir.path().to_path_buf();
     let marks = dir.join("marks").display().to_string();
+    common::close_gate(&dir.join("gate-one"));
     let command = format!(
-        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {hold}",
+        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {wait}",
         lock = dir.join("lock").display(),
-        hold = common::hold_until(&dir.join("gate-one"))
+        wait = common::wait_at(&dir.join("gate-one"))
     );
     d.apply("paused", &format!("name: paused\ntasks:\n  - name: one\n    command: {command:?}\n"));
     let id = d.start_run("paused").await;

@@ -24,10 +24,13 @@ pub enum StateEventKind {
     WorkerLost,
     /// One attempt on a lost worker is failed over: a new attempt goes to another worker.
     TaskFailover,
+    /// The master lost its registration, or found the run owned by another master: the runner
+    /// checks that the run is still its master's, and stops if it is not.
+    OwnershipCheck,
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 9] = [
+    pub const ALL: [StateEventKind; 10] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
@@ -37,6 +40,7 @@ impl StateEventKind {
         Self::WorkflowBlocked,
         Self::WorkerLost,
         Self::TaskFailover,
+        Self::OwnershipCheck,
     ];
 
     /// The label used in metrics, logs and the dead-letter table.
@@ -51,6 +55,7 @@ impl StateEventKind {
             Self::WorkflowBlocked => "workflow_blocked",
             Self::WorkerLost => "worker_lost",
             Self::TaskFailover => "task_failover",
+            Self::OwnershipCheck => "ownership_check",
         }
     }
 }
@@ -75,6 +80,20 @@ pub struct StateEvent {
     /// Kind-specific details (exit code, times, worker, message).
     #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
     pub detail: serde_json::Value,
+}
+
+impl StateEvent {
+    /// An [`StateEventKind::OwnershipCheck`] for run `workflow_instance_id`.
+    pub fn ownership_check(workflow_instance_id: i64) -> Self {
+        Self {
+            kind: StateEventKind::OwnershipCheck,
+            workflow_instance_id,
+            task_instance_id: None,
+            attempt: None,
+            state: None,
+            detail: serde_json::Value::Null,
+        }
+    }
 }
 
 /// Why an event was dropped: it cannot ever be handled.

@@ -30,6 +30,11 @@ pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
     let backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
+        // a master that lost its registration claims nothing until it has it back
+        shared.masters.until_live(&shared.addr).await;
+        if shared.draining.is_cancelled() {
+            return; // the master stops: commands are left to the others
+        }
         match shared.store.claim_commands(&shared.addr, BATCH).await {
             Ok(commands) => {
                 failures = 0;
@@ -50,6 +55,7 @@ pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
             }
         }
         tokio::select! {
+            () = shared.draining.cancelled() => return,
             _ = shared.consumer_wake.notified() => {}
             got = next_notification(&mut listener) => {
                 if !got {

@@ -18,7 +18,13 @@ use crate::runner::{Ack, TaskChange};
 /// Runs forever: the dispatcher loop.
 pub(crate) async fn run(shared: Arc<Shared>) {
     loop {
-        let task = shared.queue.pop().await;
+        let task = tokio::select! {
+            // a stopping master dispatches nothing more: the next owner queues what waits
+            () = shared.draining.cancelled() => return,
+            task = shared.queue.pop() => task,
+        };
+        // a master that lost its registration sends nothing until it has it back
+        shared.masters.until_live(&shared.addr).await;
         match shared.workers.acquire(&task.worker_group, task.avoid.as_deref()) {
             Some(worker) => {
                 shared.spawner.spawn(dispatch_one(shared.clone(), task, worker));

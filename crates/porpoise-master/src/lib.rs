@@ -35,6 +35,7 @@ use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
 use porpoise_store::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 pub use workers::WorkerSelector;
@@ -115,6 +116,9 @@ pub(crate) struct Shared {
     /// Lost workers waiting out their grace period.
     lost_workers: Mutex<HashSet<String>>,
     pub masters: Arc<masters::Masters>,
+    /// Cancelled when the master begins to stop: it takes no new work, and each runner ends
+    /// after the event in hand.
+    pub draining: CancellationToken,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -124,6 +128,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl Shared {
     pub fn runner(&self, workflow_instance_id: i64) -> Option<RunnerHandle> {
         lock(&self.runners).get(&workflow_instance_id).cloned()
+    }
+
+    /// Every runner of this master, with its run's id.
+    pub fn runners(&self) -> Vec<(i64, RunnerHandle)> {
+        lock(&self.runners).iter().map(|(id, r)| (*id, r.clone())).collect()
     }
 
     /// Registers the runner of an instance; `false` (and nothing changes) if it has one.
@@ -207,8 +216,7 @@ impl Shared {
                 info!(worker = %addr, "worker is back within the grace period; nothing failed over");
                 return;
             }
-            let runners: Vec<(i64, RunnerHandle)> =
-                lock(&shared.runners).iter().map(|(id, r)| (*id, r.clone())).collect();
+            let runners = shared.runners();
             warn!(worker = %addr, runs = runners.len(), "worker lost; failing over its task attempts");
             ::metrics::counter!(metrics::FAILOVERS, "kind" => "worker").increment(1);
             for (id, runner) in runners {
@@ -231,7 +239,11 @@ pub struct MasterHandle {
     pub addr: String,
     registration: Arc<Registration>,
     spawner: Spawner,
+    shared: Arc<Shared>,
 }
+
+/// How long a stopping master waits for its runners to finish the events in hand.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl MasterHandle {
     /// Starts a master on `store` and `registry`. `notifications` is the Postgres pool to
@@ -265,6 +277,7 @@ impl MasterHandle {
             stalls: Mutex::default(),
             lost_workers: Mutex::default(),
             masters: Arc::default(),
+            draining: CancellationToken::new(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
@@ -297,19 +310,33 @@ impl MasterHandle {
                     return Err(e.into());
                 }
             };
-        spawner.spawn(shared.masters.clone().follow(registry.clone()));
+        spawner.spawn(shared.masters.clone().follow(registry.clone(), addr.clone()));
+        spawner.spawn(masters::check_runs_after_losing_registration(shared.clone()));
         spawner.spawn(masters::take_over_orphans(shared.clone()));
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
         spawner.spawn(consumer::run(shared.clone(), notifications));
         info!(%addr, "master started");
-        Ok(MasterHandle { addr, registration, spawner })
+        Ok(MasterHandle { addr, registration, spawner, shared })
     }
 
-    /// Leaves the registry, then stops everything the master started (runners, timers,
-    /// dispatches, the consumer, the gRPC server) and waits until all of it has ended.
+    /// Stops the master: it claims and dispatches nothing more, each runner finishes the event
+    /// in hand (for up to [`STOP_GRACE`]), then the master leaves the registry, so that the
+    /// other masters take its runs over at once, and everything it started (timers, dispatches,
+    /// watches, the gRPC server) is stopped and waited for. What a runner had not finished is
+    /// in the database for the next owner.
     pub async fn stop(&self) {
+        info!(addr = %self.addr, runs = self.shared.runners().len(), "master stopping: no new work; finishing the events in hand");
+        self.shared.draining.cancel();
+        let deadline = tokio::time::Instant::now() + STOP_GRACE;
+        while !self.shared.runners().is_empty() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let left = self.shared.runners().len();
+        if left > 0 {
+            warn!(runs = left, "runners still busy at the end of the stop grace; stopping them where they are");
+        }
         if let Err(e) = self.registration.revoke().await {
-            warn!(error = %e, "cannot leave the registry cleanly");
+            warn!(error = %e, "cannot leave the registry cleanly; the other masters take the runs over when the lease ends");
         }
         self.spawner.stop().await;
         info!(addr = %self.addr, "master stopped");

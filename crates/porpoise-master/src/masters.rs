@@ -7,13 +7,14 @@
 //! database, as after a restart. The same sweep starts a runner for any run this master owns
 //! but does not run (a claim whose answer was lost, say).
 
-use std::collections::{BTreeSet, HashSet};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use porpoise_core::ExecutionState;
+use porpoise_core::{ExecutionState, StateEvent};
 use porpoise_registry::{MemberEvent, Registry, Selector};
 use porpoise_store::StoreError;
+use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::metrics as m;
@@ -23,40 +24,72 @@ use crate::{Shared, consumer};
 const SWEEP_LIMIT: u32 = 10_000;
 
 /// The masters registered now.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Masters {
-    live: Mutex<BTreeSet<String>>,
+    live: watch::Sender<BTreeSet<String>>,
     /// Woken when a master leaves.
     pub left: tokio::sync::Notify,
+    /// Woken when this master's own registration was lost (its lease ended).
+    pub lost_self: tokio::sync::Notify,
+}
+
+impl Default for Masters {
+    fn default() -> Self {
+        Self { live: watch::Sender::new(BTreeSet::new()), left: Default::default(), lost_self: Default::default() }
+    }
 }
 
 impl Masters {
-    fn live(&self) -> MutexGuard<'_, BTreeSet<String>> {
-        self.live.lock().unwrap_or_else(|p| p.into_inner())
+    fn live(&self) -> BTreeSet<String> {
+        self.live.borrow().clone()
     }
 
     pub fn is_live(&self, addr: &str) -> bool {
-        self.live().contains(addr)
+        self.live.borrow().contains(addr)
     }
 
-    /// Follows the masters in `registry`.
-    pub async fn follow(self: Arc<Self>, registry: Arc<dyn Registry>) {
+    /// Returns once `addr` is registered (at once if it is).
+    pub async fn until_live(&self, addr: &str) {
+        if self.is_live(addr) {
+            return;
+        }
+        info!(master = %addr, "this master is not registered: it takes no new work until it is again");
+        let mut rx = self.live.subscribe();
+        let _ = rx.wait_for(|live| live.contains(addr)).await;
+        info!(master = %addr, "this master is registered again: it takes work again");
+    }
+
+    /// Follows the masters in `registry`; `me` is this master.
+    pub async fn follow(self: Arc<Self>, registry: Arc<dyn Registry>, me: String) {
         let mut failures = 0u32;
         loop {
             match registry.watch(&Selector::Masters).await {
                 Ok(mut watch) => {
                     failures = 0;
-                    *self.live() = watch.initial.drain(..).map(|m| m.key.addr).collect();
+                    let initial: BTreeSet<String> = watch.initial.drain(..).map(|m| m.key.addr).collect();
+                    let was_live = self.is_live(&me);
+                    let lost = was_live && !initial.contains(&me);
+                    self.live.send_replace(initial);
                     self.left.notify_one();
+                    if lost {
+                        self.lost(&me);
+                    }
                     while let Some(event) = watch.next().await {
                         match event {
                             MemberEvent::Up(member) => {
-                                self.live().insert(member.key.addr);
+                                self.live.send_modify(|live| {
+                                    live.insert(member.key.addr);
+                                });
                             }
                             MemberEvent::Down(key) => {
                                 info!(master = %key.addr, "master left");
-                                self.live().remove(&key.addr);
+                                self.live.send_modify(|live| {
+                                    live.remove(&key.addr);
+                                });
                                 self.left.notify_one();
+                                if key.addr == me {
+                                    self.lost(&me);
+                                }
                             }
                         }
                     }
@@ -70,6 +103,23 @@ impl Masters {
             }
         }
     }
+
+    fn lost(&self, me: &str) {
+        warn!(master = %me, "this master's registration was lost (its lease ended): it stops dispatching and checks which runs are still its own");
+        metrics::counter!(m::REGISTRATIONS_LOST).increment(1);
+        self.lost_self.notify_one();
+    }
+}
+
+/// Runs forever: whenever this master's registration was lost, has each of its runners check
+/// that its run is still this master's (another may have taken it over meanwhile).
+pub(crate) async fn check_runs_after_losing_registration(shared: Arc<Shared>) {
+    loop {
+        shared.masters.lost_self.notified().await;
+        for (id, runner) in shared.runners() {
+            runner.post(StateEvent::ownership_check(id));
+        }
+    }
 }
 
 /// Runs forever: takes over runs whose owner is not a live master.
@@ -79,10 +129,11 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
     let mut overdue: HashSet<i64> = HashSet::new();
     loop {
         tokio::select! {
+            () = shared.draining.cancelled() => return, // a stopping master takes nothing over
             () = tokio::time::sleep(shared.takeover_sweep) => {}
             () = shared.masters.left.notified() => {}
         }
-        let live: Vec<String> = shared.masters.live().iter().cloned().collect();
+        let live: Vec<String> = shared.masters.live().into_iter().collect();
         let Some(me) = live.iter().position(|a| *a == shared.addr) else {
             continue; // not registered (the lease was lost): take no work
         };
@@ -94,6 +145,7 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
             }
         };
         count_runs(&runs, &live);
+        check_runners(&shared, &runs, runs.len() < SWEEP_LIMIT as usize);
         let mut next = HashSet::new();
         for run in runs {
             if run.owner.as_deref() == Some(shared.addr.as_str()) {
@@ -127,6 +179,22 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
             }
         }
         overdue = next;
+    }
+}
+
+/// Has every runner of this master whose run the sweep found owned by another master (or, when
+/// the sweep saw every unfinished run, did not find unfinished and owned by this one) check its
+/// run: it stops if another master owns it now.
+fn check_runners(shared: &Shared, runs: &[porpoise_store::WorkflowInstance], complete: bool) {
+    let owners: HashMap<i64, Option<&str>> = runs.iter().map(|r| (r.id, r.owner.as_deref())).collect();
+    for (id, runner) in shared.runners() {
+        let suspect = match owners.get(&id) {
+            Some(owner) => *owner != Some(shared.addr.as_str()),
+            None => complete,
+        };
+        if suspect {
+            runner.post(StateEvent::ownership_check(id));
+        }
     }
 }
 

@@ -18,6 +18,7 @@ pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
 pub const TAKEOVER_SECONDS: &str = "porpoise_takeover_seconds";
+pub const REGISTRATIONS_LOST: &str = "porpoise_master_registrations_lost_total";
 pub const CLUSTER_WORKFLOWS: &str = "porpoise_cluster_workflow_instances";
 pub const WORKFLOWS_WITHOUT_OWNER: &str = "porpoise_workflow_instances_without_live_owner";
 pub const STATE_EVENTS_HANDLED: &str = "porpoise_state_events_handled_total";
@@ -49,6 +50,10 @@ pub fn describe() {
         "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
     );
     describe_histogram!(TAKEOVER_SECONDS, "Time of the conditional write that takes one run of a lost master over");
+    describe_counter!(
+        REGISTRATIONS_LOST,
+        "Times this master's registry lease ended under it (a pause, a partition): it stopped dispatching until registered again"
+    );
     describe_gauge!(
         CLUSTER_WORKFLOWS,
         "Unfinished workflow instances in the whole cluster, by state, as the database holds them (updated every second)"
@@ -73,6 +78,7 @@ fn register_at_zero() {
         TASKS_RETRIED,
         TASK_EVENTS_REJECTED,
         TASKS_FAILED_OVER,
+        REGISTRATIONS_LOST,
     ] {
         counter!(name).increment(0);
     }

@@ -192,7 +192,7 @@ impl Runner {
             advance_pending: false,
             moved_to: None,
         };
-        if !shared.add_runner(id, handle.clone()) {
+        if shared.draining.is_cancelled() || !shared.add_runner(id, handle.clone()) {
             return None;
         }
         shared.spawner.spawn(runner.run(inbox));
@@ -214,7 +214,7 @@ impl Runner {
     async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
         let id = self.mem.instance.id;
         match self.rebuild().await {
-            None => self.finished = true,
+            None => {}
             Some(_) if self.mem.instance.state == Submitted => {
                 metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
                 let start = Envelope { event: self.start_event(), reply: None, early: false, _pending: None };
@@ -222,15 +222,23 @@ impl Runner {
             }
             Some(rows) => self.resume(&rows).await,
         }
+        let draining = self.shared.draining.clone();
         while !self.finished {
-            let Some(env) = inbox.recv().await else { break };
+            let env = tokio::select! {
+                biased;
+                () = draining.cancelled() => break,
+                env = inbox.recv() => env,
+            };
+            let Some(env) = env else { break };
             self.process(env).await;
         }
         self.shared.remove_runner(id);
         inbox.close();
-        // events that raced with the end of the run are late (or belong to its new owner)
+        // events that raced with the end of the run are late (or belong to its new owner, or,
+        // when the master stops, to the next one)
         let late = match &self.moved_to {
             Some(owner) => Ack::Moved(owner.clone()),
+            None if !self.finished => Ack::RetryLater("the master is stopping".into()),
             None => Ack::Ignored,
         };
         while let Ok(env) = inbox.try_recv() {
@@ -262,6 +270,10 @@ impl Runner {
                         self.shared.set_stall(id, format!("stalled loading the run: {e}"));
                     }
                     tokio::time::sleep(self.shared.event_backoff.delay(failures - 1)).await;
+                    if self.shared.draining.is_cancelled() {
+                        self.shared.clear_stall(id);
+                        return None; // the master stops: the next owner loads it
+                    }
                 }
             }
         };
@@ -270,15 +282,18 @@ impl Runner {
         }
         let Some((instance, rows)) = loaded else {
             warn!(workflow_instance_id = id, "run to start is gone");
+            self.finished = true;
             return None;
         };
         if instance.owner.as_deref() != Some(self.shared.addr.as_str()) {
             info!(workflow_instance_id = id, owner = ?instance.owner, "run is owned by another master; not started");
             self.moved_to = Some(instance.owner);
+            self.finished = true;
             return None;
         }
         if instance.state.is_terminal() {
             debug!(workflow_instance_id = id, state = %instance.state, "run has finished; not started");
+            self.finished = true;
             return None;
         }
         self.mem.instance = instance;
@@ -400,6 +415,14 @@ impl Runner {
                         let _ = tx.send(Ack::RetryLater(reason.clone()));
                     }
                     self.wait_to_retry(kind, failures, &reason, after).await;
+                    if self.shared.draining.is_cancelled() {
+                        // the master stops: the event stays with its sender, for the next owner
+                        if let Some(tx) = reply.take() {
+                            let _ = tx.send(Ack::RetryLater("the master is stopping".into()));
+                        }
+                        self.advance_pending = false;
+                        return;
+                    }
                 }
             }
         }
@@ -426,6 +449,9 @@ impl Runner {
                 Err(HandlerError::Retryable { reason, after }) => {
                     failures += 1;
                     self.wait_to_retry(kind, failures, &reason, after).await;
+                    if self.shared.draining.is_cancelled() {
+                        break; // the next owner moves the run on from the database
+                    }
                 }
             }
         }
@@ -443,6 +469,12 @@ impl Runner {
         self.advance_pending = false;
         self.finished = true;
         self.moved_to = Some(owner);
+        // the slots its attempts hold are the new owner's to count now
+        for t in self.mem.tasks.iter().flatten() {
+            if let (Dispatched | Running, Some(worker)) = (t.state, &t.worker) {
+                self.shared.release_worker(worker);
+            }
+        }
     }
 
     /// Says that handling a `kind` event failed for the `failures`th time, reports the run
@@ -461,7 +493,10 @@ impl Runner {
         if failures == STALL_AFTER {
             self.shared.set_stall(self.mem.instance.id, format!("stalled handling a {kind} event: {reason}"));
         }
-        tokio::time::sleep(delay).await;
+        tokio::select! {
+            () = tokio::time::sleep(delay) => {}
+            () = self.shared.draining.cancelled() => {} // the caller gives the event up
+        }
     }
 
     /// Moves the run on after a change: creates and queues the tasks that became ready, and ends
@@ -509,6 +544,7 @@ impl Runner {
             StateEventKind::TaskTimeout => self.on_task_timeout(event).await,
             StateEventKind::WorkerLost => self.on_worker_lost(event),
             StateEventKind::TaskFailover => self.on_task_failover(event).await,
+            StateEventKind::OwnershipCheck => self.still_owner().await.map(|()| false),
             kind @ (StateEventKind::WorkflowTimeout
             | StateEventKind::WaitTaskGroup
             | StateEventKind::WorkflowBlocked) => {

@@ -649,6 +649,40 @@ mod takeover {
         assert!(summary.awaiting_takeover, "{summary:?}");
     }
 
+    /// A master stopped while its runner is in the middle of an event (a slow write) finishes
+    /// that event before it leaves, leaves nothing running, and the other master takes the run
+    /// over at once and completes it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stopping_master_finishes_the_event_in_hand_and_hands_the_run_over() {
+        let config = MasterConfig { lease_ttl: Duration::from_secs(3600), ..Cluster::config() };
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
+        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let w = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let yaml = "name: handed\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a] }\n";
+        let run = cluster.run(yaml).await;
+        let a = w.wait_accepted(1).await[0];
+        // started now, it cannot have claimed the run
+        let other = cluster.extra_master().await;
+        cluster.store.fail(Op::TaskTo(Success), When::Slow(Duration::from_millis(500)), 1);
+        let finishing = {
+            let w = w.clone();
+            tokio::spawn(async move { w.finish(a, TaskOutcome::Success).await })
+        };
+        wait_for("the result's write to begin", || (cluster.store.fired(Op::TaskTo(Success)) == 1).then_some(())).await;
+        cluster.stop_master().await;
+        assert_eq!(cluster.task(run, "a").await.state, Success, "the event in hand was finished");
+        finishing.await.expect("the result was delivered");
+        // the lease is an hour: only the stopped master leaving the registry lets the other in
+        let b = w.wait_accepted(2).await[1];
+        w.finish(b, TaskOutcome::Success).await;
+        let ended = cluster.run_ends(run).await;
+        assert_eq!((ended.state, ended.owner.as_deref()), (Success, Some(other.addr.as_str())));
+        assert_eq!(w.accepted_names(), ["a", "b"], "nothing ran twice");
+        other.stop().await;
+    }
+
     /// Three masters: the owner of every run stops, the second dies right away (with its share
     /// taken over or not), and the third completes the takeover: every run completes, and
     /// nothing runs twice.

@@ -21,6 +21,8 @@ use crate::journal::Journal;
 
 /// Events sent in one call, at most.
 const BATCH: usize = 512;
+/// How long one report may take before the master counts as unreachable.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The handle through which executors queue events.
 #[derive(Debug, Clone)]
@@ -117,6 +119,8 @@ async fn deliver(
             m.dedup();
             m
         };
+        // every master at once: one that hangs (paused, say) holds up only its own events
+        let mut sends = tokio::task::JoinSet::new();
         for master in masters {
             let batch: Vec<(u64, TaskEvent)> = queue
                 .iter()
@@ -124,9 +128,22 @@ async fn deliver(
                 .take(BATCH)
                 .map(|(s, (_, e))| (*s, e.clone()))
                 .collect();
-            match send_batch(&mut clients, &worker_addr, &master, batch.iter().map(|(_, e)| e.clone()).collect()).await
-            {
-                Ok(outcome) => {
+            let client = clients.remove(&master);
+            let worker_addr = worker_addr.clone();
+            sends.spawn(async move {
+                let events = batch.iter().map(|(_, e)| e.clone()).collect();
+                let result = send_batch(client, &worker_addr, &master, events).await;
+                (master, batch, result)
+            });
+        }
+        while let Some(joined) = sends.join_next().await {
+            let Ok((master, batch, result)) = joined else {
+                all_ok = false;
+                continue;
+            };
+            match result {
+                Ok((client, outcome)) => {
+                    clients.insert(master.clone(), client);
                     for (s, e) in &batch {
                         if outcome.handled.contains(&e.event_id) {
                             queue.remove(s);
@@ -145,7 +162,6 @@ async fn deliver(
                 }
                 Err(e) => {
                     all_ok = false;
-                    clients.remove(&master);
                     warn!(%master, error = %e, events = batch.len(), "cannot deliver task events; will resend");
                     // a master that left the registry will not come back to take them: a live
                     // one will say where their runs went
@@ -189,25 +205,29 @@ async fn deliver(
     }
 }
 
-/// Sends one batch; says which events the master ACKed as handled and which went elsewhere.
+/// Sends one batch over `client` (connecting first when there is none); returns the client
+/// and which events the master ACKed as handled and which went elsewhere.
 async fn send_batch(
-    clients: &mut HashMap<String, TaskEventServiceClient<Channel>>,
+    client: Option<TaskEventServiceClient<Channel>>,
     worker_addr: &str,
     master: &str,
     events: Vec<TaskEvent>,
-) -> Result<Outcome, String> {
-    if !clients.contains_key(master) {
-        let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
-        let endpoint = Channel::from_shared(url).map_err(|e| format!("bad master address {master:?}: {e}"))?;
-        let channel = endpoint
-            .connect_timeout(Duration::from_secs(3))
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-            .map_err(|e| e.to_string())?;
-        clients.insert(master.to_string(), TaskEventServiceClient::new(channel));
-    }
-    let client = clients.get_mut(master).ok_or("no client")?;
+) -> Result<(TaskEventServiceClient<Channel>, Outcome), String> {
+    let mut client = match client {
+        Some(c) => c,
+        None => {
+            let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
+            let endpoint = Channel::from_shared(url).map_err(|e| format!("bad master address {master:?}: {e}"))?;
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(3))
+                // a master answers within its reply wait (5 s); longer means it is not running
+                .timeout(REQUEST_TIMEOUT)
+                .connect()
+                .await
+                .map_err(|e| e.to_string())?;
+            TaskEventServiceClient::new(channel)
+        }
+    };
     let reply = client
         .report_task_events(ReportTaskEventsRequest { worker_addr: worker_addr.to_string(), events })
         .await
@@ -221,5 +241,5 @@ async fn send_batch(
             outcome.moved.insert(a.event_id, a.owner);
         }
     }
-    Ok(outcome)
+    Ok((client, outcome))
 }

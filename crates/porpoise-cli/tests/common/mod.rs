@@ -544,3 +544,30 @@ pub fn hold_until(gate: &Path) -> String {
     let dir = gate.parent().unwrap_or(gate);
     format!("until [ -f {} ]; do [ -d {} ] || exit 1; sleep 0.02; done", gate.display(), dir.display())
 }
+
+/// Gates this test process holds closed, by path: each is an exclusive `flock` on its file.
+static GATES: std::sync::Mutex<std::collections::BTreeMap<PathBuf, std::fs::File>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Closes `gate`: a task running [`wait_at`] on it blocks (in the kernel, no polling, so a
+/// hundred tasks can wait at once) until [`open_gate`]. A test that fails lets its tasks go
+/// when it exits, since the kernel drops its locks, so none is left waiting.
+pub fn close_gate(gate: &Path) {
+    let mut gates = GATES.lock().unwrap_or_else(|p| p.into_inner());
+    if gates.contains_key(gate) {
+        return;
+    }
+    let file = std::fs::File::create(gate).expect("create a gate file");
+    file.lock().expect("lock the gate file");
+    gates.insert(gate.to_path_buf(), file);
+}
+
+/// The shell command that waits at `gate` until the test opens it.
+pub fn wait_at(gate: &Path) -> String {
+    format!("flock -s {} true", gate.display())
+}
+
+/// Opens `gate`: every task waiting at it goes on, and any that comes later passes.
+pub fn open_gate(gate: &Path) {
+    GATES.lock().unwrap_or_else(|p| p.into_inner()).remove(gate);
+}

@@ -1,5 +1,6 @@
 //! A store that fails chosen writes on purpose, around a real one: before the write (the
-//! database never saw it) or after it (the write is durable, its answer is lost). These are the
+//! database never saw it) or after it (the write is durable, its answer is lost), or slows
+//! them down. These are the
 //! faults a connection dropped at the wrong instant causes, placed exactly where a test needs
 //! them, which stopping the real database cannot do.
 
@@ -29,6 +30,8 @@ pub enum When {
     Before,
     /// The write is committed, but the caller gets an outage error instead of its answer.
     AnswerLost,
+    /// The write waits this long first (a slow database), then happens.
+    Slow(std::time::Duration),
 }
 
 #[derive(Debug)]
@@ -79,6 +82,10 @@ impl FaultyStore {
         match self.take(op) {
             Some(When::Before) => Err(outage()),
             Some(When::AnswerLost) => write.await.and_then(|_| Err(outage())),
+            Some(When::Slow(delay)) => {
+                tokio::time::sleep(delay).await;
+                write.await
+            }
             None => write.await,
         }
     }
