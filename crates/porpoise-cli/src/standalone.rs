@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use porpoise_master::{MasterConfig, MasterHandle};
 use porpoise_registry::MemoryRegistry;
-use porpoise_store::SqliteStore;
+use porpoise_store::{SqliteStore, Store};
 use porpoise_worker::{WorkerConfig, WorkerHandle};
 
 /// Where standalone keeps its database and task logs by default.
@@ -21,6 +21,7 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:5678";
 pub struct Standalone {
     pub master: MasterHandle,
     pub worker: WorkerHandle,
+    store: Arc<dyn Store>,
 }
 
 impl Standalone {
@@ -32,7 +33,8 @@ impl Standalone {
         let store = SqliteStore::open(&db).await.map_err(|e| format!("cannot open {}: {e}", db.display()))?;
         let registry = Arc::new(MemoryRegistry::new());
         let config = MasterConfig { listen, ..MasterConfig::default() };
-        let master = MasterHandle::start(config, Arc::new(store), registry.clone(), None)
+        let store: Arc<dyn Store> = Arc::new(store);
+        let master = MasterHandle::start(config, store.clone(), registry.clone())
             .await
             .map_err(|e| format!("cannot start the master: {e}"))?;
         let worker_config = WorkerConfig {
@@ -46,11 +48,12 @@ impl Standalone {
         };
         let worker =
             WorkerHandle::start(worker_config, registry).await.map_err(|e| format!("cannot start the worker: {e}"))?;
-        Ok(Standalone { master, worker })
+        Ok(Standalone { master, worker, store })
     }
 
     pub async fn stop(self) {
         self.worker.stop().await;
         self.master.stop().await;
+        self.store.close().await;
     }
 }

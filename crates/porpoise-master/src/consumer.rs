@@ -1,13 +1,13 @@
-//! The command consumer: claims commands as they arrive (Postgres LISTEN/NOTIFY, or a wake-up
-//! from this master's own AdminService; a slow poll only as a fallback); the claim makes this
+//! The command consumer: claims commands as they arrive (woken by the store's command feed —
+//! Postgres LISTEN/NOTIFY — or by this master's own AdminService; a slow poll only as a
+//! fallback); the claim makes this
 //! master the owner of each command's run, and the consumer starts its runner.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use porpoise_core::{Backoff, WorkflowSpec};
-use porpoise_store::{Command, WorkflowInstance};
-use sqlx::postgres::{PgListener, PgPool};
+use porpoise_store::{Command, CommandFeed, WorkflowInstance};
 use tracing::{error, info, warn};
 
 use crate::Shared;
@@ -16,17 +16,12 @@ use crate::runner::Runner;
 
 /// Commands claimed per round.
 const BATCH: u32 = 64;
-/// How long to wait before listening again after the notifications broke.
-const RELISTEN_AFTER: Duration = Duration::from_secs(5);
-/// The channel the `command_notify` trigger notifies.
-const CHANNEL: &str = "porpoise_command";
+/// How long to wait before opening the wake-up feed again after it broke.
+const REOPEN_AFTER: Duration = Duration::from_secs(5);
 
 /// Runs forever: claims commands and starts runs.
-pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
-    let mut listener = match notifications {
-        Some(pool) => listen(&pool).await,
-        None => None,
-    };
+pub(crate) async fn run(shared: Arc<Shared>) {
+    let mut feed = open_feed(&shared).await;
     let backoff = Backoff::default();
     let mut failures = 0u32;
     loop {
@@ -57,42 +52,39 @@ pub(crate) async fn run(shared: Arc<Shared>, notifications: Option<PgPool>) {
         tokio::select! {
             () = shared.draining.cancelled() => return,
             _ = shared.consumer_wake.notified() => {}
-            got = next_notification(&mut listener) => {
-                if !got {
-                    listener = None;
+            woken = next_wakeup(&mut feed) => {
+                if !woken {
+                    feed = None;
                 }
             }
             _ = tokio::time::sleep(shared.command_poll) => {}
         }
+        if feed.is_none() {
+            feed = open_feed(&shared).await;
+        }
     }
 }
 
-async fn listen(pool: &PgPool) -> Option<PgListener> {
-    match PgListener::connect_with(pool).await {
-        Ok(mut l) => match l.listen(CHANNEL).await {
-            Ok(()) => Some(l),
-            Err(e) => {
-                warn!(error = %e, "cannot LISTEN for commands; polling instead");
-                None
-            }
-        },
+async fn open_feed(shared: &Shared) -> Option<Box<dyn CommandFeed>> {
+    match shared.store.command_feed().await {
+        Ok(feed) => Some(feed),
         Err(e) => {
-            warn!(error = %e, "cannot LISTEN for commands; polling instead");
+            warn!(error = %e, poll = ?shared.command_poll, "cannot follow queued commands; polling for them instead");
             None
         }
     }
 }
 
-/// Waits for a notification; `false` when the listener broke (it reconnects by itself on the
-/// next call in sqlx, so we keep it unless it errors).
-async fn next_notification(listener: &mut Option<PgListener>) -> bool {
-    match listener {
-        Some(l) => match l.recv().await {
-            Ok(_) => true,
+/// Waits for the next wake-up; `false` when the feed broke (after a pause, so that a broken
+/// feed is not reopened in a tight loop).
+async fn next_wakeup(feed: &mut Option<Box<dyn CommandFeed>>) -> bool {
+    match feed {
+        Some(f) => match f.next().await {
+            Ok(()) => true,
             Err(e) => {
-                warn!(error = %e, "command notifications broke; polling until they are back");
-                tokio::time::sleep(RELISTEN_AFTER).await;
-                true
+                warn!(error = %e, "command wake-ups broke; polling until they are back");
+                tokio::time::sleep(REOPEN_AFTER).await;
+                false
             }
         },
         None => std::future::pending().await,

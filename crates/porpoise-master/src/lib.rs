@@ -246,13 +246,11 @@ pub struct MasterHandle {
 pub const STOP_GRACE: Duration = Duration::from_secs(10);
 
 impl MasterHandle {
-    /// Starts a master on `store` and `registry`. `notifications` is the Postgres pool to
-    /// LISTEN on for new commands (`None` on SQLite).
+    /// Starts a master on `store` and `registry`.
     pub async fn start(
         config: MasterConfig,
         store: Arc<dyn Store>,
         registry: Arc<dyn Registry>,
-        notifications: Option<sqlx::PgPool>,
     ) -> Result<MasterHandle, MasterError> {
         metrics::describe();
         let listener = TcpListener::bind(config.listen)
@@ -314,7 +312,7 @@ impl MasterHandle {
         spawner.spawn(masters::check_runs_after_losing_registration(shared.clone()));
         spawner.spawn(masters::take_over_orphans(shared.clone()));
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
-        spawner.spawn(consumer::run(shared.clone(), notifications));
+        spawner.spawn(consumer::run(shared.clone()));
         info!(%addr, "master started");
         Ok(MasterHandle { addr, registration, spawner, shared })
     }

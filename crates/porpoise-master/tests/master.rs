@@ -297,9 +297,8 @@ mod commands {
         let pg = TestPostgres::shared();
         let url = pg.fresh_database().await;
         let store = PgStore::connect(&url, 4).await.expect("connect to Postgres");
-        let pool = store.pool().clone();
         let config = MasterConfig { command_poll: Duration::from_secs(3600), ..Cluster::config() };
-        let cluster = Cluster::start_on(config, Arc::new(store), Some(pool)).await;
+        let cluster = Cluster::start_on(config, Arc::new(store)).await;
         let _w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 1).await;
         // a first run, through this master: it is listening once that one has started
@@ -309,6 +308,36 @@ mod commands {
         let elsewhere = PgStore::connect(&url, 1).await.expect("connect to Postgres");
         let def = elsewhere.latest_definition("woken").await.expect("read").expect("applied");
         let (run, _) = elsewhere
+            .create_run(&NewRun {
+                workflow_definition_id: def.id,
+                workflow_name: def.name.clone(),
+                priority: Default::default(),
+                params: Default::default(),
+            })
+            .await
+            .expect("request a run");
+        assert_eq!(cluster.run_ends(run.id).await.state, Success);
+    }
+}
+
+mod sqlite_wakeups {
+    use super::*;
+
+    /// On SQLite the store itself wakes the master for a run requested through it (the fallback
+    /// poll is an hour).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_requested_through_the_store_wakes_the_master() {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
+        let config = MasterConfig { command_poll: Duration::from_secs(3600), ..Cluster::config() };
+        let cluster = Cluster::start_on(config, Arc::new(store)).await;
+        let _w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
+        workers_seen(&cluster, "default", 1).await;
+        let first = cluster.run(&independent("woken", 1, "default")).await;
+        assert_eq!(cluster.run_ends(first).await.state, Success);
+        let def = cluster.store.latest_definition("woken").await.expect("read").expect("applied");
+        let (run, _) = cluster
+            .store
             .create_run(&NewRun {
                 workflow_definition_id: def.id,
                 workflow_name: def.name.clone(),
@@ -475,7 +504,7 @@ mod worker_failover {
         let config = MasterConfig { worker_failover_grace: Duration::from_secs(3600), ..Cluster::config() };
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let cluster = Cluster::start_on(config, Arc::new(store)).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let run = cluster.run(&independent("blip", 1, "default")).await;
@@ -628,7 +657,7 @@ mod takeover {
         let config = MasterConfig { takeover_sweep: Duration::from_secs(3600), ..Cluster::config() };
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let cluster = Cluster::start_on(config, Arc::new(store)).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let run = cluster.run(&independent("orphaned", 1, "default")).await;
@@ -657,7 +686,7 @@ mod takeover {
         let config = MasterConfig { lease_ttl: Duration::from_secs(3600), ..Cluster::config() };
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store), None).await;
+        let cluster = Cluster::start_on(config, Arc::new(store)).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let yaml = "name: handed\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a] }\n";

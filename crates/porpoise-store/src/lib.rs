@@ -28,11 +28,25 @@ pub use types::*;
 /// Results of store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
+/// Wake-ups for queued commands, so that masters claim them at once instead of at their next
+/// poll.
+#[async_trait]
+pub trait CommandFeed: Send {
+    /// Returns when commands may have been queued since the previous call. An error means the
+    /// feed broke: claim by polling meanwhile, and open a new feed later.
+    async fn next(&mut self) -> Result<()>;
+}
+
 /// Everything Porpoise keeps in its database.
 #[async_trait]
 pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Which database this is.
     fn backend(&self) -> Backend;
+    /// A feed of wake-ups for queued commands: on Postgres, LISTEN/NOTIFY, which reaches every
+    /// master; on SQLite, the commands queued through this store (one process).
+    async fn command_feed(&self) -> Result<Box<dyn CommandFeed>>;
+    /// Closes the store's connections, after those in use are given back.
+    async fn close(&self);
 
     /// Stores `spec` as the newest version of its workflow, unless the newest version is
     /// identical, in which case nothing changes.

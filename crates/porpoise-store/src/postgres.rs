@@ -1,13 +1,17 @@
 //! The Postgres store, for clusters: a connection pool, migrations applied at open (sqlx holds
-//! an advisory lock while it migrates, so masters starting together do not race), and command
-//! claiming with `FOR UPDATE SKIP LOCKED`.
+//! an advisory lock while it migrates, so masters starting together do not race), command
+//! claiming with `FOR UPDATE SKIP LOCKED`, and wake-ups for queued commands by LISTEN/NOTIFY.
 
 use std::time::Duration;
 
-use sqlx::postgres::{PgPool, PgPoolOptions};
+use async_trait::async_trait;
+use sqlx::postgres::{PgListener, PgPool, PgPoolOptions};
 
 use crate::sql::impl_store;
-use crate::{Backend, Result};
+use crate::{Backend, CommandFeed, Result};
+
+/// The channel the `command_notify` trigger notifies on each queued command.
+const CHANNEL: &str = "porpoise_command";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -30,9 +34,31 @@ impl PgStore {
         Ok(PgStore { pool })
     }
 
-    /// The connection pool, for LISTEN/NOTIFY and tests.
+    /// The connection pool, for tests.
     pub fn pool(&self) -> &PgPool {
         &self.pool
+    }
+
+    /// LISTENs on the channel the database notifies for each queued command, on a connection
+    /// of its own.
+    async fn open_command_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        let mut listener = PgListener::connect_with(&self.pool).await?;
+        listener.listen(CHANNEL).await?;
+        Ok(Box::new(Notifications(listener)))
+    }
+
+    /// The database's trigger notifies the masters: nothing to do here.
+    fn command_queued(&self) {}
+}
+
+/// Postgres notifications of queued commands.
+struct Notifications(PgListener);
+
+#[async_trait]
+impl CommandFeed for Notifications {
+    async fn next(&mut self) -> Result<()> {
+        self.0.recv().await?;
+        Ok(())
     }
 }
 

@@ -213,6 +213,14 @@ macro_rules! impl_store {
                 $backend
             }
 
+            async fn command_feed(&self) -> $crate::Result<Box<dyn $crate::CommandFeed>> {
+                self.open_command_feed().await
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
+            }
+
             async fn apply_definition(
                 &self,
                 spec: &porpoise_core::WorkflowSpec,
@@ -309,6 +317,7 @@ macro_rules! impl_store {
                 .bind(now())
                 .fetch_one(&self.pool)
                 .await?;
+                self.command_queued();
                 Ok(id)
             }
 
@@ -403,6 +412,7 @@ macro_rules! impl_store {
                     .execute(&mut *tx)
                     .await?;
                 tx.commit().await?;
+                self.command_queued();
                 let mut instance: $crate::WorkflowInstance = row.try_into()?;
                 instance.command_id = Some(command_id);
                 Ok((instance, command_id))

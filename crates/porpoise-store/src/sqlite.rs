@@ -1,5 +1,6 @@
 //! The SQLite store, for `porpoise standalone`: one database file, WAL journal, one writer
-//! connection (SQLite serialises writers anyway), migrations applied at open.
+//! connection (SQLite serialises writers anyway), migrations applied at open, and wake-ups for
+//! the commands queued through it.
 
 use std::path::Path;
 use std::str::FromStr;
@@ -7,8 +8,11 @@ use std::time::Duration;
 
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 
+use async_trait::async_trait;
+use tokio::sync::watch;
+
 use crate::sql::impl_store;
-use crate::{Backend, Result};
+use crate::{Backend, CommandFeed, Result};
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
 
@@ -16,6 +20,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqli
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     pool: SqlitePool,
+    /// Counts the commands queued through this store; feeds wait for it to change.
+    queued: std::sync::Arc<watch::Sender<u64>>,
 }
 
 impl SqliteStore {
@@ -33,12 +39,35 @@ impl SqliteStore {
             .connect_with(options)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(SqliteStore { pool })
+        Ok(SqliteStore { pool, queued: std::sync::Arc::new(watch::Sender::new(0)) })
     }
 
     /// The connection pool, for tests.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Wake-ups for the commands queued through this store: SQLite is one process's database.
+    async fn open_command_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        Ok(Box::new(Queued(self.queued.subscribe())))
+    }
+
+    fn command_queued(&self) {
+        self.queued.send_modify(|n| *n += 1);
+    }
+}
+
+/// Wake-ups for commands queued through one [`SqliteStore`].
+struct Queued(watch::Receiver<u64>);
+
+#[async_trait]
+impl CommandFeed for Queued {
+    async fn next(&mut self) -> Result<()> {
+        if self.0.changed().await.is_err() {
+            // the store is gone: no command will ever be queued through it again
+            std::future::pending::<()>().await;
+        }
+        Ok(())
     }
 }
 

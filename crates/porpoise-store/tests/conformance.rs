@@ -355,7 +355,32 @@ macro_rules! suites {
     };
 }
 
+/// A feed opened before a command is queued wakes up for it, and not before.
+async fn a_queued_command_wakes_the_command_feed(store: Arc<dyn Store>) {
+    let def = definition(&*store, "wf").await;
+    let mut feed = store.command_feed().await.expect("open the feed");
+    let quiet = tokio::time::timeout(std::time::Duration::from_millis(200), feed.next()).await;
+    assert!(quiet.is_err(), "woken with nothing queued");
+    store.insert_command(&command(def, Priority::Medium)).await.expect("insert");
+    tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("woken by the queued command")
+        .expect("the feed works");
+    let run = porpoise_store::NewRun {
+        workflow_definition_id: def,
+        workflow_name: "wf".into(),
+        priority: Priority::Medium,
+        params: BTreeMap::new(),
+    };
+    store.create_run(&run).await.expect("request a run");
+    tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
+        .await
+        .expect("woken by the requested run")
+        .expect("the feed works");
+}
+
 suites!(
+    a_queued_command_wakes_the_command_feed,
     definitions_are_versioned,
     commands_are_claimed_by_priority_then_age,
     concurrent_claimers_claim_each_command_once,

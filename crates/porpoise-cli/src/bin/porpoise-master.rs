@@ -10,7 +10,7 @@ use clap::Parser;
 use porpoise_cli::{EXIT_INVALID, fail, init_tracing, outln, shutdown_signal};
 use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
 use porpoise_registry::EtcdRegistry;
-use porpoise_store::PgStore;
+use porpoise_store::{PgStore, Store};
 
 /// Command-line arguments of `porpoise-master`; each has an environment variable too.
 #[derive(Debug, Parser)]
@@ -83,13 +83,15 @@ async fn main() -> ExitCode {
         lease_ttl: Duration::from_secs(args.lease_ttl_secs),
         ..MasterConfig::default()
     };
-    let notifications = Some(store.pool().clone());
-    let master = match MasterHandle::start(config, Arc::new(store), Arc::new(registry), notifications).await {
+    let store: Arc<dyn Store> = Arc::new(store);
+    let master = match MasterHandle::start(config, store.clone(), Arc::new(registry)).await {
         Ok(m) => m,
         Err(e) => return fail(1, e),
     };
     let _ = outln!("porpoise-master listening on {}", master.addr);
     shutdown_signal().await;
     master.stop().await;
+    // last: what the master still wrote while stopping has been given back by now
+    store.close().await;
     ExitCode::SUCCESS
 }

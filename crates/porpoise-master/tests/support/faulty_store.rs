@@ -96,6 +96,12 @@ impl Store for FaultyStore {
     fn backend(&self) -> Backend {
         self.inner.backend()
     }
+    async fn command_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        self.inner.command_feed().await
+    }
+    async fn close(&self) {
+        self.inner.close().await
+    }
     async fn apply_definition(&self, spec: &WorkflowSpec, spec_yaml: &str) -> Result<ApplyOutcome> {
         self.inner.apply_definition(spec, spec_yaml).await
     }

@@ -49,7 +49,6 @@ pub struct Cluster {
     pub registry: Arc<dyn Registry>,
     pub master: MasterHandle,
     config: MasterConfig,
-    notifications: Option<sqlx::PgPool>,
     admin: AdminServiceClient<Channel>,
     _dir: Option<tempfile::TempDir>,
 }
@@ -60,7 +59,7 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = SqliteStore::open(&dir.path().join("porpoise.db")).await.expect("open SQLite");
         let config = MasterConfig { selector, ..Self::config() };
-        let mut cluster = Self::start_on(config, Arc::new(store), None).await;
+        let mut cluster = Self::start_on(config, Arc::new(store)).await;
         cluster._dir = Some(dir);
         cluster
     }
@@ -74,17 +73,16 @@ impl Cluster {
         config
     }
 
-    /// A master with `config` on `store`, listening for commands on `notifications`.
-    pub async fn start_on(config: MasterConfig, store: Arc<dyn Store>, notifications: Option<sqlx::PgPool>) -> Cluster {
+    /// A master with `config` on `store`.
+    pub async fn start_on(config: MasterConfig, store: Arc<dyn Store>) -> Cluster {
         metrics();
         let store = Arc::new(FaultyStore::new(store));
         let registry: Arc<dyn Registry> = Arc::new(MemoryRegistry::new());
-        let master = MasterHandle::start(config.clone(), store.clone(), registry.clone(), notifications.clone())
-            .await
-            .expect("start the master");
+        let master =
+            MasterHandle::start(config.clone(), store.clone(), registry.clone()).await.expect("start the master");
         let admin =
             AdminServiceClient::connect(format!("http://{}", master.addr)).await.expect("connect to the master");
-        Cluster { store, registry, master, config, notifications, admin, _dir: None }
+        Cluster { store, registry, master, config, admin, _dir: None }
     }
 
     /// Stops the master; checks that nothing it started is left running.
@@ -98,10 +96,9 @@ impl Cluster {
     pub async fn start_master(&mut self) {
         let listen = self.master.addr.parse().expect("the master's address");
         let config = MasterConfig { listen, ..self.config.clone() };
-        self.master =
-            MasterHandle::start(config, self.store.clone(), self.registry.clone(), self.notifications.clone())
-                .await
-                .expect("start the master again");
+        self.master = MasterHandle::start(config, self.store.clone(), self.registry.clone())
+            .await
+            .expect("start the master again");
         self.admin =
             AdminServiceClient::connect(format!("http://{}", self.master.addr)).await.expect("connect to the master");
     }
@@ -109,7 +106,7 @@ impl Cluster {
     /// Another master on the same store and registry.
     pub async fn extra_master(&self) -> MasterHandle {
         let config = MasterConfig { listen: "127.0.0.1:0".parse().expect("an address"), ..self.config.clone() };
-        MasterHandle::start(config, self.store.clone(), self.registry.clone(), None).await.expect("start a master")
+        MasterHandle::start(config, self.store.clone(), self.registry.clone()).await.expect("start a master")
     }
 
     /// A client of the master's AdminService.
