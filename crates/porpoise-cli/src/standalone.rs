@@ -51,7 +51,7 @@ impl Standalone {
         Ok(Standalone { master, worker, store })
     }
 
-    pub async fn stop(self) {
+    pub async fn stop(mut self) {
         self.worker.stop().await;
         self.master.stop().await;
         self.store.close().await;

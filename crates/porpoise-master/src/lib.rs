@@ -10,8 +10,6 @@ mod consumer;
 mod dispatch;
 /// TaskEventService.
 mod events;
-/// One owner for everything the master spawns.
-mod lifecycle;
 /// The live masters and the takeover of runs without a live owner.
 mod masters;
 /// Metric names and descriptions.
@@ -40,10 +38,10 @@ use tracing::{info, warn};
 
 pub use workers::WorkerSelector;
 
-use crate::lifecycle::Spawner;
 use crate::queue::DispatchQueue;
 use crate::runner::RunnerHandle;
 use crate::workers::WorkerDirectory;
+use porpoise_runtime::Spawner;
 
 /// How a master is set up.
 #[derive(Debug, Clone)]

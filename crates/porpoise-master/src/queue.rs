@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 use porpoise_core::{Priority, TaskPriorityQueue};
 use tokio::sync::Notify;
 
-use crate::lifecycle::Spawner;
 use crate::runner::RunnerHandle;
+use porpoise_runtime::Spawner;
 
 /// A task attempt ready to be dispatched.
 #[derive(Debug, Clone)]

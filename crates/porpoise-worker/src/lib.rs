@@ -25,9 +25,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porpoise_registry::{Heartbeat, MemberKey, Registration, Registry};
+use porpoise_runtime::Spawner;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
 pub use reporter::Reporter;
@@ -103,9 +102,8 @@ pub struct WorkerHandle {
     pub addr: String,
     server: Arc<WorkerServer>,
     registration: Option<Arc<Registration>>,
-    shutdown: Option<oneshot::Sender<()>>,
-    serve: JoinHandle<()>,
-    heartbeat: JoinHandle<()>,
+    /// Owns every task the worker spawned: attempts, event delivery, heartbeats, the server.
+    spawner: Spawner,
     grace: Duration,
     watchdog: Option<watchdog::Watchdog>,
 }
@@ -122,7 +120,8 @@ impl WorkerHandle {
         let bound = listener.local_addr().map_err(|source| WorkerError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let token = take_over_data_dir(&config.data_dir).await?;
-        let watchdog = watchdog::Watchdog::start(&config.data_dir, &token, config.lease_ttl / 2)
+        let spawner = Spawner::default();
+        let watchdog = watchdog::Watchdog::start(&config.data_dir, &token, config.lease_ttl / 2, &spawner)
             .map_err(|source| WorkerError::DataDir { path: config.data_dir.clone(), source })?;
         let mut stops = 0u32;
         let (journal, replay) = journal::Journal::open(&config.data_dir, || {
@@ -133,35 +132,37 @@ impl WorkerHandle {
         if !replay.is_empty() {
             info!(events = replay.len(), "delivering the events a previous worker on this data directory left");
         }
-        let reporter = Reporter::start(addr.clone(), &token, registry.clone(), Arc::new(journal), replay);
-        let server = Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token));
-        let (shutdown, stopped) = oneshot::channel::<()>();
+        let reporter = Reporter::start(addr.clone(), &token, registry.clone(), Arc::new(journal), replay, &spawner);
+        let server =
+            Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token, spawner.clone()));
         let svc =
             porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()));
-        let serve = tokio::spawn(async move {
+        let stopping = spawner.stopping();
+        spawner.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let result = tonic::transport::Server::builder()
                 .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
+                .serve_with_incoming_shutdown(incoming, stopping)
                 .await;
             if let Err(e) = result {
                 warn!(error = %e, "worker gRPC server stopped");
             }
         });
         let key = MemberKey::worker(config.group.clone(), addr.clone());
-        let registration = registry.register(key, server.heartbeat(), config.lease_ttl).await?;
+        let registration = match registry.register(key, server.heartbeat(), config.lease_ttl).await {
+            Ok(r) => Arc::new(r),
+            Err(e) => {
+                spawner.stop().await;
+                return Err(e.into());
+            }
+        };
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
-        let registration = Arc::new(registration);
-        let heartbeat = tokio::spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
+        spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
         Ok(WorkerHandle {
             addr,
             server,
             registration: Some(registration),
-            shutdown: Some(shutdown),
-            serve,
-            heartbeat,
+            spawner,
             grace: config.shutdown_grace,
             watchdog: Some(watchdog),
         })
@@ -176,7 +177,7 @@ impl WorkerHandle {
     /// tasks finish for the grace period, kills what is left (whole process groups; each is
     /// reported WORKER_STOPPED, and the master fails it over), waits for the masters to ACK the
     /// events, then leaves the registry and stops serving.
-    pub async fn stop(mut self) {
+    pub async fn stop(&mut self) {
         self.server.drain();
         let running = self.server.running();
         if running > 0 {
@@ -203,26 +204,26 @@ impl WorkerHandle {
         if unsent > 0 {
             warn!(events = unsent, "stopping with task events no master has ACKed");
         }
-        self.heartbeat.abort();
         if let Some(r) = self.registration.take()
             && let Err(e) = r.revoke().await
         {
             warn!(error = %e, "cannot leave the registry cleanly");
         }
-        if let Some(s) = self.shutdown.take() {
-            let _ = s.send(());
-        }
-        let _ = (&mut self.serve).await;
+        self.spawner.stop().await;
         if let Some(w) = self.watchdog.take() {
             w.stop();
         }
+    }
+
+    /// Tasks the worker started that have not ended: none once [`WorkerHandle::stop`] returned.
+    pub fn live_tasks(&self) -> usize {
+        self.spawner.live()
     }
 }
 
 impl Drop for WorkerHandle {
     fn drop(&mut self) {
-        self.heartbeat.abort();
-        self.serve.abort();
+        self.spawner.cancel();
     }
 }
 

@@ -13,6 +13,7 @@ use porpoise_core::Backoff;
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
 use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent};
 use porpoise_registry::{Registry, Selector};
+use porpoise_runtime::Spawner;
 use tokio::sync::mpsc;
 use tonic::transport::Channel;
 use tracing::{debug, error, info, warn};
@@ -44,13 +45,14 @@ impl Reporter {
         registry: Arc<dyn Registry>,
         journal: Arc<Journal>,
         replay: Vec<(String, TaskEvent)>,
+        spawner: &Spawner,
     ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
         let pending = Arc::new(AtomicUsize::new(replay.len()));
         for event in replay {
             let _ = tx.send(event);
         }
-        tokio::spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone()));
+        spawner.spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone()));
         let id_prefix = format!("{worker_addr}#{token}");
         Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, id_prefix, journal }
     }

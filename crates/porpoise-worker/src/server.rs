@@ -13,6 +13,7 @@ use porpoise_proto::v1::{
     KillTaskRequest, TaskEvent, task_event,
 };
 use porpoise_registry::Heartbeat;
+use porpoise_runtime::Spawner;
 use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
@@ -47,12 +48,22 @@ pub struct WorkerServer {
     /// Stopping, and the grace period ran out: killed tasks are reported WORKER_STOPPED.
     stopping: std::sync::atomic::AtomicBool,
     sampler: crate::system::SystemSampler,
+    /// Spawns the attempts, so that stopping the worker ends them all.
+    spawner: Spawner,
 }
 
 impl WorkerServer {
-    pub fn new(addr: String, slots: u32, tasks_dir: PathBuf, reporter: Reporter, token: String) -> Self {
+    pub fn new(
+        addr: String,
+        slots: u32,
+        tasks_dir: PathBuf,
+        reporter: Reporter,
+        token: String,
+        spawner: Spawner,
+    ) -> Self {
         let started_at = chrono::Utc::now();
         Self {
+            spawner,
             token,
             draining: Default::default(),
             stopping: Default::default(),
@@ -117,7 +128,7 @@ impl WorkerServer {
         let master = req.master_addr;
         let workflow_instance_id = req.workflow_instance_id;
         let this = self.clone();
-        tokio::spawn(async move {
+        self.spawner.spawn(async move {
             let event = |kind| TaskEvent {
                 event_id: String::new(),
                 task_instance_id: attempt.task_instance_id,

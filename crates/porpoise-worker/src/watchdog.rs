@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, SystemTime};
 
-use tokio::task::JoinHandle;
+use porpoise_runtime::Spawner;
 use tracing::warn;
 
 use crate::process::TOKEN_VAR;
@@ -42,13 +42,13 @@ done
 #[derive(Debug)]
 pub struct Watchdog {
     child: Child,
-    beat: JoinHandle<()>,
 }
 
 impl Watchdog {
     /// Starts the watchdog of the worker whose tasks carry `worker_token`, with its liveness file
     /// in `data_dir`, killing after `limit` without a beat.
-    pub fn start(data_dir: &Path, worker_token: &str, limit: Duration) -> std::io::Result<Watchdog> {
+    /// The beat is spawned with `spawner`: it stops with the worker.
+    pub fn start(data_dir: &Path, worker_token: &str, limit: Duration, spawner: &Spawner) -> std::io::Result<Watchdog> {
         let alive: PathBuf = data_dir.join("worker.alive");
         touch(&alive)?;
         let child = Command::new("sh")
@@ -65,7 +65,7 @@ impl Watchdog {
             .stderr(Stdio::null())
             .process_group(0)
             .spawn()?;
-        let beat = tokio::spawn(async move {
+        spawner.spawn(async move {
             let mut tick = tokio::time::interval(BEAT);
             loop {
                 tick.tick().await;
@@ -74,7 +74,7 @@ impl Watchdog {
                 }
             }
         });
-        Ok(Watchdog { child, beat })
+        Ok(Watchdog { child })
     }
 
     /// Stops the watchdog (the worker is stopping cleanly and its tasks have ended).
@@ -83,7 +83,6 @@ impl Watchdog {
 
 impl Drop for Watchdog {
     fn drop(&mut self) {
-        self.beat.abort();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

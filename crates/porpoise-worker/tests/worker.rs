@@ -356,3 +356,37 @@ async fn a_malformed_dispatch_is_rejected_and_the_worker_keeps_serving() {
     assert_eq!(send(&mut s.client, dispatch(20, "echo fine", addr)).await, DispatchStatus::Accepted);
     master.wait_result(20, 1).await;
 }
+
+/// Stopping a worker ends everything it started: the attempt still running past the grace
+/// period (with every process it left), the event delivery, the heartbeats and the server; it
+/// leaves the registry, and its last events reached the master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_leaves_nothing_running() {
+    let (master, addr) = Master::start(0).await;
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let registry = MemoryRegistry::new();
+    let config = WorkerConfig {
+        listen: "127.0.0.1:0".parse().expect("addr"),
+        advertise: None,
+        group: "default".into(),
+        slots: 2,
+        data_dir: dir.path().to_path_buf(),
+        lease_ttl: Duration::from_secs(5),
+        shutdown_grace: Duration::from_millis(100),
+    };
+    let mut worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
+    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect");
+    let name = format!("porpoise-test-{}-stop", std::process::id());
+    send(&mut client, dispatch(30, &sprawling_task(&name), addr)).await;
+    wait_sprawl(&master, 30, &name).await;
+    assert!(worker.live_tasks() > 0);
+
+    worker.stop().await;
+    assert_eq!(worker.live_tasks(), 0, "the stopped worker left tasks running");
+    assert_eq!(processes_named(&name), Vec::<String>::new(), "processes of the task outlived the worker");
+    let result = result_of(&master.wait_result(30, 1).await);
+    assert_eq!(result.outcome, TaskOutcome::WorkerStopped as i32);
+    assert!(registry.members(&Selector::Workers { group: None }).await.expect("members").is_empty());
+    let refused = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await;
+    assert!(refused.is_err(), "the worker's port still answers");
+}

@@ -21,7 +21,7 @@ async fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => return fail(1, format!("cannot connect to etcd at {}: {e}", args.etcd.join(","))),
     };
-    let worker = match WorkerHandle::start(config, Arc::new(registry)).await {
+    let mut worker = match WorkerHandle::start(config, Arc::new(registry)).await {
         Ok(w) => w,
         Err(e) => return fail(1, e),
     };

@@ -1,5 +1,6 @@
-//! One owner for everything a master spawns — runners, timers, dispatches, the consumer, the
-//! registry watch, the gRPC server: stopping the master cancels them all and waits for them.
+//! One owner for everything a daemon spawns — a master's runners, timers, dispatches, consumer,
+//! watches and gRPC server; a worker's task attempts, event delivery, heartbeats and gRPC
+//! server: stopping the daemon cancels them all and waits for them.
 
 use std::future::Future;
 
@@ -8,7 +9,7 @@ use tokio_util::task::TaskTracker;
 
 /// Spawns tasks that end when the owner stops.
 #[derive(Debug, Clone, Default)]
-pub(crate) struct Spawner {
+pub struct Spawner {
     token: CancellationToken,
     tracker: TaskTracker,
 }
