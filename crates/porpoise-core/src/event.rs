@@ -1,5 +1,6 @@
-//! State events — every change to a running workflow arrives in its runner's inbox as one — and
-//! the typed error a handler returns: retry the event later, or drop it and record why.
+//! The kinds of state event (labels for metrics, logs and the dead-letter table; the events
+//! themselves are [`crate::engine::Event`]) and the typed error of handling one: retry the
+//! event later, drop it and record why, or hand the run to the master that owns it now.
 
 use std::fmt;
 use std::time::Duration;
@@ -15,10 +16,7 @@ pub enum StateEventKind {
     TaskStateChange,
     WorkflowStateChange,
     TaskTimeout,
-    WorkflowTimeout,
     TaskRetry,
-    WaitTaskGroup,
-    WorkflowBlocked,
     /// A worker left the registry (and stayed away past the grace period): its attempts of
     /// this run are failed over.
     WorkerLost,
@@ -30,14 +28,11 @@ pub enum StateEventKind {
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 10] = [
+    pub const ALL: [StateEventKind; 7] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
-        Self::WorkflowTimeout,
         Self::TaskRetry,
-        Self::WaitTaskGroup,
-        Self::WorkflowBlocked,
         Self::WorkerLost,
         Self::TaskFailover,
         Self::OwnershipCheck,
@@ -49,10 +44,7 @@ impl StateEventKind {
             Self::TaskStateChange => "task_state_change",
             Self::WorkflowStateChange => "workflow_state_change",
             Self::TaskTimeout => "task_timeout",
-            Self::WorkflowTimeout => "workflow_timeout",
             Self::TaskRetry => "task_retry",
-            Self::WaitTaskGroup => "wait_task_group",
-            Self::WorkflowBlocked => "workflow_blocked",
             Self::WorkerLost => "worker_lost",
             Self::TaskFailover => "task_failover",
             Self::OwnershipCheck => "ownership_check",
@@ -66,36 +58,6 @@ impl fmt::Display for StateEventKind {
     }
 }
 
-/// One event for one workflow instance's runner.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct StateEvent {
-    pub kind: StateEventKind,
-    pub workflow_instance_id: i64,
-    /// The task instance the event is about, for task events.
-    pub task_instance_id: Option<i64>,
-    /// The task attempt the event belongs to; events of an older attempt are stale.
-    pub attempt: Option<i32>,
-    /// The state the event reports or asks for.
-    pub state: Option<ExecutionState>,
-    /// Kind-specific details (exit code, times, worker, message).
-    #[serde(default, skip_serializing_if = "serde_json::Value::is_null")]
-    pub detail: serde_json::Value,
-}
-
-impl StateEvent {
-    /// An [`StateEventKind::OwnershipCheck`] for run `workflow_instance_id`.
-    pub fn ownership_check(workflow_instance_id: i64) -> Self {
-        Self {
-            kind: StateEventKind::OwnershipCheck,
-            workflow_instance_id,
-            task_instance_id: None,
-            attempt: None,
-            state: None,
-            detail: serde_json::Value::Null,
-        }
-    }
-}
-
 /// Why an event was dropped: it cannot ever be handled.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DropReason {
@@ -105,8 +67,6 @@ pub enum DropReason {
     UnknownTaskInstance(i64),
     #[error("illegal transition from {from} to {to}")]
     IllegalTransition { from: ExecutionState, to: ExecutionState },
-    #[error("no handler for {0} events")]
-    NoHandler(StateEventKind),
     #[error("unsupported: {0}")]
     Unsupported(String),
     #[error("malformed event: {0}")]
@@ -116,8 +76,8 @@ pub enum DropReason {
 /// A state-event handler's failure, typed by what the runner must do with the event.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HandlerError {
-    /// A transient fault (the database is down): keep the event at the head of the inbox, roll
-    /// back what the attempt changed in memory, and retry after a backoff.
+    /// A transient fault (the database is down): keep the event at the head of the inbox and
+    /// retry after a backoff; the run's state is as it was before the attempt.
     #[error("retryable: {reason}")]
     Retryable { reason: String, after: Option<Duration> },
     /// The event is broken: remove it and record it in the dead-letter table.
@@ -129,32 +89,9 @@ pub enum HandlerError {
     NotOwner { owner: Option<String> },
 }
 
-/// What to do with an event whose handling failed.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Disposition {
-    Retry {
-        after: Option<Duration>,
-    },
-    Drop {
-        reason: String,
-    },
-    /// Stop the runner: the run belongs to `owner` now.
-    HandOver {
-        owner: Option<String>,
-    },
-}
-
 impl HandlerError {
     pub fn retryable(reason: impl Into<String>) -> Self {
         Self::Retryable { reason: reason.into(), after: None }
-    }
-
-    pub fn disposition(&self) -> Disposition {
-        match self {
-            Self::Retryable { after, .. } => Disposition::Retry { after: *after },
-            Self::Drop(reason) => Disposition::Drop { reason: reason.to_string() },
-            Self::NotOwner { owner } => Disposition::HandOver { owner: owner.clone() },
-        }
     }
 }
 
@@ -171,9 +108,9 @@ mod tests {
     #[test]
     fn errors_say_what_to_do() {
         let e = HandlerError::retryable("database unavailable");
-        assert_eq!(e.disposition(), Disposition::Retry { after: None });
+        assert_eq!(e, HandlerError::Retryable { reason: "database unavailable".into(), after: None });
         let e: HandlerError = DropReason::UnknownTaskInstance(42).into();
-        assert_eq!(e.disposition(), Disposition::Drop { reason: "unknown task instance 42".into() });
+        assert_eq!(e.to_string(), "dropped: unknown task instance 42");
     }
 
     #[test]

@@ -6,14 +6,15 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use porpoise_core::{Backoff, ExecutionState, StateEvent, StateEventKind};
+use porpoise_core::Backoff;
+use porpoise_core::engine::{AttemptRef, Ending, Event};
 use porpoise_proto::v1::{DispatchStatus, DispatchTaskRequest};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::metrics as m;
 use crate::queue::QueuedTask;
-use crate::runner::{Ack, TaskChange};
+use crate::runner::Ack;
 
 /// Runs forever: the dispatcher loop.
 pub(crate) async fn run(shared: Arc<Shared>) {
@@ -39,27 +40,14 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
-fn change_event(task: &QueuedTask, state: ExecutionState, change: TaskChange) -> StateEvent {
-    StateEvent {
-        kind: StateEventKind::TaskStateChange,
-        workflow_instance_id: task.workflow_instance_id,
-        task_instance_id: Some(task.task_instance_id),
-        attempt: Some(task.attempt),
-        state: Some(state),
-        detail: serde_json::to_value(change).unwrap_or_default(),
-    }
+/// The attempt `task` stands for.
+fn attempt_of(task: &QueuedTask) -> AttemptRef {
+    AttemptRef { task_instance_id: task.task_instance_id, attempt: task.attempt }
 }
 
 async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
     // the worker is on the task instance before the dispatch leaves
-    let marked = task
-        .runner
-        .request(change_event(
-            &task,
-            ExecutionState::Dispatched,
-            TaskChange { worker: Some(worker.clone()), ..Default::default() },
-        ))
-        .await;
+    let marked = task.runner.request(Event::Dispatched { at: attempt_of(&task), worker: worker.clone() }).await;
     if marked != Ack::Handled {
         debug!(task_instance_id = task.task_instance_id, ?marked, "dispatch skipped: the task no longer waits for one");
         shared.release_worker(&worker);
@@ -103,12 +91,17 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
             Ok(r) if r.status == DispatchStatus::Invalid as i32 => {
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "invalid").increment(1);
                 warn!(task_instance_id = task.task_instance_id, %worker, message = %r.message, "worker rejected the task as invalid");
-                let change = TaskChange {
+                let ending = Ending {
+                    at: attempt_of(&task),
                     worker: Some(worker.clone()),
+                    succeeded: false,
+                    exit_code: None,
+                    started_at: None,
+                    ended_at: None,
                     message: format!("rejected by worker {worker}: {}", r.message),
-                    ..Default::default()
+                    timed_out: false,
                 };
-                task.runner.request(change_event(&task, ExecutionState::Failure, change)).await;
+                task.runner.request(Event::Ended(ending)).await;
                 return;
             }
             Ok(r) if r.status == DispatchStatus::Draining as i32 => {
@@ -143,10 +136,6 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
 /// Sends the task back to `submitted`: the runner queues it again after `delay`, to go to
 /// another worker than `worker` if one has a free slot.
 async fn requeue(task: &QueuedTask, worker: &str, delay: Duration) {
-    let change = TaskChange {
-        worker: Some(worker.to_string()),
-        requeue_after_ms: Some(delay.as_millis() as u64),
-        ..Default::default()
-    };
-    task.runner.request(change_event(task, ExecutionState::Submitted, change)).await;
+    let event = Event::Requeue { at: attempt_of(task), worker: Some(worker.to_string()), after: delay };
+    task.runner.request(event).await;
 }

@@ -5,7 +5,9 @@
 
 use std::sync::Arc;
 
-use porpoise_core::{DropReason, ExecutionState, StateEvent, StateEventKind};
+use chrono::{DateTime, Utc};
+use porpoise_core::engine::{AttemptRef, Ending, Event};
+use porpoise_core::{DropReason, ExecutionState, StateEventKind};
 use porpoise_proto::v1::task_event_service_server::TaskEventService;
 use porpoise_proto::v1::{
     AckStatus, EventAck, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, task_event,
@@ -15,7 +17,7 @@ use tracing::{debug, warn};
 
 use crate::Shared;
 use crate::metrics as m;
-use crate::runner::{Ack, PendingGuard, TaskChange, record_dead_letter};
+use crate::runner::{Ack, EventKey, PendingGuard, record_dead_letter};
 
 /// How long a report waits for the runners' outcomes before answering RETRY_LATER for the rest
 /// (they stay queued and are handled; the worker's resend then finds them done).
@@ -25,63 +27,70 @@ const REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 #[derive(Debug, Clone)]
 pub(crate) struct TaskEvents(pub Arc<Shared>);
 
-/// Turns a worker's event (sent by `worker`) into a state event, or says what is wrong with it.
-fn to_state_event(e: &TaskEvent, worker: &str) -> Result<StateEvent, String> {
+/// A worker's event for one run, as the run's runner takes it.
+struct Routed {
+    run: i64,
+    event: Event,
+    /// Identifies the event while it waits in the runner's inbox.
+    key: EventKey,
+}
+
+impl Routed {
+    fn task_instance_id(&self) -> i64 {
+        self.key.0
+    }
+
+    fn json(&self) -> String {
+        serde_json::to_string(&self.event).unwrap_or_else(|e| format!("unserialisable event: {e}"))
+    }
+}
+
+fn time(ms: i64) -> Option<DateTime<Utc>> {
+    (ms > 0).then(|| DateTime::from_timestamp_millis(ms)).flatten()
+}
+
+/// Turns a worker's event (sent by `worker`) into a runner's event, or says what is wrong with it.
+fn to_event(e: &TaskEvent, worker: &str) -> Result<Routed, String> {
     if e.task_instance_id <= 0 || e.workflow_instance_id <= 0 || e.attempt <= 0 {
         return Err(format!(
             "ids and attempt must be positive (task instance {}, workflow instance {}, attempt {})",
             e.task_instance_id, e.workflow_instance_id, e.attempt
         ));
     }
-    let (state, change) = match &e.kind {
+    let at = AttemptRef { task_instance_id: e.task_instance_id, attempt: e.attempt };
+    let (event, state) = match &e.kind {
         Some(task_event::Kind::Running(r)) => (
+            Event::Running { at, worker: r.worker_addr.clone(), started_at: time(r.started_at_ms) },
             ExecutionState::Running,
-            TaskChange {
-                worker: Some(r.worker_addr.clone()),
-                started_at_ms: Some(r.started_at_ms),
-                ..Default::default()
-            },
         ),
-        Some(task_event::Kind::Result(r)) if r.outcome == TaskOutcome::WorkerStopped as i32 => {
+        Some(task_event::Kind::Result(r)) if r.outcome == TaskOutcome::WorkerStopped as i32 => (
             // the worker shut down and killed the task: fail the attempt over, as for a lost worker
-            return Ok(StateEvent {
-                kind: StateEventKind::TaskFailover,
-                workflow_instance_id: e.workflow_instance_id,
-                task_instance_id: Some(e.task_instance_id),
-                attempt: Some(e.attempt),
-                state: Some(ExecutionState::Running),
-                detail: serde_json::json!({ "worker": worker, "why": "stopped before the task ended" }),
-            });
-        }
+            Event::Failover { at, worker: worker.to_string(), why: "stopped before the task ended".into() },
+            ExecutionState::Stopped,
+        ),
         Some(task_event::Kind::Result(r)) => {
             let outcome = TaskOutcome::try_from(r.outcome);
-            let state = match outcome {
-                Ok(TaskOutcome::Success) => ExecutionState::Success,
-                Ok(TaskOutcome::Failure | TaskOutcome::TimedOut | TaskOutcome::Killed) => ExecutionState::Failure,
+            let succeeded = match outcome {
+                Ok(TaskOutcome::Success) => true,
+                Ok(TaskOutcome::Failure | TaskOutcome::TimedOut | TaskOutcome::Killed) => false,
                 _ => return Err(format!("unknown task outcome {}", r.outcome)),
             };
-            (
-                state,
-                TaskChange {
-                    timed_out: outcome == Ok(TaskOutcome::TimedOut),
-                    exit_code: r.exit_code,
-                    started_at_ms: Some(r.started_at_ms),
-                    ended_at_ms: Some(r.ended_at_ms),
-                    message: r.message.clone(),
-                    ..Default::default()
-                },
-            )
+            let ending = Ending {
+                at,
+                worker: None,
+                succeeded,
+                exit_code: r.exit_code,
+                started_at: time(r.started_at_ms),
+                ended_at: time(r.ended_at_ms),
+                message: r.message.clone(),
+                timed_out: outcome == Ok(TaskOutcome::TimedOut),
+            };
+            let state = if succeeded { ExecutionState::Success } else { ExecutionState::Failure };
+            (Event::Ended(ending), state)
         }
         None => return Err("the event has no kind (neither running nor result)".into()),
     };
-    Ok(StateEvent {
-        kind: StateEventKind::TaskStateChange,
-        workflow_instance_id: e.workflow_instance_id,
-        task_instance_id: Some(e.task_instance_id),
-        attempt: Some(e.attempt),
-        state: Some(state),
-        detail: serde_json::to_value(change).unwrap_or_default(),
-    })
+    Ok(Routed { run: e.workflow_instance_id, event, key: (e.task_instance_id, e.attempt, state) })
 }
 
 fn ack(event_id: String, a: &Ack) -> EventAck {
@@ -109,9 +118,10 @@ fn ack(event_id: String, a: &Ack) -> EventAck {
 
 impl TaskEvents {
     /// An event whose instance has no runner here: finished, unknown, or owned elsewhere.
-    async fn without_runner(&self, event: StateEvent) -> Ack {
+    async fn without_runner(&self, event: Routed) -> Ack {
         let shared = &self.0;
-        let ti = event.task_instance_id.unwrap_or_default();
+        let ti = event.task_instance_id();
+        let kind = event.event.kind();
         let task = match shared.store.task_instance(ti).await {
             Ok(t) => t,
             Err(e) if e.is_retryable() => return Ack::RetryLater(e.to_string()),
@@ -119,18 +129,18 @@ impl TaskEvents {
         };
         let Some(task) = task else {
             let reason = DropReason::UnknownTaskInstance(ti).to_string();
-            metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => event.kind.as_str()).increment(1);
-            warn!(task_instance_id = ti, workflow_instance_id = event.workflow_instance_id, %reason, "state event dropped");
-            record_dead_letter(shared, &event, &reason).await;
+            metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
+            warn!(task_instance_id = ti, workflow_instance_id = event.run, %reason, "state event dropped");
+            record_dead_letter(shared, event.run, Some(ti), kind, event.json(), &reason).await;
             return Ack::Dropped(reason);
         };
-        if task.workflow_instance_id != event.workflow_instance_id {
+        if task.workflow_instance_id != event.run {
             let reason = format!(
                 "task instance {ti} belongs to workflow instance {}, not {}",
-                task.workflow_instance_id, event.workflow_instance_id
+                task.workflow_instance_id, event.run
             );
-            metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => event.kind.as_str()).increment(1);
-            record_dead_letter(shared, &event, &reason).await;
+            metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
+            record_dead_letter(shared, event.run, Some(ti), kind, event.json(), &reason).await;
             return Ack::Dropped(reason);
         }
         match shared.store.workflow_instance(task.workflow_instance_id).await {
@@ -164,36 +174,42 @@ impl TaskEventService for TaskEvents {
         let mut acks = Vec::with_capacity(req.events.len());
         for e in req.events {
             let event_id = e.event_id.clone();
-            match to_state_event(&e, &req.worker_addr) {
+            match to_event(&e, &req.worker_addr) {
                 Err(problem) => {
                     metrics::counter!(m::TASK_EVENTS_REJECTED).increment(1);
                     warn!(worker = %req.worker_addr, %event_id, %problem, "malformed task event dropped");
-                    let recorded = StateEvent {
-                        kind: StateEventKind::TaskStateChange,
-                        workflow_instance_id: e.workflow_instance_id,
-                        task_instance_id: Some(e.task_instance_id),
-                        attempt: Some(e.attempt),
-                        state: None,
-                        detail: serde_json::json!({ "worker": req.worker_addr, "event_id": event_id }),
-                    };
-                    record_dead_letter(&self.0, &recorded, &format!("malformed event: {problem}")).await;
+                    let recorded = serde_json::json!({
+                        "worker": req.worker_addr,
+                        "event_id": event_id,
+                        "task_instance_id": e.task_instance_id,
+                        "attempt": e.attempt,
+                    });
+                    record_dead_letter(
+                        &self.0,
+                        e.workflow_instance_id,
+                        Some(e.task_instance_id),
+                        StateEventKind::TaskStateChange,
+                        recorded.to_string(),
+                        &format!("malformed event: {problem}"),
+                    )
+                    .await;
                     acks.push(ack(event_id, &Ack::Dropped(problem)));
                 }
-                Ok(event) => match self.0.runner(event.workflow_instance_id) {
+                Ok(routed) => match self.0.runner(routed.run) {
                     Some(runner) => {
-                        let key = (e.task_instance_id, e.attempt, event.state.unwrap_or(ExecutionState::Running));
                         let set = self.0.pending_events.clone();
-                        if !set.lock().unwrap_or_else(|p| p.into_inner()).insert(key) {
+                        if !set.lock().unwrap_or_else(|p| p.into_inner()).insert(routed.key) {
                             // a resend of an event still queued: one copy in the inbox is enough
                             acks.push(ack(event_id, &Ack::RetryLater("the event is still being handled".into())));
                             continue;
                         }
-                        match runner.report(event, PendingGuard { set, key }) {
-                            Ok(rx) => waiting.push((event_id, rx)),
-                            Err(event) => acks.push(ack(event_id, &self.without_runner(event).await)),
+                        let pending = PendingGuard { set, key: routed.key };
+                        match runner.report(routed.event.clone(), pending) {
+                            Some(rx) => waiting.push((event_id, rx)),
+                            None => acks.push(ack(event_id, &self.without_runner(routed).await)),
                         }
                     }
-                    None => acks.push(ack(event_id, &self.without_runner(event).await)),
+                    None => acks.push(ack(event_id, &self.without_runner(routed).await)),
                 },
             }
         }

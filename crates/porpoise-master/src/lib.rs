@@ -217,15 +217,8 @@ impl Shared {
             let runners = shared.runners();
             warn!(worker = %addr, runs = runners.len(), "worker lost; failing over its task attempts");
             ::metrics::counter!(metrics::FAILOVERS, "kind" => "worker").increment(1);
-            for (id, runner) in runners {
-                runner.post(porpoise_core::StateEvent {
-                    kind: porpoise_core::StateEventKind::WorkerLost,
-                    workflow_instance_id: id,
-                    task_instance_id: None,
-                    attempt: None,
-                    state: None,
-                    detail: serde_json::json!({ "worker": addr }),
-                });
+            for (_, runner) in runners {
+                runner.post(porpoise_core::engine::Event::WorkerLost { worker: addr.clone() });
             }
         });
     }

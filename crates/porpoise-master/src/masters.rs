@@ -11,7 +11,7 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use porpoise_core::{ExecutionState, StateEvent};
+use porpoise_core::ExecutionState;
 use porpoise_registry::{MemberEvent, Registry, Selector};
 use porpoise_store::StoreError;
 use tokio::sync::watch;
@@ -116,8 +116,8 @@ impl Masters {
 pub(crate) async fn check_runs_after_losing_registration(shared: Arc<Shared>) {
     loop {
         shared.masters.lost_self.notified().await;
-        for (id, runner) in shared.runners() {
-            runner.post(StateEvent::ownership_check(id));
+        for (_, runner) in shared.runners() {
+            runner.check_ownership();
         }
     }
 }
@@ -193,7 +193,7 @@ fn check_runners(shared: &Shared, runs: &[porpoise_store::WorkflowInstance], com
             None => complete,
         };
         if suspect {
-            runner.post(StateEvent::ownership_check(id));
+            runner.check_ownership();
         }
     }
 }

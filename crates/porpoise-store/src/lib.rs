@@ -94,6 +94,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Creates task instances for a workflow instance owned by `owner`, in one transaction.
     /// Idempotent: a task instance that already exists is returned as it is.
     async fn create_task_instances(&self, owner: &str, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
+    /// Makes the writes of one engine transition for run `run`, owned by `owner`, in one
+    /// transaction: all of them or, when one is refused ([`StoreError::Conflict`] says what was
+    /// found), none. Returns the task instances a [`porpoise_core::engine::Write::CreateTasks`]
+    /// created (or found already there).
+    async fn persist(
+        &self,
+        owner: &str,
+        run: i64,
+        writes: &[porpoise_core::engine::Write],
+    ) -> Result<Vec<TaskInstance>>;
     async fn task_instance(&self, id: i64) -> Result<Option<TaskInstance>>;
     /// Every task instance of a workflow instance, by id.
     async fn task_instances_of(&self, workflow_instance_id: i64) -> Result<Vec<TaskInstance>>;

@@ -511,22 +511,11 @@ macro_rules! impl_store {
                 &self,
                 u: &$crate::WorkflowStateUpdate,
             ) -> $crate::Result<$crate::WorkflowInstance> {
-                use $crate::sql::*;
-                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
-                    "UPDATE workflow_instance SET state = $1, state_reason = $2, \
-                     started_at = COALESCE($3, started_at), ended_at = COALESCE($4, ended_at), updated_at = $5 \
-                     WHERE id = $6 AND state = $7 AND owner = $8 RETURNING {WORKFLOW_COLUMNS}"
-                )))
-                .bind(u.new.as_str())
-                .bind(&u.reason)
-                .bind(u.started_at)
-                .bind(u.ended_at)
-                .bind(now())
-                .bind(u.id)
-                .bind(u.expected.as_str())
-                .bind(&u.owner)
-                .fetch_optional(&self.pool)
-                .await?;
+                let row = {
+                    // given back before a refusal is explained: SQLite has one connection
+                    let mut conn = self.pool.acquire().await?;
+                    Self::update_workflow_on(&mut conn, u).await?
+                };
                 match row {
                     Some(row) => row.try_into(),
                     None => Err(self.workflow_conflict(u.id, &format!("{} owned by {}", u.expected, u.owner)).await),
@@ -565,51 +554,70 @@ macro_rules! impl_store {
                 owner: &str,
                 new: &[$crate::NewTaskInstance],
             ) -> $crate::Result<Vec<$crate::TaskInstance>> {
-                use $crate::sql::*;
                 let mut tx = self.pool.begin().await?;
                 let mut out = Vec::with_capacity(new.len());
-                let mut checked: Vec<i64> = Vec::new();
-                let t = now();
-                for n in new {
-                    if !checked.contains(&n.workflow_instance_id) {
-                        let owned: Option<(i64,)> = sqlx::query_as::<$db, (i64,)>(
-                            "SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2",
-                        )
-                        .bind(n.workflow_instance_id)
-                        .bind(owner)
-                        .fetch_optional(&mut *tx)
-                        .await?;
-                        if owned.is_none() {
+                let mut runs: Vec<i64> = new.iter().map(|n| n.workflow_instance_id).collect();
+                runs.dedup();
+                for run in runs {
+                    let names: Vec<(String, porpoise_core::ExecutionState)> = new
+                        .iter()
+                        .filter(|n| n.workflow_instance_id == run)
+                        .map(|n| (n.task_name.clone(), n.state))
+                        .collect();
+                    match Self::create_tasks_on(&mut tx, owner, run, &names).await? {
+                        Some(rows) => out.extend(rows),
+                        None => {
                             drop(tx);
-                            return Err(self
-                                .workflow_conflict(n.workflow_instance_id, &format!("owned by {owner}"))
-                                .await);
+                            return Err(self.workflow_conflict(run, &format!("owned by {owner}")).await);
                         }
-                        checked.push(n.workflow_instance_id);
                     }
-                    // idempotent: a retried creation finds the row the first attempt made
-                    sqlx::query::<$db>(
-                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
-                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) \
-                         ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
-                    )
-                    .bind(n.workflow_instance_id)
-                    .bind(&n.task_name)
-                    .bind(n.state.as_str())
-                    .bind(t)
-                    .execute(&mut *tx)
-                    .await?;
-                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
-                        "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = $2"
-                    )))
-                    .bind(n.workflow_instance_id)
-                    .bind(&n.task_name)
-                    .fetch_one(&mut *tx)
-                    .await?;
-                    out.push(row.try_into()?);
                 }
                 tx.commit().await?;
-                Ok(out)
+                out.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn persist(
+                &self,
+                owner: &str,
+                run: i64,
+                writes: &[porpoise_core::engine::Write],
+            ) -> $crate::Result<Vec<$crate::TaskInstance>> {
+                use porpoise_core::engine::Write;
+                let mut tx = self.pool.begin().await?;
+                let mut created = Vec::new();
+                for w in writes {
+                    match w {
+                        Write::Task(t) => {
+                            let u = $crate::TaskStateUpdate::of(owner, t);
+                            if Self::update_task_on(&mut tx, &u).await?.is_none() {
+                                drop(tx);
+                                return Err(self.task_conflict(&u).await);
+                            }
+                        }
+                        Write::Workflow(wf) => {
+                            let u = $crate::WorkflowStateUpdate::of(owner, run, wf);
+                            if Self::update_workflow_on(&mut tx, &u).await?.is_none() {
+                                drop(tx);
+                                return Err(self
+                                    .workflow_conflict(run, &format!("{} owned by {}", u.expected, u.owner))
+                                    .await);
+                            }
+                        }
+                        Write::CreateTasks(names) => {
+                            let names: Vec<(String, porpoise_core::ExecutionState)> =
+                                names.iter().map(|n| (n.clone(), porpoise_core::ExecutionState::Submitted)).collect();
+                            match Self::create_tasks_on(&mut tx, owner, run, &names).await? {
+                                Some(rows) => created.extend(rows),
+                                None => {
+                                    drop(tx);
+                                    return Err(self.workflow_conflict(run, &format!("owned by {owner}")).await);
+                                }
+                            }
+                        }
+                    }
+                }
+                tx.commit().await?;
+                created.into_iter().map(TryInto::try_into).collect()
             }
 
             async fn task_instance(&self, id: i64) -> $crate::Result<Option<$crate::TaskInstance>> {
@@ -656,52 +664,15 @@ macro_rules! impl_store {
             }
 
             async fn update_task_state(&self, u: &$crate::TaskStateUpdate) -> $crate::Result<$crate::TaskInstance> {
-                use $crate::sql::*;
-                let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
-                    "UPDATE task_instance SET state = $1, attempt = COALESCE($2, attempt), \
-                     worker_addr = COALESCE($3, worker_addr), exit_code = COALESCE($4, exit_code), \
-                     started_at = COALESCE($5, started_at), ended_at = COALESCE($6, ended_at), updated_at = $7, \
-                     warning = COALESCE($12, warning), failovers = failovers + $13 \
-                     WHERE id = $8 AND state = $9 AND attempt = $10 AND EXISTS (SELECT 1 FROM workflow_instance w \
-                     WHERE w.id = task_instance.workflow_instance_id AND w.owner = $11) RETURNING {TASK_COLUMNS}"
-                )))
-                .bind(u.new.as_str())
-                .bind(u.attempt)
-                .bind(&u.worker_addr)
-                .bind(u.exit_code)
-                .bind(u.started_at)
-                .bind(u.ended_at)
-                .bind(now())
-                .bind(u.id)
-                .bind(u.expected.as_str())
-                .bind(u.expected_attempt)
-                .bind(&u.owner)
-                .bind(&u.warning)
-                .bind(i32::from(u.failover))
-                .fetch_optional(&self.pool)
-                .await?;
-                if let Some(row) = row {
-                    return row.try_into();
+                let row = {
+                    // given back before a refusal is explained: SQLite has one connection
+                    let mut conn = self.pool.acquire().await?;
+                    Self::update_task_on(&mut conn, u).await?
+                };
+                match row {
+                    Some(row) => row.try_into(),
+                    None => Err(self.task_conflict(u).await),
                 }
-                let found: Option<(String, i32, Option<String>)> = sqlx::query_as::<$db, (String, i32, Option<String>)>(
-                    "SELECT t.state, t.attempt, w.owner FROM task_instance t \
-                     JOIN workflow_instance w ON w.id = t.workflow_instance_id WHERE t.id = $1",
-                )
-                .bind(u.id)
-                .fetch_optional(&self.pool)
-                .await?;
-                Err(match found {
-                    None => $crate::StoreError::NotFound { entity: "task instance", key: u.id.to_string() },
-                    Some((state, attempt, owner)) => $crate::StoreError::Conflict {
-                        entity: "task instance",
-                        id: u.id,
-                        expected: format!("{} attempt {} owned by {}", u.expected, u.expected_attempt, u.owner),
-                        found: format!(
-                            "{state} attempt {attempt} owned by {}",
-                            owner.as_deref().unwrap_or("nobody")
-                        ),
-                    },
-                })
             }
 
             async fn record_dead_letter(&self, d: &$crate::NewDeadLetter) -> $crate::Result<i64> {
@@ -734,6 +705,129 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            /// Moves a workflow instance to a new state on `conn` if it is still in the expected
+            /// state and owned by the expected owner; `None` when the write was refused.
+            async fn update_workflow_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                u: &$crate::WorkflowStateUpdate,
+            ) -> $crate::Result<Option<$crate::sql::WorkflowRow>> {
+                use $crate::sql::*;
+                Ok(sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workflow_instance SET state = $1, state_reason = $2, \
+                     started_at = COALESCE($3, started_at), ended_at = COALESCE($4, ended_at), updated_at = $5 \
+                     WHERE id = $6 AND state = $7 AND owner = $8 RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(u.new.as_str())
+                .bind(&u.reason)
+                .bind(u.started_at)
+                .bind(u.ended_at)
+                .bind(now())
+                .bind(u.id)
+                .bind(u.expected.as_str())
+                .bind(&u.owner)
+                .fetch_optional(&mut *conn)
+                .await?)
+            }
+
+            /// Moves a task instance to a new state on `conn` if it is still in the expected
+            /// state and attempt and its run is owned by the expected owner; `None` when refused.
+            async fn update_task_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                u: &$crate::TaskStateUpdate,
+            ) -> $crate::Result<Option<$crate::sql::TaskRow>> {
+                use $crate::sql::*;
+                Ok(sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE task_instance SET state = $1, attempt = COALESCE($2, attempt), \
+                     worker_addr = COALESCE($3, worker_addr), exit_code = COALESCE($4, exit_code), \
+                     started_at = COALESCE($5, started_at), ended_at = COALESCE($6, ended_at), updated_at = $7, \
+                     warning = COALESCE($12, warning), failovers = failovers + $13 \
+                     WHERE id = $8 AND state = $9 AND attempt = $10 AND EXISTS (SELECT 1 FROM workflow_instance w \
+                     WHERE w.id = task_instance.workflow_instance_id AND w.owner = $11) RETURNING {TASK_COLUMNS}"
+                )))
+                .bind(u.new.as_str())
+                .bind(u.attempt)
+                .bind(&u.worker_addr)
+                .bind(u.exit_code)
+                .bind(u.started_at)
+                .bind(u.ended_at)
+                .bind(now())
+                .bind(u.id)
+                .bind(u.expected.as_str())
+                .bind(u.expected_attempt)
+                .bind(&u.owner)
+                .bind(&u.warning)
+                .bind(i32::from(u.failover))
+                .fetch_optional(&mut *conn)
+                .await?)
+            }
+
+            /// Creates the task instances `names` (with their states, attempt 1) of run `run`
+            /// on `conn`, unless they exist (a retried creation finds the rows the first made);
+            /// `None` when the run is not `owner`'s.
+            async fn create_tasks_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                owner: &str,
+                run: i64,
+                names: &[(String, porpoise_core::ExecutionState)],
+            ) -> $crate::Result<Option<Vec<$crate::sql::TaskRow>>> {
+                use $crate::sql::*;
+                let owned: Option<(i64,)> =
+                    sqlx::query_as::<$db, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
+                        .bind(run)
+                        .bind(owner)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                if owned.is_none() {
+                    return Ok(None);
+                }
+                let t = now();
+                let mut rows = Vec::with_capacity(names.len());
+                for (name, state) in names {
+                    sqlx::query::<$db>(
+                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
+                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) \
+                         ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
+                    )
+                    .bind(run)
+                    .bind(name)
+                    .bind(state.as_str())
+                    .bind(t)
+                    .execute(&mut *conn)
+                    .await?;
+                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
+                        "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = $2"
+                    )))
+                    .bind(run)
+                    .bind(name)
+                    .fetch_one(&mut *conn)
+                    .await?;
+                    rows.push(row);
+                }
+                Ok(Some(rows))
+            }
+
+            /// The error for a refused task-instance write: what was found instead.
+            async fn task_conflict(&self, u: &$crate::TaskStateUpdate) -> $crate::StoreError {
+                let found: Result<Option<(String, i32, Option<String>)>, sqlx::Error> =
+                    sqlx::query_as::<$db, (String, i32, Option<String>)>(
+                        "SELECT t.state, t.attempt, w.owner FROM task_instance t \
+                         JOIN workflow_instance w ON w.id = t.workflow_instance_id WHERE t.id = $1",
+                    )
+                    .bind(u.id)
+                    .fetch_optional(&self.pool)
+                    .await;
+                match found {
+                    Err(e) => e.into(),
+                    Ok(None) => $crate::StoreError::NotFound { entity: "task instance", key: u.id.to_string() },
+                    Ok(Some((state, attempt, owner))) => $crate::StoreError::Conflict {
+                        entity: "task instance",
+                        id: u.id,
+                        expected: format!("{} attempt {} owned by {}", u.expected, u.expected_attempt, u.owner),
+                        found: format!("{state} attempt {attempt} owned by {}", owner.as_deref().unwrap_or("nobody")),
+                    },
+                }
+            }
+
             /// The conflict error for a refused workflow-instance write: what was found instead.
             async fn workflow_conflict(&self, id: i64, expected: &str) -> $crate::StoreError {
                 let found: Result<Option<(String, Option<String>, i64)>, sqlx::Error> =

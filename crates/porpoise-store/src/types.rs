@@ -104,6 +104,21 @@ pub struct NewRun {
     pub params: BTreeMap<String, String>,
 }
 
+impl WorkflowStateUpdate {
+    /// The update an engine write makes to run `id`, by its owner `owner`.
+    pub fn of(owner: &str, id: i64, w: &porpoise_core::engine::WorkflowWrite) -> Self {
+        Self {
+            id,
+            owner: owner.to_string(),
+            expected: w.expected,
+            new: w.new,
+            reason: w.reason.clone(),
+            started_at: w.started_at,
+            ended_at: w.ended_at,
+        }
+    }
+}
+
 /// A workflow instance to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewWorkflowInstance {
@@ -204,6 +219,24 @@ pub struct TaskStateUpdate {
 }
 
 impl TaskStateUpdate {
+    /// The update an engine write makes, by the run's owner `owner`.
+    pub fn of(owner: &str, w: &porpoise_core::engine::TaskWrite) -> Self {
+        Self {
+            id: w.id,
+            owner: owner.to_string(),
+            expected: w.expected,
+            expected_attempt: w.expected_attempt,
+            new: w.new,
+            attempt: w.attempt,
+            worker_addr: w.worker.clone(),
+            exit_code: w.exit_code,
+            started_at: w.started_at,
+            ended_at: w.ended_at,
+            warning: w.warning.clone(),
+            failover: w.failover,
+        }
+    }
+
     /// An update that changes only the state.
     pub fn new(id: i64, owner: &str, expected: ExecutionState, expected_attempt: i32, new: ExecutionState) -> Self {
         Self {

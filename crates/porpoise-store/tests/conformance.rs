@@ -379,7 +379,62 @@ async fn a_queued_command_wakes_the_command_feed(store: Arc<dyn Store>) {
         .expect("the feed works");
 }
 
+/// The writes of one engine transition land together, or not at all.
+async fn an_engine_transition_is_persisted_all_or_nothing(store: Arc<dyn Store>) {
+    use porpoise_core::engine::{TaskWrite, WorkflowWrite, Write};
+    let id = instance(&*store, "master-1").await;
+    let start = Write::Workflow(WorkflowWrite {
+        expected: Submitted,
+        new: Running,
+        reason: None,
+        started_at: Some(chrono::Utc::now()),
+        ended_at: None,
+    });
+    let created = store
+        .persist("master-1", id, &[start, Write::CreateTasks(vec!["a".into(), "b".into()])])
+        .await
+        .expect("start and create");
+    assert_eq!(
+        created.iter().map(|t| (t.task_name.as_str(), t.state, t.attempt)).collect::<Vec<_>>(),
+        [("a", Submitted, 1), ("b", Submitted, 1)]
+    );
+    let write = |task: i64, expected, new| TaskWrite {
+        id: task,
+        expected,
+        expected_attempt: 1,
+        new,
+        attempt: None,
+        worker: Some("w-1:5679".into()),
+        exit_code: None,
+        started_at: None,
+        ended_at: None,
+        warning: None,
+        failover: false,
+    };
+    // the second write expects a state b is not in: neither lands
+    let unit =
+        [Write::Task(write(created[0].id, Submitted, Dispatched)), Write::Task(write(created[1].id, Running, Success))];
+    let err = store.persist("master-1", id, &unit).await.expect_err("one write is refused");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(store.task_instance(created[0].id).await.expect("read").map(|t| t.state), Some(Submitted));
+    // another owner's transition is refused whole
+    let err = store.persist("master-2", id, &[Write::CreateTasks(vec!["c".into()])]).await.expect_err("not the owner");
+    assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
+    assert_eq!(store.task_instances_of(id).await.expect("read").len(), 2);
+    // a creation repeated after a lost answer finds the rows the first one made
+    let again = store.persist("master-1", id, &[Write::CreateTasks(vec!["a".into()])]).await.expect("again");
+    assert_eq!(again.iter().map(|t| t.id).collect::<Vec<_>>(), [created[0].id]);
+    let both = [
+        Write::Task(write(created[0].id, Submitted, Dispatched)),
+        Write::Task(write(created[1].id, Submitted, Dispatched)),
+    ];
+    store.persist("master-1", id, &both).await.expect("both land");
+    let states: Vec<_> = store.task_instances_of(id).await.expect("read").iter().map(|t| t.state).collect();
+    assert_eq!(states, [Dispatched, Dispatched]);
+}
+
 suites!(
+    an_engine_transition_is_persisted_all_or_nothing,
     a_queued_command_wakes_the_command_feed,
     definitions_are_versioned,
     commands_are_claimed_by_priority_then_age,

@@ -7,6 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
+use porpoise_core::engine::Write;
 use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_store::*;
 
@@ -21,6 +22,17 @@ pub enum Op {
     WorkflowTo(ExecutionState),
     /// A claim that claims at least one command (only [`When::AnswerLost`] is meaningful).
     ClaimCommands,
+}
+
+impl Op {
+    /// The kind of write an engine write is.
+    fn of(write: &Write) -> Op {
+        match write {
+            Write::Task(t) => Op::TaskTo(t.new),
+            Write::Workflow(w) => Op::WorkflowTo(w.new),
+            Write::CreateTasks(_) => Op::CreateTasks,
+        }
+    }
 }
 
 /// Where the write fails.
@@ -66,6 +78,10 @@ impl FaultyStore {
     /// How many faults of `op` fired so far.
     pub fn fired(&self, op: Op) -> usize {
         self.fired.lock().expect("fired lock").iter().filter(|(o, _)| *o == op).count()
+    }
+
+    fn armed(&self, op: Op) -> bool {
+        self.faults.lock().expect("faults lock").iter().any(|f| f.op == op && f.left > 0)
     }
 
     /// The fault to apply to this call of `op`, if any is armed.
@@ -172,6 +188,14 @@ impl Store for FaultyStore {
     }
     async fn update_task_state(&self, update: &TaskStateUpdate) -> Result<TaskInstance> {
         self.faulty(Op::TaskTo(update.new), self.inner.update_task_state(update)).await
+    }
+    /// A unit fails as a whole when a fault is armed for any of its writes.
+    async fn persist(&self, owner: &str, run: i64, writes: &[Write]) -> Result<Vec<TaskInstance>> {
+        let armed = writes.iter().map(Op::of).find(|op| self.armed(*op));
+        match armed {
+            Some(op) => self.faulty(op, self.inner.persist(owner, run, writes)).await,
+            None => self.inner.persist(owner, run, writes).await,
+        }
     }
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64> {
         self.inner.record_dead_letter(letter).await

@@ -1,0 +1,720 @@
+//! The run engine, free of I/O: a run's state, the typed events that change it, and the pure
+//! transition function `(state, event) → (new state, writes, effects)`. The master's runner
+//! persists a transition's writes as one unit, then adopts its state, then carries out its
+//! effects (queue a task, free a slot, set a timer, count and log). Nothing here reads a clock,
+//! a database or the network: the time is an argument, so tests drive it directly.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::{Dag, DropReason, ExecutionState, StateEventKind, TaskSpec, TimeoutStrategy, WorkflowSpec};
+
+use ExecutionState::*;
+
+/// One attempt of one task instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttemptRef {
+    pub task_instance_id: i64,
+    pub attempt: i32,
+}
+
+/// An event for one run's runner; each kind has one handler.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum Event {
+    /// Start a new run (`submitted` → `running`).
+    Start,
+    /// The dispatcher chose `worker` for the attempt; recorded before the dispatch leaves.
+    Dispatched { at: AttemptRef, worker: String },
+    /// The dispatch was refused by `worker` (or never reached it): queue the attempt again
+    /// after `after`, to another worker if one can take it.
+    Requeue { at: AttemptRef, worker: Option<String>, after: Duration },
+    /// The worker started the attempt.
+    Running { at: AttemptRef, worker: String, started_at: Option<DateTime<Utc>> },
+    /// The attempt ended (a failure may be retried).
+    Ended(Ending),
+    /// The retry interval of a delayed task is over.
+    RetryDue { at: AttemptRef },
+    /// A `warn` timeout ran out while the attempt may still run.
+    TimeoutDue { at: AttemptRef },
+    /// A worker left and stayed away past the grace period.
+    WorkerLost { worker: String },
+    /// One attempt on a lost (or stopped) worker is failed over to a new attempt.
+    Failover { at: AttemptRef, worker: String, why: String },
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ending {
+    pub at: AttemptRef,
+    /// The worker it ran on, when a worker reports it.
+    pub worker: Option<String>,
+    pub succeeded: bool,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub message: String,
+    /// The worker killed the attempt at its timeout.
+    pub timed_out: bool,
+}
+
+impl Event {
+    /// The kind, for metrics, logs and the dead-letter table.
+    pub fn kind(&self) -> StateEventKind {
+        match self {
+            Self::Start => StateEventKind::WorkflowStateChange,
+            Self::Dispatched { .. } | Self::Requeue { .. } | Self::Running { .. } | Self::Ended(_) => {
+                StateEventKind::TaskStateChange
+            }
+            Self::RetryDue { .. } => StateEventKind::TaskRetry,
+            Self::TimeoutDue { .. } => StateEventKind::TaskTimeout,
+            Self::WorkerLost { .. } => StateEventKind::WorkerLost,
+            Self::Failover { .. } => StateEventKind::TaskFailover,
+        }
+    }
+
+    /// The attempt the event is about, for task events.
+    pub fn attempt(&self) -> Option<AttemptRef> {
+        match self {
+            Self::Dispatched { at, .. }
+            | Self::Requeue { at, .. }
+            | Self::Running { at, .. }
+            | Self::RetryDue { at }
+            | Self::TimeoutDue { at }
+            | Self::Failover { at, .. } => Some(*at),
+            Self::Ended(e) => Some(e.at),
+            Self::Start | Self::WorkerLost { .. } => None,
+        }
+    }
+}
+
+/// One task instance as the run knows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskState {
+    pub id: i64,
+    pub state: ExecutionState,
+    pub attempt: i32,
+    /// Attempts failed over: they do not count against the task's retries.
+    pub failovers: i32,
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+impl TaskState {
+    fn is_on_worker(&self) -> bool {
+        matches!(self.state, Dispatched | Running)
+    }
+}
+
+/// A run: its state and its task instances, by the task's index in the workflow.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunState {
+    pub state: ExecutionState,
+    tasks: Vec<Option<TaskState>>,
+    by_id: HashMap<i64, usize>,
+    /// Why the run fails, once a task failed: nothing new starts, and the run ends `failure`.
+    pub failing: Option<String>,
+}
+
+impl RunState {
+    /// A run of `workflow` in `state` with the task instances `rows` (by task name) that the
+    /// database holds; a new run has none. Returns the run and the names of rows that match
+    /// no task of the workflow (left alone).
+    pub fn rebuild(
+        workflow: &Workflow,
+        state: ExecutionState,
+        rows: impl IntoIterator<Item = (String, TaskState)>,
+    ) -> (RunState, Vec<String>) {
+        let mut run = RunState { state, tasks: vec![None; workflow.dag.len()], by_id: HashMap::new(), failing: None };
+        let mut unknown = Vec::new();
+        for (name, task) in rows {
+            match workflow.dag.index_of(&name) {
+                Some(idx) => {
+                    if matches!(task.state, Failure | Stopped) {
+                        run.failing.get_or_insert_with(|| failure_reason(&name, task.exit_code, ""));
+                    }
+                    run.insert(idx, task);
+                }
+                None => unknown.push(name),
+            }
+        }
+        (run, unknown)
+    }
+
+    fn insert(&mut self, idx: usize, task: TaskState) {
+        self.by_id.insert(task.id, idx);
+        self.tasks[idx] = Some(task);
+    }
+
+    /// Task `idx`'s instance, once created.
+    pub fn task(&self, idx: usize) -> Option<&TaskState> {
+        self.tasks.get(idx).and_then(Option::as_ref)
+    }
+
+    /// The index and state of task instance `id`.
+    pub fn task_by_id(&self, id: i64) -> Option<(usize, &TaskState)> {
+        let idx = *self.by_id.get(&id)?;
+        Some((idx, self.task(idx)?))
+    }
+
+    /// Every created task instance with its index.
+    pub fn tasks(&self) -> impl Iterator<Item = (usize, &TaskState)> {
+        self.tasks.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+    }
+
+    fn task_mut(&mut self, idx: usize) -> &mut TaskState {
+        self.tasks[idx].as_mut().expect("the engine changes only tasks it found")
+    }
+
+    /// Adds task instances the database created for a transition's [`Write::CreateTasks`];
+    /// returns the effects that follow (queue those waiting for a worker).
+    pub fn created(&mut self, rows: impl IntoIterator<Item = (usize, TaskState)>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (idx, task) in rows {
+            if idx >= self.tasks.len() {
+                continue;
+            }
+            if task.state == Submitted {
+                effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+            }
+            self.insert(idx, task);
+        }
+        effects
+    }
+}
+
+/// A write a transition needs durable before its state is adopted.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Write {
+    Task(TaskWrite),
+    Workflow(WorkflowWrite),
+    /// Create the task instances of these tasks, `submitted`, attempt 1 (idempotent).
+    CreateTasks(Vec<String>),
+}
+
+/// A conditional update of one task instance: refused unless it is still in `expected` at
+/// `expected_attempt` and the run is still the writer's.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskWrite {
+    pub id: i64,
+    pub expected: ExecutionState,
+    pub expected_attempt: i32,
+    pub new: ExecutionState,
+    /// Starts a new attempt.
+    pub attempt: Option<i32>,
+    pub worker: Option<String>,
+    pub exit_code: Option<i32>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub warning: Option<String>,
+    /// The attempt was failed over: counts one more failover.
+    pub failover: bool,
+}
+
+impl TaskWrite {
+    fn new(task: &TaskState, new: ExecutionState) -> Self {
+        Self {
+            id: task.id,
+            expected: task.state,
+            expected_attempt: task.attempt,
+            new,
+            attempt: None,
+            worker: None,
+            exit_code: None,
+            started_at: None,
+            ended_at: None,
+            warning: None,
+            failover: false,
+        }
+    }
+}
+
+/// A conditional update of the run itself.
+#[derive(Debug, Clone, PartialEq)]
+pub struct WorkflowWrite {
+    pub expected: ExecutionState,
+    pub new: ExecutionState,
+    pub reason: Option<String>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+/// What the runner does once a transition's writes are durable.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    /// Queue task `task`'s current attempt for dispatch after `after`, away from `avoid`.
+    Enqueue { task: usize, after: Duration, avoid: Option<String> },
+    /// Send task `task`'s current attempt to the worker it is recorded on, again (after a
+    /// restart; the worker runs an attempt it has once).
+    Resend { task: usize },
+    /// Count a slot on `worker` as used by this run (rebuilt after a restart).
+    ReserveSlot { worker: String },
+    /// Free a slot counted on `worker`.
+    ReleaseSlot { worker: String },
+    /// A worker the run has attempts on is not in the registry: fail them over after the
+    /// grace period unless it comes back.
+    WorkerMissing { worker: String },
+    /// Post `event` to this run after `after`.
+    Schedule { event: Event, after: Duration },
+    /// Post `event` to this run now.
+    Post(Event),
+    /// Something to count and log.
+    Note(Note),
+}
+
+/// What happened, for metrics and logs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Note {
+    RunStarted,
+    RunFinished { state: ExecutionState, reason: Option<String> },
+    TaskFinished { task: usize, state: ExecutionState },
+    RetryScheduled { task: usize, attempt: i32 },
+    Retried { task: usize, attempt: i32 },
+    RetryCalledOff { task: usize, attempt: i32 },
+    TimedOut { task: usize, attempt: i32, warned: bool },
+    FailedOver { task: usize, attempt: i32, worker: String },
+}
+
+/// A change to a run: the state to adopt once `writes` are durable, then `effects`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    pub state: RunState,
+    pub writes: Vec<Write>,
+    pub effects: Vec<Effect>,
+    /// Tasks may have become ready or the run may be over: [`Workflow::advance`] is due.
+    pub advance: bool,
+}
+
+/// What an event does to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outcome {
+    /// Nothing: a duplicate, a late or a stale event.
+    Ignored,
+    Changed(Transition),
+}
+
+/// A workflow as the engine needs it: its spec and its task graph.
+#[derive(Debug, Clone)]
+pub struct Workflow {
+    pub spec: WorkflowSpec,
+    pub dag: Dag,
+}
+
+impl Workflow {
+    pub fn new(spec: WorkflowSpec) -> Self {
+        let dag = spec.dag();
+        Self { spec, dag }
+    }
+
+    fn task(&self, idx: usize) -> &TaskSpec {
+        &self.spec.tasks[idx]
+    }
+
+    /// The transition function: what `event` does to `run` at time `now`. `Err` when the event
+    /// can never be applied (it is dropped and dead-lettered).
+    pub fn apply(&self, run: &RunState, event: &Event, now: DateTime<Utc>) -> Result<Outcome, DropReason> {
+        match event {
+            Event::Start => self.on_start(run, now),
+            Event::Dispatched { at, worker } => self.on_task_change(
+                run,
+                *at,
+                Dispatched,
+                Change { worker: Some(worker.clone()), ..Change::default() },
+                now,
+            ),
+            Event::Requeue { at, worker, after } => self.on_task_change(
+                run,
+                *at,
+                Submitted,
+                Change { worker: worker.clone(), requeue_after: *after, ..Change::default() },
+                now,
+            ),
+            Event::Running { at, worker, started_at } => self.on_task_change(
+                run,
+                *at,
+                Running,
+                Change { worker: Some(worker.clone()), started_at: *started_at, ..Change::default() },
+                now,
+            ),
+            Event::Ended(e) => {
+                let change = Change {
+                    worker: e.worker.clone(),
+                    exit_code: e.exit_code,
+                    started_at: e.started_at,
+                    ended_at: e.ended_at,
+                    message: e.message.clone(),
+                    timed_out: e.timed_out,
+                    requeue_after: Duration::ZERO,
+                };
+                self.on_task_change(run, e.at, if e.succeeded { Success } else { Failure }, change, now)
+            }
+            Event::RetryDue { at } => self.on_retry_due(run, *at),
+            Event::TimeoutDue { at } => self.on_timeout_due(run, *at),
+            Event::WorkerLost { worker } => Ok(self.on_worker_lost(run, worker)),
+            Event::Failover { at, worker, why } => self.on_failover(run, *at, worker, why),
+        }
+    }
+
+    fn on_start(&self, run: &RunState, now: DateTime<Utc>) -> Result<Outcome, DropReason> {
+        match run.state {
+            Submitted => {
+                let mut state = run.clone();
+                state.state = Running;
+                Ok(Outcome::Changed(Transition {
+                    state,
+                    writes: vec![Write::Workflow(WorkflowWrite {
+                        expected: Submitted,
+                        new: Running,
+                        reason: None,
+                        started_at: Some(now),
+                        ended_at: None,
+                    })],
+                    effects: vec![Effect::Note(Note::RunStarted)],
+                    advance: true,
+                }))
+            }
+            Running => Ok(Outcome::Ignored),
+            other => Err(DropReason::Unsupported(format!("workflow transition {other} -> running"))),
+        }
+    }
+
+    /// A task attempt moving to `requested`, as its worker or the dispatcher reports it.
+    fn on_task_change(
+        &self,
+        run: &RunState,
+        at: AttemptRef,
+        requested: ExecutionState,
+        change: Change,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        if at.attempt < cur.attempt {
+            return Ok(Outcome::Ignored); // an earlier attempt's event
+        }
+        if at.attempt > cur.attempt {
+            return Err(DropReason::Malformed(format!(
+                "attempt {} is ahead of the current attempt {}",
+                at.attempt, cur.attempt
+            )));
+        }
+        let spec = self.task(idx);
+        let retries_used = (cur.attempt - 1 - cur.failovers).max(0) as u32;
+        let target = if requested == Failure && retries_used < spec.retries { Delayed } else { requested };
+        if cur.state == target
+            // the dispatcher raced with another dispatch of the same attempt: only one sends it
+            || (target == Dispatched && cur.state != Submitted)
+            // a requeue that lost to the worker's own report: the task is under way already
+            || (target == Submitted && cur.state != Dispatched)
+        {
+            return Ok(Outcome::Ignored);
+        }
+        if !cur.state.can_transition_to(target) {
+            if cur.state.is_terminal() || cur.state == Delayed || (target == Running && cur.state != Submitted) {
+                return Ok(Outcome::Ignored); // a late event
+            }
+            return Err(DropReason::IllegalTransition { from: cur.state, to: target });
+        }
+
+        let mut write = TaskWrite::new(cur, target);
+        if matches!(target, Dispatched | Running) {
+            write.worker = change.worker.clone();
+        }
+        write.exit_code = change.exit_code;
+        write.started_at = change.started_at;
+        if target.is_terminal() || target == Delayed {
+            write.ended_at = change.ended_at.or(Some(now));
+        }
+        // warnfail: the worker killed it at the timeout, as for fail; the overrun is a warning too
+        let warned = change.timed_out && spec.timeout_strategy == TimeoutStrategy::WarnFail;
+        if warned {
+            write.warning = Some(timeout_warning(spec, cur.attempt, "it was killed (timeout_strategy warnfail)"));
+        }
+
+        let mut state = run.clone();
+        let mut effects = Vec::new();
+        if change.timed_out {
+            effects.push(Effect::Note(Note::TimedOut { task: idx, attempt: cur.attempt, warned }));
+        }
+        let task = state.task_mut(idx);
+        task.state = target;
+        if matches!(target, Dispatched | Running) && change.worker.is_some() {
+            task.worker = change.worker.clone();
+        }
+        if write.exit_code.is_some() {
+            task.exit_code = write.exit_code;
+        }
+        if write.started_at.is_some() {
+            task.started_at = write.started_at;
+        }
+        if write.ended_at.is_some() {
+            task.ended_at = write.ended_at;
+        }
+        if cur.is_on_worker()
+            && !matches!(target, Dispatched | Running)
+            && let Some(worker) = cur.worker.clone().or_else(|| change.worker.clone())
+        {
+            effects.push(Effect::ReleaseSlot { worker });
+        }
+        match target {
+            Success => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Success })),
+            Failure | Stopped => {
+                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }));
+                state.failing.get_or_insert_with(|| failure_reason(&spec.name, change.exit_code, &change.message));
+            }
+            Delayed => {
+                effects.push(Effect::Note(Note::RetryScheduled { task: idx, attempt: cur.attempt }));
+                effects.push(Effect::Schedule {
+                    event: Event::RetryDue { at: AttemptRef { task_instance_id: cur.id, attempt: cur.attempt } },
+                    after: spec.retry_interval,
+                });
+            }
+            Submitted => {
+                effects.push(Effect::Enqueue { task: idx, after: change.requeue_after, avoid: change.worker.clone() })
+            }
+            Running => {
+                if let Some(left) = warn_timeout_left(spec, change.started_at, now) {
+                    effects.push(Effect::Schedule {
+                        event: Event::TimeoutDue { at: AttemptRef { task_instance_id: cur.id, attempt: cur.attempt } },
+                        after: left,
+                    });
+                }
+            }
+            _ => {}
+        }
+        Ok(Outcome::Changed(Transition {
+            state,
+            writes: vec![Write::Task(write)],
+            effects,
+            advance: target.is_terminal() || target == Delayed,
+        }))
+    }
+
+    fn on_retry_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        if cur.state != Delayed || at.attempt != cur.attempt || run.failing.is_some() {
+            return Ok(Outcome::Ignored);
+        }
+        let mut write = TaskWrite::new(cur, Submitted);
+        write.attempt = Some(cur.attempt + 1);
+        let mut state = run.clone();
+        let task = state.task_mut(idx);
+        task.state = Submitted;
+        task.attempt = cur.attempt + 1;
+        task.worker = None;
+        Ok(Outcome::Changed(Transition {
+            state,
+            writes: vec![Write::Task(write)],
+            effects: vec![
+                Effect::Note(Note::Retried { task: idx, attempt: cur.attempt + 1 }),
+                Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None },
+            ],
+            advance: false,
+        }))
+    }
+
+    fn on_timeout_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        if at.attempt != cur.attempt || cur.state != Running {
+            return Ok(Outcome::Ignored); // it ended in time, or this is an earlier attempt's timer
+        }
+        let mut write = TaskWrite::new(cur, Running);
+        write.warning = Some(timeout_warning(self.task(idx), cur.attempt, "it runs on (timeout_strategy warn)"));
+        Ok(Outcome::Changed(Transition {
+            state: run.clone(),
+            writes: vec![Write::Task(write)],
+            effects: vec![Effect::Note(Note::TimedOut { task: idx, attempt: cur.attempt, warned: true })],
+            advance: false,
+        }))
+    }
+
+    /// One failover event per attempt of this run on the lost worker, each handled on its own.
+    fn on_worker_lost(&self, run: &RunState, worker: &str) -> Outcome {
+        let effects: Vec<Effect> = run
+            .tasks()
+            .filter(|(_, t)| t.is_on_worker() && t.worker.as_deref() == Some(worker))
+            .map(|(_, t)| {
+                Effect::Post(Event::Failover {
+                    at: AttemptRef { task_instance_id: t.id, attempt: t.attempt },
+                    worker: worker.to_string(),
+                    why: "was lost".into(),
+                })
+            })
+            .collect();
+        if effects.is_empty() {
+            return Outcome::Ignored;
+        }
+        Outcome::Changed(Transition { state: run.clone(), writes: Vec::new(), effects, advance: false })
+    }
+
+    /// A new attempt, queued for another worker of the group; a failover does not use up a
+    /// retry, and the task instance keeps a warning saying which attempt ran where.
+    fn on_failover(&self, run: &RunState, at: AttemptRef, worker: &str, why: &str) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        if at.attempt != cur.attempt || !cur.is_on_worker() || cur.worker.as_deref() != Some(worker) {
+            return Ok(Outcome::Ignored); // it ended, or moved on, meanwhile
+        }
+        let mut write = TaskWrite::new(cur, Submitted);
+        write.attempt = Some(cur.attempt + 1);
+        write.failover = true;
+        write.warning = Some(format!("attempt {} failed over: its worker {worker} {why}", cur.attempt));
+        let mut state = run.clone();
+        let task = state.task_mut(idx);
+        task.state = Submitted;
+        task.attempt = cur.attempt + 1;
+        task.failovers += 1;
+        task.worker = None;
+        Ok(Outcome::Changed(Transition {
+            state,
+            writes: vec![Write::Task(write)],
+            effects: vec![
+                Effect::ReleaseSlot { worker: worker.to_string() },
+                Effect::Note(Note::FailedOver { task: idx, attempt: cur.attempt, worker: worker.to_string() }),
+                Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: Some(worker.to_string()) },
+            ],
+            advance: false,
+        }))
+    }
+
+    /// Moves the run on after a change: once it is failing, calls off the retries it waits
+    /// for; otherwise creates the tasks that became ready; ends the run when nothing is left
+    /// to do. `None` when there is nothing to do; safe to repeat.
+    pub fn advance(&self, run: &RunState, now: DateTime<Utc>) -> Option<Transition> {
+        if run.state != Running {
+            return None;
+        }
+        let mut state = run.clone();
+        let mut writes = Vec::new();
+        let mut effects = Vec::new();
+        if run.failing.is_some() {
+            for (idx, t) in run.tasks().filter(|(_, t)| t.state == Delayed) {
+                writes.push(Write::Task(TaskWrite::new(t, Failure)));
+                state.task_mut(idx).state = Failure;
+                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Failure }));
+                effects.push(Effect::Note(Note::RetryCalledOff { task: idx, attempt: t.attempt }));
+            }
+        } else {
+            let succeeded: Vec<bool> =
+                run.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state == Success)).collect();
+            let started: Vec<bool> = run.tasks.iter().map(Option::is_some).collect();
+            let ready = self.dag.ready(&succeeded, &started);
+            if !ready.is_empty() {
+                writes.push(Write::CreateTasks(ready.iter().map(|&i| self.dag.name(i).to_string()).collect()));
+            }
+        }
+        let active = state.tasks().any(|(_, t)| !t.state.is_terminal());
+        let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state == Success));
+        let end = match &state.failing {
+            _ if active => None,
+            Some(reason) => Some((Failure, Some(reason.clone()))),
+            None if all_succeeded => Some((Success, None)),
+            None => None,
+        };
+        if let Some((new, reason)) = end {
+            writes.push(Write::Workflow(WorkflowWrite {
+                expected: Running,
+                new,
+                reason: reason.clone(),
+                started_at: None,
+                ended_at: Some(now),
+            }));
+            state.state = new;
+            effects.push(Effect::Note(Note::RunFinished { state: new, reason }));
+        }
+        if writes.is_empty() {
+            return None;
+        }
+        Some(Transition { state, writes, effects, advance: false })
+    }
+
+    /// What carrying on a run rebuilt from the database takes (after a restart or a
+    /// takeover): queue what waited for a worker, resend what was dispatched, count the slots
+    /// of what runs, set the timers again. `listed` says whether a worker is in the registry.
+    pub fn resume(&self, run: &RunState, now: DateTime<Utc>, listed: impl Fn(&str) -> bool) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (idx, t) in run.tasks() {
+            let spec = self.task(idx);
+            let at = AttemptRef { task_instance_id: t.id, attempt: t.attempt };
+            match (t.state, &t.worker) {
+                (Submitted, _) => effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }),
+                (Dispatched | Running, Some(worker)) if !listed(worker) => {
+                    // its worker left while nobody owned the run: fail it over after the grace
+                    effects.push(Effect::WorkerMissing { worker: worker.clone() });
+                }
+                (Dispatched, Some(worker)) => {
+                    effects.push(Effect::ReserveSlot { worker: worker.clone() });
+                    effects.push(Effect::Resend { task: idx });
+                }
+                // recorded as dispatched to nobody: queue it again
+                (Dispatched, None) => {
+                    effects.push(Effect::Post(Event::Requeue { at, worker: None, after: Duration::ZERO }))
+                }
+                (Running, worker) => {
+                    if let Some(worker) = worker {
+                        effects.push(Effect::ReserveSlot { worker: worker.clone() });
+                    }
+                    if let Some(left) = warn_timeout_left(spec, t.started_at, now) {
+                        effects.push(Effect::Schedule { event: Event::TimeoutDue { at }, after: left });
+                    }
+                }
+                (Delayed, _) => {
+                    let waited = t.ended_at.map_or(Duration::ZERO, |e| (now - e).to_std().unwrap_or_default());
+                    let left = spec.retry_interval.saturating_sub(waited);
+                    effects.push(Effect::Schedule { event: Event::RetryDue { at }, after: left });
+                }
+                _ => {}
+            }
+        }
+        effects
+    }
+}
+
+/// The details a task change carries.
+#[derive(Debug, Clone, Default)]
+struct Change {
+    worker: Option<String>,
+    exit_code: Option<i32>,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    message: String,
+    timed_out: bool,
+    requeue_after: Duration,
+}
+
+fn task_of(run: &RunState, at: AttemptRef) -> Result<(usize, &TaskState), DropReason> {
+    run.task_by_id(at.task_instance_id).ok_or(DropReason::UnknownTaskInstance(at.task_instance_id))
+}
+
+/// How long a `warn` timeout has left for an attempt started at `started_at` (the worker does
+/// not enforce it: the master notices the overrun). `None` for other strategies.
+fn warn_timeout_left(spec: &TaskSpec, started_at: Option<DateTime<Utc>>, now: DateTime<Utc>) -> Option<Duration> {
+    match (spec.timeout, spec.timeout_strategy) {
+        (Some(timeout), TimeoutStrategy::Warn) => {
+            let elapsed = started_at.map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
+            Some(timeout.saturating_sub(elapsed))
+        }
+        _ => None,
+    }
+}
+
+/// Why the run fails, when task `name` failed.
+pub fn failure_reason(name: &str, exit_code: Option<i32>, message: &str) -> String {
+    match exit_code {
+        Some(code) => format!("task {name} failed with exit code {code}"),
+        None if message.is_empty() => format!("task {name} failed"),
+        None => format!("task {name} failed: {message}"),
+    }
+}
+
+/// The warning recorded on a task instance whose attempt ran past its timeout.
+fn timeout_warning(task: &TaskSpec, attempt: i32, consequence: &str) -> String {
+    let timeout = humantime::format_duration(task.timeout.unwrap_or_default());
+    format!("attempt {attempt} ran past its timeout of {timeout}; {consequence}")
+}
+
+#[cfg(test)]
+mod tests;

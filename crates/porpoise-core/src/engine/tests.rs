@@ -1,0 +1,343 @@
+//! The engine driven event by event, as a runner would, with no database and no clock.
+
+use chrono::TimeZone;
+
+use super::*;
+
+const CHAIN: &str = "name: chain\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a], retries: 1, retry_interval: 30s }\n";
+
+fn workflow(yaml: &str) -> Workflow {
+    Workflow::new(WorkflowSpec::parse("test.yaml", yaml).expect("a valid spec"))
+}
+
+fn t0() -> DateTime<Utc> {
+    Utc.with_ymd_and_hms(2026, 1, 1, 0, 0, 0).single().expect("a time")
+}
+
+fn at(seconds: i64) -> DateTime<Utc> {
+    t0() + chrono::Duration::seconds(seconds)
+}
+
+fn changed(outcome: Result<Outcome, DropReason>) -> Transition {
+    match outcome {
+        Ok(Outcome::Changed(t)) => t,
+        other => panic!("expected a change, got {other:?}"),
+    }
+}
+
+/// A run of `workflow` as the database holds it before it started.
+fn new_run(workflow: &Workflow) -> RunState {
+    RunState::rebuild(workflow, Submitted, Vec::new()).0
+}
+
+/// What the database gives back for a `CreateTasks` write: ids from `first_id` up.
+fn create(run: &mut RunState, workflow: &Workflow, writes: &[Write], first_id: i64) -> Vec<Effect> {
+    let names: Vec<String> = writes
+        .iter()
+        .find_map(|w| match w {
+            Write::CreateTasks(names) => Some(names.clone()),
+            _ => None,
+        })
+        .expect("a CreateTasks write");
+    let rows = names.iter().enumerate().map(|(i, name)| {
+        let idx = workflow.dag.index_of(name).expect("a task of the workflow");
+        (idx, task(first_id + i as i64, Submitted, 1, None))
+    });
+    run.created(rows)
+}
+
+fn task(id: i64, state: ExecutionState, attempt: i32, worker: Option<&str>) -> TaskState {
+    TaskState {
+        id,
+        state,
+        attempt,
+        failovers: 0,
+        worker: worker.map(str::to_string),
+        exit_code: None,
+        started_at: None,
+        ended_at: None,
+    }
+}
+
+fn attempt(task_instance_id: i64, attempt: i32) -> AttemptRef {
+    AttemptRef { task_instance_id, attempt }
+}
+
+fn ended(at: AttemptRef, succeeded: bool, exit_code: i32) -> Event {
+    Event::Ended(Ending {
+        at,
+        worker: Some("w1".into()),
+        succeeded,
+        exit_code: Some(exit_code),
+        started_at: None,
+        ended_at: None,
+        message: String::new(),
+        timed_out: false,
+    })
+}
+
+/// Applies `event` and adopts the new state, as the runner does after persisting.
+fn step(workflow: &Workflow, run: &mut RunState, event: Event, now: DateTime<Utc>) -> Transition {
+    let t = changed(workflow.apply(run, &event, now));
+    *run = t.state.clone();
+    t
+}
+
+/// Runs task `id` (attempt `n`) on `w1` up to its end.
+fn run_task(workflow: &Workflow, run: &mut RunState, id: i64, n: i32, succeeded: bool) -> Transition {
+    step(workflow, run, Event::Dispatched { at: attempt(id, n), worker: "w1".into() }, t0());
+    step(workflow, run, Event::Running { at: attempt(id, n), worker: "w1".into(), started_at: Some(t0()) }, t0());
+    step(workflow, run, ended(attempt(id, n), succeeded, if succeeded { 0 } else { 3 }), at(1))
+}
+
+#[test]
+fn a_new_run_starts_creates_its_roots_and_queues_them() {
+    let wf = workflow(CHAIN);
+    let mut run = new_run(&wf);
+    let start = step(&wf, &mut run, Event::Start, t0());
+    assert_eq!(
+        start.writes,
+        [Write::Workflow(WorkflowWrite {
+            expected: Submitted,
+            new: Running,
+            reason: None,
+            started_at: Some(t0()),
+            ended_at: None
+        })]
+    );
+    assert!(start.advance);
+    let advance = wf.advance(&run, t0()).expect("the roots are ready");
+    assert_eq!(advance.writes, [Write::CreateTasks(vec!["a".into()])]);
+    run = advance.state.clone();
+    let effects = create(&mut run, &wf, &advance.writes, 1);
+    assert_eq!(effects, [Effect::Enqueue { task: 0, after: Duration::ZERO, avoid: None }]);
+    assert_eq!(wf.advance(&run, t0()), None, "nothing more to do until a ends");
+    assert_eq!(wf.apply(&run, &Event::Start, t0()), Ok(Outcome::Ignored), "a second start changes nothing");
+}
+
+#[test]
+fn a_chain_runs_in_order_frees_each_slot_once_and_succeeds() {
+    let wf = workflow(CHAIN);
+    let mut run = new_run(&wf);
+    step(&wf, &mut run, Event::Start, t0());
+    let advance = wf.advance(&run, t0()).expect("a is ready");
+    run = advance.state.clone();
+    create(&mut run, &wf, &advance.writes, 1);
+    let end_of_a = run_task(&wf, &mut run, 1, 1, true);
+    let released: Vec<&Effect> = end_of_a.effects.iter().filter(|e| matches!(e, Effect::ReleaseSlot { .. })).collect();
+    assert_eq!(released, [&Effect::ReleaseSlot { worker: "w1".into() }]);
+    assert!(end_of_a.advance);
+    let advance = wf.advance(&run, at(1)).expect("b is ready");
+    assert_eq!(advance.writes, [Write::CreateTasks(vec!["b".into()])]);
+    run = advance.state.clone();
+    create(&mut run, &wf, &advance.writes, 2);
+    run_task(&wf, &mut run, 2, 1, true);
+    let finish = wf.advance(&run, at(2)).expect("the run ends");
+    assert_eq!(
+        finish.writes,
+        [Write::Workflow(WorkflowWrite {
+            expected: Running,
+            new: Success,
+            reason: None,
+            started_at: None,
+            ended_at: Some(at(2))
+        })]
+    );
+    assert_eq!(finish.state.state, Success);
+    assert_eq!(wf.advance(&finish.state, at(2)), None, "a finished run does nothing");
+}
+
+#[test]
+fn a_failed_attempt_waits_for_its_retry_then_runs_again_and_retries_run_out() {
+    let wf = workflow(CHAIN);
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Success, 1, None)), ("b".to_string(), task(2, Submitted, 1, None))],
+    );
+    let failed = run_task(&wf, &mut run, 2, 1, false);
+    assert_eq!(run.task(1).map(|t| t.state), Some(Delayed), "one retry left: the task waits");
+    assert!(
+        failed.effects.contains(&Effect::Schedule {
+            event: Event::RetryDue { at: attempt(2, 1) },
+            after: Duration::from_secs(30)
+        })
+    );
+    assert_eq!(wf.advance(&run, at(1)), None, "a delayed task keeps the run going");
+    assert_eq!(wf.apply(&run, &Event::RetryDue { at: attempt(2, 0) }, at(31)), Ok(Outcome::Ignored));
+    let retried = step(&wf, &mut run, Event::RetryDue { at: attempt(2, 1) }, at(31));
+    assert!(matches!(&retried.writes[..], [Write::Task(w)] if w.attempt == Some(2) && w.new == Submitted));
+    assert!(retried.effects.contains(&Effect::Enqueue { task: 1, after: Duration::ZERO, avoid: None }));
+    run_task(&wf, &mut run, 2, 2, false);
+    assert_eq!(run.task(1).map(|t| (t.state, t.attempt)), Some((Failure, 2)), "the retries ran out");
+    assert_eq!(run.failing.as_deref(), Some("task b failed with exit code 3"));
+    let finish = wf.advance(&run, at(40)).expect("the run ends");
+    assert_eq!(finish.state.state, Failure);
+    assert!(
+        matches!(&finish.writes[..], [Write::Workflow(w)] if w.reason.as_deref() == Some("task b failed with exit code 3"))
+    );
+}
+
+#[test]
+fn a_failing_run_calls_off_the_retries_it_waits_for_and_ends() {
+    let wf = workflow(
+        "name: fan\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', retries: 3, retry_interval: 1h }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Submitted, 1, None)), ("b".to_string(), task(2, Delayed, 1, None))],
+    );
+    run_task(&wf, &mut run, 1, 1, false);
+    let advance = wf.advance(&run, at(2)).expect("the retry is called off and the run ends");
+    let called_off = TaskWrite { ended_at: None, ..TaskWrite::new(&task(2, Delayed, 1, None), Failure) };
+    assert_eq!(advance.writes[0], Write::Task(called_off));
+    assert!(matches!(&advance.writes[1], Write::Workflow(w) if w.new == Failure));
+    assert!(advance.effects.contains(&Effect::Note(Note::RetryCalledOff { task: 1, attempt: 1 })));
+    assert_eq!(wf.apply(&advance.state, &Event::RetryDue { at: attempt(2, 1) }, at(3)), Ok(Outcome::Ignored));
+}
+
+#[test]
+fn stale_late_and_impossible_events() {
+    let wf = workflow(CHAIN);
+    let (run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Running, 2, Some("w1"))), ("b".to_string(), task(2, Submitted, 1, None))],
+    );
+    assert_eq!(wf.apply(&run, &ended(attempt(1, 1), true, 0), t0()), Ok(Outcome::Ignored), "an earlier attempt");
+    assert_eq!(
+        wf.apply(&run, &ended(attempt(1, 7), true, 0), t0()),
+        Err(DropReason::Malformed("attempt 7 is ahead of the current attempt 2".into()))
+    );
+    assert_eq!(
+        wf.apply(&run, &ended(attempt(2, 1), true, 0), t0()),
+        Err(DropReason::IllegalTransition { from: Submitted, to: Success }),
+        "a result for a task never dispatched"
+    );
+    assert_eq!(wf.apply(&run, &ended(attempt(9, 1), true, 0), t0()), Err(DropReason::UnknownTaskInstance(9)));
+    let dispatch_again = Event::Dispatched { at: attempt(1, 2), worker: "w2".into() };
+    assert_eq!(wf.apply(&run, &dispatch_again, t0()), Ok(Outcome::Ignored), "only one dispatch of an attempt");
+    let requeue = Event::Requeue { at: attempt(1, 2), worker: Some("w1".into()), after: Duration::ZERO };
+    assert_eq!(wf.apply(&run, &requeue, t0()), Ok(Outcome::Ignored), "a requeue after the worker started it");
+    let running_again = Event::Running { at: attempt(1, 2), worker: "w1".into(), started_at: None };
+    assert_eq!(wf.apply(&run, &running_again, t0()), Ok(Outcome::Ignored), "a duplicate");
+}
+
+#[test]
+fn a_lost_workers_attempts_fail_over_without_using_a_retry() {
+    let wf = workflow(
+        "name: pair\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', retries: 0 }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Running, 1, Some("w1"))), ("b".to_string(), task(2, Dispatched, 1, Some("w2")))],
+    );
+    let lost = step(&wf, &mut run, Event::WorkerLost { worker: "w2".into() }, t0());
+    assert!(lost.writes.is_empty());
+    let failover = Event::Failover { at: attempt(2, 1), worker: "w2".into(), why: "was lost".into() };
+    assert_eq!(lost.effects, [Effect::Post(failover.clone())], "only the attempt on the lost worker");
+    assert_eq!(wf.apply(&run, &Event::WorkerLost { worker: "w9".into() }, t0()), Ok(Outcome::Ignored));
+
+    let moved = step(&wf, &mut run, failover.clone(), t0());
+    let [Write::Task(w)] = &moved.writes[..] else { panic!("one task write: {:?}", moved.writes) };
+    assert_eq!((w.new, w.attempt, w.failover), (Submitted, Some(2), true));
+    assert_eq!(w.warning.as_deref(), Some("attempt 1 failed over: its worker w2 was lost"));
+    assert!(moved.effects.contains(&Effect::ReleaseSlot { worker: "w2".into() }));
+    assert!(moved.effects.contains(&Effect::Enqueue { task: 1, after: Duration::ZERO, avoid: Some("w2".into()) }));
+    assert_eq!(wf.apply(&run, &failover, t0()), Ok(Outcome::Ignored), "a failover is applied once");
+    // attempt 2 failing is a failure: the failover used no retry, and there are none
+    run_task(&wf, &mut run, 2, 2, false);
+    assert_eq!(run.task(1).map(|t| (t.state, t.attempt, t.failovers)), Some((Failure, 2, 1)));
+}
+
+#[test]
+fn a_failed_over_attempt_does_not_count_against_the_retries() {
+    let wf = workflow("name: one\ntasks:\n  - { name: a, command: 'true', retries: 1, retry_interval: 1s }\n");
+    let mut a = task(1, Running, 2, Some("w1"));
+    a.failovers = 1;
+    let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), a)]);
+    step(&wf, &mut run, ended(attempt(1, 2), false, 1), t0());
+    assert_eq!(run.task(0).map(|t| t.state), Some(Delayed), "attempt 2 was the first real one: a retry is left");
+}
+
+#[test]
+fn a_warn_timeout_is_noticed_by_the_master_and_the_task_runs_on() {
+    let wf = workflow("name: slow\ntasks:\n  - { name: a, command: 'true', timeout: 10s, timeout_strategy: warn }\n");
+    let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Dispatched, 1, Some("w1")))]);
+    let running =
+        step(&wf, &mut run, Event::Running { at: attempt(1, 1), worker: "w1".into(), started_at: Some(t0()) }, at(4));
+    assert!(
+        running.effects.contains(&Effect::Schedule {
+            event: Event::TimeoutDue { at: attempt(1, 1) },
+            after: Duration::from_secs(6)
+        })
+    );
+    let due = step(&wf, &mut run, Event::TimeoutDue { at: attempt(1, 1) }, at(10));
+    let [Write::Task(w)] = &due.writes[..] else { panic!("one task write") };
+    assert_eq!((w.expected, w.new), (Running, Running));
+    assert_eq!(w.warning.as_deref(), Some("attempt 1 ran past its timeout of 10s; it runs on (timeout_strategy warn)"));
+    assert_eq!(run.task(0).map(|t| t.state), Some(Running));
+}
+
+#[test]
+fn a_run_rebuilt_from_the_database_resumes_each_task_where_it_was() {
+    let wf = workflow(
+        "name: many\ntasks:\n  - { name: queued, command: 'true' }\n  - { name: sent, command: 'true' }\n  - { name: nowhere, command: 'true' }\n  - { name: running, command: 'true', timeout: 60s, timeout_strategy: warn }\n  - { name: orphaned, command: 'true' }\n  - { name: waiting, command: 'true', retries: 2, retry_interval: 30s }\n  - { name: done, command: 'true' }\n",
+    );
+    let mut running = task(4, Running, 1, Some("w1"));
+    running.started_at = Some(t0());
+    let mut waiting = task(6, Delayed, 1, None);
+    waiting.ended_at = Some(at(10));
+    let (run, unknown) = RunState::rebuild(
+        &wf,
+        Running,
+        [
+            ("queued".to_string(), task(1, Submitted, 1, None)),
+            ("sent".to_string(), task(2, Dispatched, 1, Some("w1"))),
+            ("nowhere".to_string(), task(3, Dispatched, 1, None)),
+            ("running".to_string(), running),
+            ("orphaned".to_string(), task(5, Running, 1, Some("gone"))),
+            ("waiting".to_string(), waiting),
+            ("done".to_string(), task(7, Success, 1, Some("w1"))),
+            ("removed".to_string(), task(8, Success, 1, None)),
+        ],
+    );
+    assert_eq!(unknown, ["removed"]);
+    let effects = wf.resume(&run, at(20), |w| w == "w1");
+    assert_eq!(
+        effects,
+        [
+            Effect::Enqueue { task: 0, after: Duration::ZERO, avoid: None },
+            Effect::ReserveSlot { worker: "w1".into() },
+            Effect::Resend { task: 1 },
+            Effect::Post(Event::Requeue { at: attempt(3, 1), worker: None, after: Duration::ZERO }),
+            Effect::ReserveSlot { worker: "w1".into() },
+            Effect::Schedule { event: Event::TimeoutDue { at: attempt(4, 1) }, after: Duration::from_secs(40) },
+            Effect::WorkerMissing { worker: "gone".into() },
+            Effect::Schedule { event: Event::RetryDue { at: attempt(6, 1) }, after: Duration::from_secs(20) },
+        ]
+    );
+}
+
+#[test]
+fn a_run_rebuilt_with_a_failed_task_is_failing() {
+    let wf = workflow(CHAIN);
+    let mut a = task(1, Failure, 1, None);
+    a.exit_code = Some(2);
+    let (run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), a)]);
+    assert_eq!(run.failing.as_deref(), Some("task a failed with exit code 2"));
+    let finish = wf.advance(&run, t0()).expect("the run ends");
+    assert!(matches!(&finish.writes[..], [Write::Workflow(w)] if w.new == Failure), "b is never created");
+}
+
+#[test]
+fn events_name_their_kind_and_attempt_and_serialise_for_the_dead_letter_table() {
+    let e = ended(attempt(5, 2), true, 0);
+    assert_eq!((e.kind(), e.attempt()), (StateEventKind::TaskStateChange, Some(attempt(5, 2))));
+    let json = serde_json::to_value(&e).expect("serialise");
+    assert_eq!(json["event"], "ended");
+    assert_eq!(json["at"]["task_instance_id"], 5);
+    assert_eq!(Event::WorkerLost { worker: "w".into() }.kind(), StateEventKind::WorkerLost);
+}
