@@ -83,6 +83,17 @@ impl TaskEventService for AckDropper {
         }
         Ok(reply)
     }
+
+    async fn probe_registry(
+        &self,
+        request: Request<porpoise_proto::v1::ProbeRegistryRequest>,
+    ) -> Result<Response<porpoise_proto::v1::ProbeRegistryReply>, Status> {
+        let master = self.master.lock().expect("lock").clone();
+        let mut client = TaskEventServiceClient::connect(format!("http://{master}"))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        client.probe_registry(request.into_inner()).await
+    }
 }
 
 fn chain(name: &str, marks: &str, sleep: &str) -> String {
@@ -926,6 +937,64 @@ async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
     let ran = lines(&dir.join("marks"));
     assert!(!ran.contains(&"overlap".to_string()), "two executions overlapped: {ran:?}");
     assert_eq!(ran, ["one", "one"]);
+}
+
+/// A worker cut off from etcd (the network between them fails; the masters still reach etcd)
+/// while it runs a task: it asks the master, learns that it is the one cut off, and kills its
+/// task before its lease ends; the master runs the task again on the other worker, and the two
+/// executions never overlap (each holds a lock while it runs). Once the network is back the
+/// worker registers again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_cut_off_from_etcd_ends_its_task_before_it_runs_elsewhere() {
+    let etcd = porpoise_testkit::TestEtcd::shared();
+    let proxy = common::CuttableProxy::start(&etcd.endpoint()).await;
+    let options = ClusterOptions { first_worker_etcd: Some(proxy.endpoint.clone()), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks").display().to_string();
+    common::close_gate(&dir.join("gate-one"));
+    let command = format!(
+        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {wait}",
+        lock = dir.join("lock").display(),
+        wait = common::wait_at(&dir.join("gate-one"))
+    );
+    d.apply("cut", &format!("name: cut\ntasks:\n  - name: one\n    command: {command:?}\n"));
+    let id = d.start_run("cut").await;
+    d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
+    let first = d.worker_addr.clone().expect("the first worker");
+    let second = d.start_worker_like("porpoise-worker", "porpoise-worker-2", &etcd.endpoint());
+    let metrics = d.metrics.clone().expect("metrics");
+    let workers_seen = |n: f64| {
+        let metrics = metrics.clone();
+        move || {
+            let metrics = metrics.clone();
+            async move { common::metric(&common::scrape(&metrics).await, r#"porpoise_workers{group="default"}"#) == n }
+        }
+    };
+    d.wait_until("the second worker registers", workers_seen(2.0)).await;
+    proxy.cut();
+    d.wait_for_run(id, "task one runs again on the other worker", |run| {
+        find_task(run, "one").is_some_and(|t| t.attempt == 2 && t.state == "running" && t.worker_addr == second)
+    })
+    .await;
+    assert!(d.log_of("porpoise-worker").contains("fenced off"), "{}", d.log_of("porpoise-worker"));
+    let run = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    assert_eq!(task_named(&run, "one").attempt, 2, "failed over once, from {first}");
+    proxy.heal();
+    open_gate(&dir, "one");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let ran = lines(&dir.join("marks"));
+    assert!(!ran.contains(&"overlap".to_string()), "two executions overlapped: {ran:?}");
+    assert_eq!(ran, ["one", "one"]);
+    // back on the network, the worker registers again and takes tasks
+    let log = dir.join("porpoise-worker.log");
+    d.wait_until("the cut-off worker to take tasks again", || {
+        let log = log.clone();
+        async move { std::fs::read_to_string(&log).is_ok_and(|l| l.contains("taking tasks again")) }
+    })
+    .await;
+    d.wait_until("both workers to be listed again", workers_seen(2.0)).await;
 }
 
 /// A worker's task finished, but the report never reached the master (the network ate it);

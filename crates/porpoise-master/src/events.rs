@@ -10,10 +10,12 @@ use porpoise_core::engine::{AttemptRef, Ending, Event};
 use porpoise_core::{DropReason, ExecutionState, StateEventKind};
 use porpoise_proto::v1::task_event_service_server::TaskEventService;
 use porpoise_proto::v1::{
-    AckStatus, EventAck, ReportTaskEventsReply, ReportTaskEventsRequest, TaskEvent, TaskOutcome, task_event,
+    AckStatus, EventAck, ProbeRegistryReply, ProbeRegistryRequest, ReportTaskEventsReply, ReportTaskEventsRequest,
+    TaskEvent, TaskOutcome, task_event,
 };
+use porpoise_registry::Selector;
 use tonic::{Request, Response, Status};
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::Shared;
 use crate::metrics as m;
@@ -224,4 +226,27 @@ impl TaskEventService for TaskEvents {
         }
         Ok(Response::new(ReportTaskEventsReply { acks }))
     }
+
+    async fn probe_registry(
+        &self,
+        request: Request<ProbeRegistryRequest>,
+    ) -> Result<Response<ProbeRegistryReply>, Status> {
+        let worker = request.into_inner().worker_addr;
+        let read = tokio::time::timeout(PROBE_WAIT, self.0.registry.members(&Selector::Workers { group: None })).await;
+        let reply = match read {
+            Ok(Ok(members)) => {
+                ProbeRegistryReply { reachable: true, listed: members.iter().any(|m| m.key.addr == worker) }
+            }
+            Ok(Err(e)) => {
+                debug!(%worker, error = %e, "registry probe: the registry is unreachable from here too");
+                ProbeRegistryReply { reachable: false, listed: false }
+            }
+            Err(_) => ProbeRegistryReply { reachable: false, listed: false },
+        };
+        info!(%worker, reachable = reply.reachable, listed = reply.listed, "a worker cut off from the registry asked");
+        Ok(Response::new(reply))
+    }
 }
+
+/// How long a registry probe waits for the registry.
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);

@@ -114,6 +114,7 @@ pub(crate) struct Shared {
     /// Lost workers waiting out their grace period.
     lost_workers: Mutex<HashSet<String>>,
     pub masters: Arc<masters::Masters>,
+    pub registry: Arc<dyn Registry>,
     /// Cancelled when the master begins to stop: it takes no new work, and each runner ends
     /// after the event in hand.
     pub draining: CancellationToken,
@@ -266,6 +267,7 @@ impl MasterHandle {
             stalls: Mutex::default(),
             lost_workers: Mutex::default(),
             masters: Arc::default(),
+            registry: registry.clone(),
             draining: CancellationToken::new(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();

@@ -11,7 +11,8 @@ use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp, WatchOptions,
 };
 use porpoise_core::Backoff;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
 use tracing::{debug, warn};
 
 use crate::{
@@ -91,7 +92,13 @@ impl EtcdRegistry {
         mut value: Option<Vec<u8>>,
         ttl: Duration,
         mut control: mpsc::Receiver<Control>,
+        renewed: Option<watch::Sender<Instant>>,
     ) {
+        let confirmed = || {
+            if let Some(r) = &renewed {
+                r.send_replace(Instant::now());
+            }
+        };
         let mut client = self.client.clone();
         let mut tick = tokio::time::interval(renew_every(ttl));
         let backoff = Backoff { initial: Duration::from_millis(100), max: ttl / 2, multiplier: 2.0 };
@@ -101,7 +108,10 @@ impl EtcdRegistry {
             tokio::select! {
                 _ = tick.tick() => {
                     match keep_alive.renew(&mut client, lease).await {
-                        Ok(true) => failures = 0,
+                        Ok(true) => {
+                            failures = 0;
+                            confirmed();
+                        }
                         Ok(false) => {
                             warn!(%key, lease, "registry lease lost");
                             let Some(v) = &value else { return };
@@ -109,6 +119,7 @@ impl EtcdRegistry {
                                 Ok(new) => {
                                     lease = new;
                                     failures = 0;
+                                    confirmed();
                                     debug!(%key, lease, "registered again under a new lease");
                                 }
                                 Err(e) => {
@@ -160,7 +171,7 @@ impl EtcdRegistry {
             return Ok(None);
         }
         let (control, rx) = mpsc::channel(4);
-        let task = tokio::spawn(self.clone().keep_alive(key, lease, None, ttl, rx));
+        let task = tokio::spawn(self.clone().keep_alive(key, lease, None, ttl, rx, None));
         Ok(Some(LockGuard::new(name.to_string(), control, task)))
     }
 }
@@ -208,8 +219,9 @@ impl Registry for EtcdRegistry {
             .map_err(|e| RegistryError::Corrupt { key: path.clone(), detail: e.to_string() })?;
         let lease = self.grant_and_put(&path, &value, ttl).await?;
         let (control, rx) = mpsc::channel(16);
-        let task = tokio::spawn(self.clone().keep_alive(path, lease, Some(value), ttl, rx));
-        Ok(Registration::new(key, control, task))
+        let (renewed_tx, renewed) = watch::channel(Instant::now());
+        let task = tokio::spawn(self.clone().keep_alive(path, lease, Some(value), ttl, rx, Some(renewed_tx)));
+        Ok(Registration::new(key, control, task, renewed))
     }
 
     async fn members(&self, selector: &Selector) -> Result<Vec<Member>> {

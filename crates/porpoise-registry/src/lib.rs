@@ -15,8 +15,9 @@ pub mod types;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
 pub use etcd::EtcdRegistry;
 pub use memory::MemoryRegistry;
@@ -54,15 +55,27 @@ pub struct Registration {
     key: MemberKey,
     control: mpsc::Sender<Control>,
     task: JoinHandle<()>,
+    renewed: watch::Receiver<Instant>,
 }
 
 impl Registration {
-    pub(crate) fn new(key: MemberKey, control: mpsc::Sender<Control>, task: JoinHandle<()>) -> Self {
-        Self { key, control, task }
+    pub(crate) fn new(
+        key: MemberKey,
+        control: mpsc::Sender<Control>,
+        task: JoinHandle<()>,
+        renewed: watch::Receiver<Instant>,
+    ) -> Self {
+        Self { key, control, task, renewed }
     }
 
     pub fn key(&self) -> &MemberKey {
         &self.key
+    }
+
+    /// When the registry last confirmed this registration (granted or renewed its lease). A
+    /// member that has not heard from the registry for a while may have been given up for gone.
+    pub fn last_renewed(&self) -> Instant {
+        *self.renewed.borrow()
     }
 
     /// Publishes a new heartbeat value.

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::{
@@ -190,6 +190,7 @@ impl Registry for MemoryRegistry {
         self.put_member(Member { key: key.clone(), heartbeat: heartbeat.clone() }, token, ttl);
         self.inner.changed.notify_waiters();
         let (control, mut rx) = mpsc::channel(16);
+        let (renewed_tx, renewed) = watch::channel(Instant::now());
         let registry = self.clone();
         let member_key = key.clone();
         let task = tokio::spawn(async move {
@@ -203,6 +204,7 @@ impl Registry for MemoryRegistry {
                             registry.put_member(Member { key: member_key.clone(), heartbeat: heartbeat.clone() }, token, ttl);
                             registry.inner.changed.notify_waiters();
                         }
+                        renewed_tx.send_replace(Instant::now());
                     }
                     cmd = rx.recv() => match cmd {
                         Some(Control::Update(hb, reply)) => {
@@ -220,7 +222,7 @@ impl Registry for MemoryRegistry {
                 }
             }
         });
-        Ok(Registration::new(key, control, task))
+        Ok(Registration::new(key, control, task, renewed))
     }
 
     async fn members(&self, selector: &Selector) -> Result<Vec<Member>> {

@@ -5,9 +5,10 @@
 //! worker, or were ended at start), it reports WORKER_STOPPED, which the master fails over.
 //!
 //! The file holds one line per record: `add <master> <hex of the protobuf event>`, `ack <event
-//! id>`, or `run <master> <hex of a RUNNING event>` (an attempt that started and has no result,
-//! kept when the file is rewritten: with only what is still pending, and the attempts still
-//! running, when the worker starts and whenever done records outnumber pending ones by far).
+//! id>`, or `run <master> <hex of a RUNNING event>` (an attempt accepted, written before the
+//! worker answers ACCEPTED, or started, that has no result yet; kept when the file is
+//! rewritten: with only what is still pending, and the attempts still running, when the worker
+//! starts and whenever done records outnumber pending ones by far).
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
@@ -15,7 +16,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use porpoise_proto::v1::{TaskEvent, TaskOutcome, TaskResult, task_event};
+use porpoise_proto::v1::{TaskEvent, TaskOutcome, TaskResult, TaskRunning, task_event};
 use prost::Message;
 use tracing::warn;
 
@@ -70,6 +71,10 @@ fn unhex(s: &str) -> Option<Vec<u8>> {
         return None;
     }
     (0..s.len()).step_by(2).map(|i| u8::from_str_radix(s.get(i..i + 2)?, 16).ok()).collect()
+}
+
+fn run_line(master: &str, event: &TaskEvent) -> String {
+    format!("run {master} {}\n", hex(&event.encode_to_vec()))
 }
 
 fn add_line(master: &str, event: &TaskEvent) -> String {
@@ -149,6 +154,32 @@ impl Journal {
         Ok(())
     }
 
+    /// Records that attempt `attempt` of task instance `task_instance_id` (of run
+    /// `workflow_instance_id`, dispatched by `master`) was accepted, flushed to disk: call
+    /// before answering ACCEPTED. Should the worker die before the attempt reports a result
+    /// (even before it started), the next worker on this data directory reports it stopped.
+    pub fn accepted(
+        &self,
+        master: &str,
+        task_instance_id: i64,
+        attempt: i32,
+        workflow_instance_id: i64,
+    ) -> std::io::Result<()> {
+        let event = TaskEvent {
+            event_id: String::new(),
+            task_instance_id,
+            attempt,
+            workflow_instance_id,
+            kind: Some(task_event::Kind::Running(TaskRunning::default())),
+        };
+        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+        let (file, state) = &mut *guard;
+        file.write_all(run_line(master, &event).as_bytes())?;
+        file.sync_data()?;
+        state.track(master, &event);
+        Ok(())
+    }
+
     /// Marks the event `id` ACKed (not flushed: losing it only resends a duplicate).
     pub fn ack(&self, id: &str) {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
@@ -177,7 +208,7 @@ fn rewrite(path: &Path, state: &State) -> std::io::Result<File> {
     {
         let mut f = File::create(&tmp)?;
         for (master, event) in state.started.values() {
-            f.write_all(format!("run {master} {}\n", hex(&event.encode_to_vec())).as_bytes())?;
+            f.write_all(run_line(master, event).as_bytes())?;
         }
         for (master, event) in state.pending.values() {
             f.write_all(add_line(master, event).as_bytes())?;
@@ -191,7 +222,6 @@ fn rewrite(path: &Path, state: &State) -> std::io::Result<File> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use porpoise_proto::v1::TaskRunning;
 
     fn running(id: &str, ti: i64) -> TaskEvent {
         TaskEvent {
@@ -239,6 +269,26 @@ mod tests {
         let Some(task_event::Kind::Result(r)) = &replay[1].1.kind else { panic!("a result") };
         assert_eq!((replay[1].1.task_instance_id, r.outcome), (2, TaskOutcome::WorkerStopped as i32));
         assert_eq!(replay[1].0, "m:1");
+    }
+
+    #[test]
+    fn an_attempt_accepted_but_never_started_is_reported_stopped() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let (j, _) = Journal::open(dir.path(), || "x".into()).expect("open");
+            j.accepted("m:1", 3, 2, 7).expect("accepted");
+            j.accepted("m:1", 4, 1, 7).expect("accepted");
+            j.add("m:1", &result("s4", 4)).expect("add");
+            j.ack("s4");
+        }
+        let (_, replay) = Journal::open(dir.path(), || "stop".into()).expect("reopen");
+        assert_eq!(replay.len(), 1, "only the attempt without a result: {replay:?}");
+        let (master, event) = &replay[0];
+        let Some(task_event::Kind::Result(r)) = &event.kind else { panic!("a result") };
+        assert_eq!(
+            (master.as_str(), event.task_instance_id, event.attempt, event.workflow_instance_id, r.outcome),
+            ("m:1", 3, 2, 7, TaskOutcome::WorkerStopped as i32)
+        );
     }
 
     #[test]

@@ -6,6 +6,8 @@
 pub mod config;
 /// Running one task attempt: working directory, command, log, timeout, kill.
 pub mod executor;
+/// Ending the tasks of a worker cut off from the registry.
+mod fence;
 /// The event journal that keeps unACKed events across a crash.
 pub mod journal;
 /// Finding and killing every process of a task attempt.
@@ -158,6 +160,7 @@ impl WorkerHandle {
         };
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
         spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
+        spawner.spawn(fence::run(server.clone(), registration.clone(), config.lease_ttl, addr.clone()));
         Ok(WorkerHandle {
             addr,
             server,

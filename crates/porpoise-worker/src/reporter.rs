@@ -72,6 +72,13 @@ impl Reporter {
         id
     }
 
+    /// Journals that an attempt was accepted (see [`Journal::accepted`]).
+    pub fn accepted(&self, master_addr: &str, task_instance_id: i64, attempt: i32, workflow_instance_id: i64) {
+        if let Err(e) = self.journal.accepted(master_addr, task_instance_id, attempt, workflow_instance_id) {
+            error!(task_instance_id, attempt, error = %e, "cannot journal the accepted attempt (a crash before it reports would leave it dispatched)");
+        }
+    }
+
     /// Events queued and not yet ACKed.
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)

@@ -47,6 +47,11 @@ pub struct WorkerServer {
     draining: std::sync::atomic::AtomicBool,
     /// Stopping, and the grace period ran out: killed tasks are reported WORKER_STOPPED.
     stopping: std::sync::atomic::AtomicBool,
+    /// Cut off from the registry (see [`crate::fence`]): why. Dispatches are answered FULL,
+    /// and the tasks it killed are reported WORKER_STOPPED.
+    fenced: Mutex<Option<String>>,
+    /// The masters that dispatched to this worker: those it asks when cut off.
+    masters: Mutex<std::collections::BTreeSet<String>>,
     sampler: crate::system::SystemSampler,
     /// Spawns the attempts, so that stopping the worker ends them all.
     spawner: Spawner,
@@ -67,6 +72,8 @@ impl WorkerServer {
             token,
             draining: Default::default(),
             stopping: Default::default(),
+            fenced: Mutex::default(),
+            masters: Mutex::default(),
             addr,
             slots,
             tasks_dir,
@@ -88,6 +95,41 @@ impl WorkerServer {
     /// Takes no more tasks: dispatches are answered DRAINING from now on.
     pub fn drain(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Fenced off: the worker is cut off from the registry and will be given up for gone, so
+    /// it kills every running task (each reported WORKER_STOPPED, which the master fails over
+    /// at once) and takes no task until [`WorkerServer::unfence`].
+    pub fn fence(&self, reason: String) {
+        let killed = {
+            let attempts = self.attempts();
+            *self.fenced.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
+            let mut killed = 0;
+            for slot in attempts.values() {
+                if let Slot::Running(kill) = slot {
+                    kill.notify_one();
+                    killed += 1;
+                }
+            }
+            killed
+        };
+        warn!(%reason, killed, "fenced off: tasks killed, no task taken until the registry lease is renewed");
+    }
+
+    /// The registry renewed the lease again: tasks are taken again.
+    pub fn unfence(&self) {
+        if self.fenced.lock().unwrap_or_else(|p| p.into_inner()).take().is_some() {
+            info!("the registry lease is renewed: taking tasks again");
+        }
+    }
+
+    pub fn fenced(&self) -> bool {
+        self.fenced.lock().unwrap_or_else(|p| p.into_inner()).is_some()
+    }
+
+    /// The masters that dispatched to this worker.
+    pub fn masters(&self) -> Vec<String> {
+        self.masters.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect()
     }
 
     /// Kills every running task (the shutdown grace ran out); each is reported WORKER_STOPPED.
@@ -148,11 +190,15 @@ impl WorkerServer {
                 "task finished"
             );
             let mut result = result;
-            if result.outcome == porpoise_proto::v1::TaskOutcome::Killed as i32
-                && this.stopping.load(std::sync::atomic::Ordering::SeqCst)
-            {
-                result.outcome = porpoise_proto::v1::TaskOutcome::WorkerStopped as i32;
-                result.message = "the worker stopped before the task ended (its shutdown grace ran out)".into();
+            if result.outcome == porpoise_proto::v1::TaskOutcome::Killed as i32 {
+                let fenced = this.fenced.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                if this.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+                    result.outcome = porpoise_proto::v1::TaskOutcome::WorkerStopped as i32;
+                    result.message = "the worker stopped before the task ended (its shutdown grace ran out)".into();
+                } else if let Some(reason) = fenced {
+                    result.outcome = porpoise_proto::v1::TaskOutcome::WorkerStopped as i32;
+                    result.message = format!("the worker was cut off from the registry: {reason}");
+                }
             }
             this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
             this.reporter.send(&master, event(task_event::Kind::Result(result)));
@@ -205,8 +251,13 @@ impl WorkerService for WorkerGrpc {
         if self.0.draining.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(self.reply(DispatchStatus::Draining, "the worker is shutting down"));
         }
+        self.0.masters.lock().unwrap_or_else(|p| p.into_inner()).insert(req.master_addr.clone());
         let kill = {
             let mut attempts = self.attempts();
+            // under the attempts lock, as in `fence`: no attempt starts after the fence killed
+            if let Some(reason) = self.0.fenced.lock().unwrap_or_else(|p| p.into_inner()).clone() {
+                return Ok(self.reply(DispatchStatus::Full, format!("cut off from the registry ({reason})")));
+            }
             if attempts.contains_key(&key) {
                 // a resent dispatch (the reply was lost): the attempt runs or ran once already
                 return Ok(self.reply(DispatchStatus::Accepted, "already accepted"));
@@ -219,6 +270,8 @@ impl WorkerService for WorkerGrpc {
             attempts.insert(key, Slot::Running(kill.clone()));
             kill
         };
+        // durable before the answer: a worker dying from here on still reports the attempt
+        self.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id);
         self.start_attempt(req, kill);
         Ok(self.reply(DispatchStatus::Accepted, ""))
     }

@@ -61,6 +61,13 @@ impl TaskEventService for MasterSvc {
         }
         Ok(Response::new(ReportTaskEventsReply { acks }))
     }
+
+    async fn probe_registry(
+        &self,
+        _: Request<porpoise_proto::v1::ProbeRegistryRequest>,
+    ) -> Result<Response<porpoise_proto::v1::ProbeRegistryReply>, Status> {
+        Err(Status::unimplemented("the test master has no registry"))
+    }
 }
 
 impl Master {

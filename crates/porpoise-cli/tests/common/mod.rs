@@ -59,6 +59,8 @@ pub struct ClusterOptions {
     pub masters: Option<usize>,
     /// More arguments for every worker.
     pub worker_args: Vec<String>,
+    /// The etcd endpoint of the first worker (a proxy in front of etcd), instead of etcd's.
+    pub first_worker_etcd: Option<String>,
 }
 
 fn bin(name: &str) -> &'static str {
@@ -166,6 +168,21 @@ impl Deployment {
         child.wait().expect("reap the process");
     }
 
+    /// Starts another worker, `name`, set up as worker `like` is, with its own address and data
+    /// directory, on etcd `etcd`; returns its address.
+    pub fn start_worker_like(&mut self, like: &str, name: &str, etcd: &str) -> String {
+        let mut args = self.args.get(like).expect("a worker of that name was started").clone();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let dir = self.dir.path().join(name).display().to_string();
+        for (flag, value) in [("--listen", addr.as_str()), ("--data-dir", dir.as_str()), ("--etcd", etcd)] {
+            let i = args.iter().position(|a| a == flag).expect("the worker has the flag");
+            args[i + 1] = value.to_string();
+        }
+        self.worker_addrs.insert(addr.clone(), name.to_string());
+        self.spawn_as(name, "porpoise-worker", &args);
+        addr
+    }
+
     /// Starts process `name` again with the arguments it had (its log goes on in the same file).
     pub fn start_again(&mut self, name: &str) {
         let args = self.args.get(name).expect("a process of that name was started").clone();
@@ -249,7 +266,11 @@ impl Deployment {
                 "--data-dir".into(),
                 worker_dir.display().to_string(),
             ]);
-            worker_args.extend(registry_args.iter().cloned());
+            let mut registry_args = registry_args.clone();
+            if let (1, Some(endpoint)) = (n, &options.first_worker_etcd) {
+                registry_args[1] = endpoint.clone();
+            }
+            worker_args.extend(registry_args);
             worker_args.extend(options.worker_args.iter().cloned());
             d.spawn_as(&name, "porpoise-worker", &worker_args);
         }
@@ -570,4 +591,55 @@ pub fn wait_at(gate: &Path) -> String {
 /// Opens `gate`: every task waiting at it goes on, and any that comes later passes.
 pub fn open_gate(gate: &Path) {
     GATES.lock().unwrap_or_else(|p| p.into_inner()).remove(gate);
+}
+
+/// A TCP forwarder the test can cut and heal, as a network partition would: while cut, open
+/// connections are dropped and new ones are closed at once.
+pub struct CuttableProxy {
+    /// `http://host:port` of the proxy.
+    pub endpoint: String,
+    cut: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CuttableProxy {
+    /// Forwards to `target` (`http://host:port` or `host:port`).
+    pub async fn start(target: &str) -> CuttableProxy {
+        let target = target.trim_start_matches("http://").to_string();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
+        let (cut, cut_rx) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else { continue };
+                if *cut_rx.borrow() {
+                    continue; // dropped: closed at once
+                }
+                let target = target.clone();
+                let mut cut_rx = cut_rx.clone();
+                tokio::spawn(async move {
+                    let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else { return };
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                        _ = cut_rx.wait_for(|cut| *cut) => {}
+                    }
+                });
+            }
+        });
+        CuttableProxy { endpoint, cut, task }
+    }
+
+    pub fn cut(&self) {
+        self.cut.send_replace(true);
+    }
+
+    pub fn heal(&self) {
+        self.cut.send_replace(false);
+    }
+}
+
+impl Drop for CuttableProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
