@@ -947,7 +947,7 @@ async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_cut_off_from_etcd_ends_its_task_before_it_runs_elsewhere() {
     let etcd = porpoise_testkit::TestEtcd::shared();
-    let proxy = common::CuttableProxy::start(&etcd.endpoint()).await;
+    let proxy = porpoise_testkit::CuttableProxy::start(&etcd.endpoint()).await;
     let options = ClusterOptions { first_worker_etcd: Some(proxy.endpoint.clone()), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     let dir = d.dir.path().to_path_buf();

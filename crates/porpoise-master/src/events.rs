@@ -249,4 +249,4 @@ impl TaskEventService for TaskEvents {
 }
 
 /// How long a registry probe waits for the registry.
-const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

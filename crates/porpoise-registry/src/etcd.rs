@@ -186,7 +186,13 @@ impl KeepAlive {
     /// One keep-alive round trip: `Ok(false)` when the lease no longer exists.
     async fn renew(&mut self, client: &mut Client, lease: i64) -> Result<bool> {
         if self.stream.is_none() {
-            self.stream = Some(client.lease_keep_alive(lease).await?);
+            match client.lease_keep_alive(lease).await {
+                Ok(stream) => self.stream = Some(stream),
+                // opening the stream for a lease that ended (it was cut off for longer than its
+                // TTL) says so as an error, not as a TTL of 0
+                Err(etcd_client::Error::LeaseKeepAliveError(m)) if m.contains("not found") => return Ok(false),
+                Err(e) => return Err(e.into()),
+            }
         }
         let result = match self.stream.as_mut() {
             Some((keeper, stream)) => match keeper.keep_alive().await {

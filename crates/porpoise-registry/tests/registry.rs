@@ -218,6 +218,30 @@ mod etcd_faults {
         assert_eq!(masters.iter().map(|m| &m.key).collect::<Vec<_>>(), [&key]);
     }
 
+    /// A member cut off from etcd (the network between them, not etcd, fails) for longer than
+    /// its TTL: its lease ends; once the network is back it is granted a new one and listed
+    /// again, and says when the registry last confirmed it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_member_cut_off_past_its_lease_registers_again_when_the_network_is_back() {
+        let etcd = TestEtcd::start();
+        let proxy = porpoise_testkit::CuttableProxy::start(&etcd.endpoint()).await;
+        let root = format!("/{}", unique_name("porpoise-cut"));
+        let r = EtcdRegistry::connect(&[proxy.endpoint.clone()], &root).await.expect("connect through the proxy");
+        let observer = client(&etcd, &root).await;
+        let mut watch = observer.watch(&Selector::Masters).await.expect("watch");
+        let key = MemberKey::master("m1:1");
+        let reg = r.register(key.clone(), Heartbeat::idle(0), TTL).await.expect("register");
+        assert!(matches!(next_about(&mut watch, &key, TTL).await, MemberEvent::Up(_)));
+
+        proxy.cut();
+        let cut_at = Instant::now();
+        assert_eq!(next_about(&mut watch, &key, 3 * TTL).await, MemberEvent::Down(key.clone()), "the lease ended");
+        assert!(reg.last_renewed() <= cut_at, "nothing was renewed while cut off");
+        proxy.heal();
+        assert!(matches!(next_about(&mut watch, &key, 4 * TTL).await, MemberEvent::Up(_)), "registered again");
+        assert!(reg.last_renewed() > cut_at, "the new lease counts as renewed");
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn registrations_and_watches_survive_an_etcd_restart() {
         let etcd = TestEtcd::start();

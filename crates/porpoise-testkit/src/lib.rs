@@ -9,10 +9,13 @@ pub mod etcd;
 /// A private PostgreSQL server with a fresh database per test.
 pub mod postgres;
 mod process;
+/// A TCP forwarder the test can cut and heal.
+pub mod proxy;
 
 pub use etcd::TestEtcd;
 pub use postgres::TestPostgres;
 pub use process::unprivileged_ids;
+pub use proxy::CuttableProxy;
 
 /// Ports handed out by [`free_port`]: below Linux's ephemeral range (32768–60999), so that
 /// no outgoing connection can take one between the check and the server binding it.

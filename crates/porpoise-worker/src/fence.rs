@@ -1,5 +1,6 @@
 //! The fence against a partition. A worker that cannot renew its registry lease for half the
-//! lease TTL asks the masters that dispatched to it whether they can read the registry. If one
+//! lease TTL, and cannot read the registry either, asks the masters that dispatched to it
+//! whether they can read the registry. If one
 //! can (or none answers), this worker is the one cut off: the masters will give it up for gone
 //! when its lease ends and run its attempts elsewhere, so it kills its tasks now (reported
 //! WORKER_STOPPED, which a master fails over at once) and takes no task until its lease is
@@ -11,15 +12,18 @@ use std::time::Duration;
 
 use porpoise_proto::v1::ProbeRegistryRequest;
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
-use porpoise_registry::Registration;
+use porpoise_registry::{Registration, Registry, Selector};
 use tokio::task::JoinSet;
 use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::server::WorkerServer;
 
-/// How long one master has to answer a probe.
-const PROBE_WAIT: Duration = Duration::from_secs(2);
+/// How long the worker gives the registry itself before it asks the masters.
+const SELF_CHECK_WAIT: Duration = Duration::from_secs(1);
+/// How long one master has to answer a probe: more than a master gives the registry (1 s), so
+/// that a master waiting on a registry that is down answers "unreachable" in time.
+const PROBE_WAIT: Duration = Duration::from_secs(3);
 
 /// What the masters said.
 #[derive(Debug, PartialEq)]
@@ -33,7 +37,13 @@ enum Verdict {
 }
 
 /// Runs until the worker stops: checks the lease every `ttl / 6`.
-pub(crate) async fn run(server: Arc<WorkerServer>, registration: Arc<Registration>, ttl: Duration, addr: String) {
+pub(crate) async fn run(
+    server: Arc<WorkerServer>,
+    registry: Arc<dyn Registry>,
+    registration: Arc<Registration>,
+    ttl: Duration,
+    addr: String,
+) {
     let limit = ttl / 2;
     let mut tick = tokio::time::interval((ttl / 6).max(Duration::from_millis(100)));
     // after a "down for everyone" answer, ask again only this much later
@@ -46,6 +56,11 @@ pub(crate) async fn run(server: Arc<WorkerServer>, registration: Arc<Registratio
             continue;
         }
         if server.fenced() || tokio::time::Instant::now() < quiet_until {
+            continue;
+        }
+        // the registry answers this worker again (it came back after an outage): the lease is
+        // renewed or granted again by the keep-alive, nothing to fence
+        if let Ok(Ok(_)) = tokio::time::timeout(SELF_CHECK_WAIT, registry.members(&Selector::Masters)).await {
             continue;
         }
         match ask_masters(&server.masters(), &addr).await {

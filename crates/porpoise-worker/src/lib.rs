@@ -160,7 +160,7 @@ impl WorkerHandle {
         };
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
         spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
-        spawner.spawn(fence::run(server.clone(), registration.clone(), config.lease_ttl, addr.clone()));
+        spawner.spawn(fence::run(server.clone(), registry, registration.clone(), config.lease_ttl, addr.clone()));
         Ok(WorkerHandle {
             addr,
             server,
