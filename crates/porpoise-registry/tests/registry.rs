@@ -226,7 +226,9 @@ mod etcd_faults {
         let etcd = TestEtcd::start();
         let proxy = porpoise_testkit::CuttableProxy::start(&etcd.endpoint()).await;
         let root = format!("/{}", unique_name("porpoise-cut"));
-        let r = EtcdRegistry::connect(&[proxy.endpoint.clone()], &root).await.expect("connect through the proxy");
+        let r = EtcdRegistry::connect(std::slice::from_ref(&proxy.endpoint), &root)
+            .await
+            .expect("connect through the proxy");
         let observer = client(&etcd, &root).await;
         let mut watch = observer.watch(&Selector::Masters).await.expect("watch");
         let key = MemberKey::master("m1:1");
