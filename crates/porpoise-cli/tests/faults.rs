@@ -888,10 +888,17 @@ async fn a_worker_whose_grace_runs_out_kills_its_task_and_it_runs_elsewhere() {
     let mut admin = d.admin().await;
     let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
     let ti = task_named(&run, "one").task_instance_id;
-    let survivors = porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &format!(".{ti}.1"));
+    // a task process carries `<its worker's token>.<task instance>.<attempt>`; other tests'
+    // task instances have the same small ids, so the worker's token tells them apart
+    let token = |worker: &str, attempt: i32| {
+        let token = std::fs::read_to_string(dir.join(worker).join("worker.token")).expect("the worker's token");
+        format!("{}.{ti}.{attempt}", token.trim())
+    };
+    let other = if name == "porpoise-worker" { "porpoise-worker-2" } else { "porpoise-worker" };
+    let survivors = porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &token(&name, 1));
     assert!(survivors.is_empty(), "processes of the killed attempt survived: {survivors:?}");
     // the same lookup finds the new attempt's processes: the check above can see them
-    assert!(!porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &format!(".{ti}.2")).is_empty());
+    assert!(!porpoise_testkit::processes_with_env("PORPOISE_TASK_TOKEN", &token(other, 2)).is_empty());
     for gate in ["one", "two", "three"] {
         open_gate(&dir, gate);
     }
@@ -899,6 +906,20 @@ async fn a_worker_whose_grace_runs_out_kills_its_task_and_it_runs_elsewhere() {
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
     let one = task_named(&run, "one");
     assert!(one.warning.contains("stopped before the task ended"), "{one:?}");
+}
+
+/// A workflow `name` of one task, `one`, that marks each execution in `DIR/marks` and holds a
+/// lock while it runs (until the test opens gate `one`): an execution that starts while another
+/// holds the lock marks `overlap`.
+fn overlap_detecting_task(name: &str, dir: &std::path::Path) -> String {
+    common::close_gate(&dir.join("gate-one"));
+    let command = format!(
+        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {wait}",
+        lock = dir.join("lock").display(),
+        marks = dir.join("marks").display(),
+        wait = common::wait_at(&dir.join("gate-one"))
+    );
+    format!("name: {name}\ntasks:\n  - name: one\n    command: {command:?}\n")
 }
 
 /// A worker paused (SIGSTOP) past its lease while it runs a task, then resumed (SIGCONT): its
@@ -910,14 +931,7 @@ async fn a_paused_worker_never_leaves_two_executions_of_its_task_running() {
     let options = ClusterOptions { workers: Some(2), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     let dir = d.dir.path().to_path_buf();
-    let marks = dir.join("marks").display().to_string();
-    common::close_gate(&dir.join("gate-one"));
-    let command = format!(
-        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {wait}",
-        lock = dir.join("lock").display(),
-        wait = common::wait_at(&dir.join("gate-one"))
-    );
-    d.apply("paused", &format!("name: paused\ntasks:\n  - name: one\n    command: {command:?}\n"));
+    d.apply("paused", &overlap_detecting_task("paused", &dir));
     let id = d.start_run("paused").await;
     d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
     let mut admin = d.admin().await;
@@ -951,14 +965,7 @@ async fn a_worker_cut_off_from_etcd_ends_its_task_before_it_runs_elsewhere() {
     let options = ClusterOptions { first_worker_etcd: Some(proxy.endpoint.clone()), ..Default::default() };
     let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
     let dir = d.dir.path().to_path_buf();
-    let marks = dir.join("marks").display().to_string();
-    common::close_gate(&dir.join("gate-one"));
-    let command = format!(
-        "exec 9>{lock}; flock -n 9 || echo overlap >> {marks}; echo one >> {marks}; {wait}",
-        lock = dir.join("lock").display(),
-        wait = common::wait_at(&dir.join("gate-one"))
-    );
-    d.apply("cut", &format!("name: cut\ntasks:\n  - name: one\n    command: {command:?}\n"));
+    d.apply("cut", &overlap_detecting_task("cut", &dir));
     let id = d.start_run("cut").await;
     d.wait_for_run(id, "task one runs", |run| find_task(run, "one").is_some_and(|t| t.state == "running")).await;
     let first = d.worker_addr.clone().expect("the first worker");

@@ -217,11 +217,13 @@ pub struct TaskWrite {
 }
 
 impl TaskWrite {
-    fn new(task: &TaskState, new: ExecutionState) -> Self {
+    /// A write that changes only the state of task instance `id`, expected in `expected` at
+    /// `expected_attempt`.
+    pub fn change(id: i64, expected: ExecutionState, expected_attempt: i32, new: ExecutionState) -> Self {
         Self {
-            id: task.id,
-            expected: task.state,
-            expected_attempt: task.attempt,
+            id,
+            expected,
+            expected_attempt,
             new,
             attempt: None,
             worker: None,
@@ -231,6 +233,10 @@ impl TaskWrite {
             warning: None,
             failover: false,
         }
+    }
+
+    fn new(task: &TaskState, new: ExecutionState) -> Self {
+        Self::change(task.id, task.state, task.attempt, new)
     }
 }
 

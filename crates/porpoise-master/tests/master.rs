@@ -291,6 +291,19 @@ mod queue {
 mod commands {
     use super::*;
 
+    /// Requests a run of workflow `name` straight through `store`, as another master's
+    /// AdminService would; returns the run's id.
+    pub(super) async fn request_run(store: &dyn porpoise_store::Store, name: &str) -> i64 {
+        let def = store.latest_definition(name).await.expect("read").expect("applied");
+        let run = NewRun {
+            workflow_definition_id: def.id,
+            workflow_name: def.name.clone(),
+            priority: Default::default(),
+            params: Default::default(),
+        };
+        store.create_run(&run).await.expect("request a run").0.id
+    }
+
     /// The fallback poll is an hour: a run that starts at all was started by the wake-up.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_requested_elsewhere_wakes_the_master_through_postgres() {
@@ -306,47 +319,27 @@ mod commands {
         assert_eq!(cluster.run_ends(first).await.state, Success);
 
         let elsewhere = PgStore::connect(&url, 1).await.expect("connect to Postgres");
-        let def = elsewhere.latest_definition("woken").await.expect("read").expect("applied");
-        let (run, _) = elsewhere
-            .create_run(&NewRun {
-                workflow_definition_id: def.id,
-                workflow_name: def.name.clone(),
-                priority: Default::default(),
-                params: Default::default(),
-            })
-            .await
-            .expect("request a run");
-        assert_eq!(cluster.run_ends(run.id).await.state, Success);
+        let run = request_run(&elsewhere, "woken").await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
     }
 }
 
 mod sqlite_wakeups {
+    use super::commands::request_run;
     use super::*;
 
     /// On SQLite the store itself wakes the master for a run requested through it (the fallback
     /// poll is an hour).
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_requested_through_the_store_wakes_the_master() {
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
         let config = MasterConfig { command_poll: Duration::from_secs(3600), ..Cluster::config() };
-        let cluster = Cluster::start_on(config, Arc::new(store)).await;
+        let cluster = Cluster::start_with(config).await;
         let _w = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
         workers_seen(&cluster, "default", 1).await;
         let first = cluster.run(&independent("woken", 1, "default")).await;
         assert_eq!(cluster.run_ends(first).await.state, Success);
-        let def = cluster.store.latest_definition("woken").await.expect("read").expect("applied");
-        let (run, _) = cluster
-            .store
-            .create_run(&NewRun {
-                workflow_definition_id: def.id,
-                workflow_name: def.name.clone(),
-                priority: Default::default(),
-                params: Default::default(),
-            })
-            .await
-            .expect("request a run");
-        assert_eq!(cluster.run_ends(run.id).await.state, Success);
+        let run = request_run(&*cluster.store, "woken").await;
+        assert_eq!(cluster.run_ends(run).await.state, Success);
     }
 }
 
@@ -502,9 +495,7 @@ mod worker_failover {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_worker_back_within_the_grace_period_keeps_its_tasks() {
         let config = MasterConfig { worker_failover_grace: Duration::from_secs(3600), ..Cluster::config() };
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store)).await;
+        let cluster = Cluster::start_with(config).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let run = cluster.run(&independent("blip", 1, "default")).await;
@@ -655,9 +646,7 @@ mod takeover {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_whose_master_is_gone_says_it_waits_to_be_taken_over() {
         let config = MasterConfig { takeover_sweep: Duration::from_secs(3600), ..Cluster::config() };
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store)).await;
+        let cluster = Cluster::start_with(config).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let run = cluster.run(&independent("orphaned", 1, "default")).await;
@@ -684,9 +673,7 @@ mod takeover {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_stopping_master_finishes_the_event_in_hand_and_hands_the_run_over() {
         let config = MasterConfig { lease_ttl: Duration::from_secs(3600), ..Cluster::config() };
-        let dir = tempfile::tempdir().expect("a temporary directory");
-        let store = porpoise_store::SqliteStore::open(&dir.path().join("p.db")).await.expect("open SQLite");
-        let cluster = Cluster::start_on(config, Arc::new(store)).await;
+        let cluster = Cluster::start_with(config).await;
         let w = cluster.worker("default", 4).await;
         workers_seen(&cluster, "default", 1).await;
         let yaml = "name: handed\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', depends_on: [a] }\n";

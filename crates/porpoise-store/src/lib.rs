@@ -78,9 +78,14 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn unfinished_workflow_instances_of(&self, owner: &str) -> Result<Vec<WorkflowInstance>>;
     /// Instances in one of `states`, oldest first.
     async fn workflow_instances_in(&self, states: &[ExecutionState], limit: u32) -> Result<Vec<WorkflowInstance>>;
-    /// Moves an instance to a new state if it is still in the expected state and owned by the
-    /// expected owner; otherwise [`StoreError::Conflict`] says what was found.
-    async fn update_workflow_state(&self, update: &WorkflowStateUpdate) -> Result<WorkflowInstance>;
+    /// Makes `write` to instance `id` if it is still in the state the write expects and owned
+    /// by `owner`; otherwise [`StoreError::Conflict`] says what was found.
+    async fn update_workflow_state(
+        &self,
+        owner: &str,
+        id: i64,
+        write: &porpoise_core::engine::WorkflowWrite,
+    ) -> Result<WorkflowInstance>;
     /// Hands an instance from `expected_owner` (at `expected_epoch`) to `new_owner`, bumping the
     /// epoch so that the previous owner's writes are refused from now on.
     async fn take_over_workflow_instance(
@@ -110,9 +115,10 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Task instances on worker `worker_addr` in one of `states`.
     async fn task_instances_on_worker(&self, worker_addr: &str, states: &[ExecutionState])
     -> Result<Vec<TaskInstance>>;
-    /// Moves a task instance to a new state if it is still in the expected state and attempt
-    /// and its workflow instance is owned by the expected owner.
-    async fn update_task_state(&self, update: &TaskStateUpdate) -> Result<TaskInstance>;
+    /// Makes `write` if the task instance is still in the state and attempt it expects and its
+    /// workflow instance is owned by `owner`; otherwise [`StoreError::Conflict`] says what was
+    /// found.
+    async fn update_task_state(&self, owner: &str, write: &porpoise_core::engine::TaskWrite) -> Result<TaskInstance>;
 
     /// Records a state event that was dropped, with the reason.
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64>;

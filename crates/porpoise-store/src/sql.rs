@@ -509,16 +509,18 @@ macro_rules! impl_store {
 
             async fn update_workflow_state(
                 &self,
-                u: &$crate::WorkflowStateUpdate,
+                owner: &str,
+                id: i64,
+                w: &porpoise_core::engine::WorkflowWrite,
             ) -> $crate::Result<$crate::WorkflowInstance> {
                 let row = {
                     // given back before a refusal is explained: SQLite has one connection
                     let mut conn = self.pool.acquire().await?;
-                    Self::update_workflow_on(&mut conn, u).await?
+                    Self::update_workflow_on(&mut conn, owner, id, w).await?
                 };
                 match row {
                     Some(row) => row.try_into(),
-                    None => Err(self.workflow_conflict(u.id, &format!("{} owned by {}", u.expected, u.owner)).await),
+                    None => Err(self.workflow_conflict(id, &format!("{} owned by {owner}", w.expected)).await),
                 }
             }
 
@@ -588,18 +590,16 @@ macro_rules! impl_store {
                 for w in writes {
                     match w {
                         Write::Task(t) => {
-                            let u = $crate::TaskStateUpdate::of(owner, t);
-                            if Self::update_task_on(&mut tx, &u).await?.is_none() {
+                            if Self::update_task_on(&mut tx, owner, t).await?.is_none() {
                                 drop(tx);
-                                return Err(self.task_conflict(&u).await);
+                                return Err(self.task_conflict(owner, t).await);
                             }
                         }
                         Write::Workflow(wf) => {
-                            let u = $crate::WorkflowStateUpdate::of(owner, run, wf);
-                            if Self::update_workflow_on(&mut tx, &u).await?.is_none() {
+                            if Self::update_workflow_on(&mut tx, owner, run, wf).await?.is_none() {
                                 drop(tx);
                                 return Err(self
-                                    .workflow_conflict(run, &format!("{} owned by {}", u.expected, u.owner))
+                                    .workflow_conflict(run, &format!("{} owned by {owner}", wf.expected))
                                     .await);
                             }
                         }
@@ -663,15 +663,19 @@ macro_rules! impl_store {
                 rows.into_iter().map(TryInto::try_into).collect()
             }
 
-            async fn update_task_state(&self, u: &$crate::TaskStateUpdate) -> $crate::Result<$crate::TaskInstance> {
+            async fn update_task_state(
+                &self,
+                owner: &str,
+                w: &porpoise_core::engine::TaskWrite,
+            ) -> $crate::Result<$crate::TaskInstance> {
                 let row = {
                     // given back before a refusal is explained: SQLite has one connection
                     let mut conn = self.pool.acquire().await?;
-                    Self::update_task_on(&mut conn, u).await?
+                    Self::update_task_on(&mut conn, owner, w).await?
                 };
                 match row {
                     Some(row) => row.try_into(),
-                    None => Err(self.task_conflict(u).await),
+                    None => Err(self.task_conflict(owner, w).await),
                 }
             }
 
@@ -709,7 +713,9 @@ macro_rules! impl_store {
             /// state and owned by the expected owner; `None` when the write was refused.
             async fn update_workflow_on(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                u: &$crate::WorkflowStateUpdate,
+                owner: &str,
+                id: i64,
+                u: &porpoise_core::engine::WorkflowWrite,
             ) -> $crate::Result<Option<$crate::sql::WorkflowRow>> {
                 use $crate::sql::*;
                 Ok(sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
@@ -722,9 +728,9 @@ macro_rules! impl_store {
                 .bind(u.started_at)
                 .bind(u.ended_at)
                 .bind(now())
-                .bind(u.id)
+                .bind(id)
                 .bind(u.expected.as_str())
-                .bind(&u.owner)
+                .bind(owner)
                 .fetch_optional(&mut *conn)
                 .await?)
             }
@@ -733,7 +739,8 @@ macro_rules! impl_store {
             /// state and attempt and its run is owned by the expected owner; `None` when refused.
             async fn update_task_on(
                 conn: &mut <$db as sqlx::Database>::Connection,
-                u: &$crate::TaskStateUpdate,
+                owner: &str,
+                u: &porpoise_core::engine::TaskWrite,
             ) -> $crate::Result<Option<$crate::sql::TaskRow>> {
                 use $crate::sql::*;
                 Ok(sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
@@ -746,7 +753,7 @@ macro_rules! impl_store {
                 )))
                 .bind(u.new.as_str())
                 .bind(u.attempt)
-                .bind(&u.worker_addr)
+                .bind(&u.worker)
                 .bind(u.exit_code)
                 .bind(u.started_at)
                 .bind(u.ended_at)
@@ -754,7 +761,7 @@ macro_rules! impl_store {
                 .bind(u.id)
                 .bind(u.expected.as_str())
                 .bind(u.expected_attempt)
-                .bind(&u.owner)
+                .bind(owner)
                 .bind(&u.warning)
                 .bind(i32::from(u.failover))
                 .fetch_optional(&mut *conn)
@@ -807,7 +814,7 @@ macro_rules! impl_store {
             }
 
             /// The error for a refused task-instance write: what was found instead.
-            async fn task_conflict(&self, u: &$crate::TaskStateUpdate) -> $crate::StoreError {
+            async fn task_conflict(&self, owner: &str, u: &porpoise_core::engine::TaskWrite) -> $crate::StoreError {
                 let found: Result<Option<(String, i32, Option<String>)>, sqlx::Error> =
                     sqlx::query_as::<$db, (String, i32, Option<String>)>(
                         "SELECT t.state, t.attempt, w.owner FROM task_instance t \
@@ -819,11 +826,14 @@ macro_rules! impl_store {
                 match found {
                     Err(e) => e.into(),
                     Ok(None) => $crate::StoreError::NotFound { entity: "task instance", key: u.id.to_string() },
-                    Ok(Some((state, attempt, owner))) => $crate::StoreError::Conflict {
+                    Ok(Some((state, attempt, found_owner))) => $crate::StoreError::Conflict {
                         entity: "task instance",
                         id: u.id,
-                        expected: format!("{} attempt {} owned by {}", u.expected, u.expected_attempt, u.owner),
-                        found: format!("{state} attempt {attempt} owned by {}", owner.as_deref().unwrap_or("nobody")),
+                        expected: format!("{} attempt {} owned by {owner}", u.expected, u.expected_attempt),
+                        found: format!(
+                            "{state} attempt {attempt} owned by {}",
+                            found_owner.as_deref().unwrap_or("nobody")
+                        ),
                     },
                 }
             }

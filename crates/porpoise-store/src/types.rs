@@ -104,21 +104,6 @@ pub struct NewRun {
     pub params: BTreeMap<String, String>,
 }
 
-impl WorkflowStateUpdate {
-    /// The update an engine write makes to run `id`, by its owner `owner`.
-    pub fn of(owner: &str, id: i64, w: &porpoise_core::engine::WorkflowWrite) -> Self {
-        Self {
-            id,
-            owner: owner.to_string(),
-            expected: w.expected,
-            new: w.new,
-            reason: w.reason.clone(),
-            started_at: w.started_at,
-            ended_at: w.ended_at,
-        }
-    }
-}
-
 /// A workflow instance to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewWorkflowInstance {
@@ -152,21 +137,6 @@ pub struct WorkflowInstance {
     pub updated_at: DateTime<Utc>,
 }
 
-/// A conditional change of a workflow instance's state.
-#[derive(Debug, Clone, PartialEq)]
-pub struct WorkflowStateUpdate {
-    pub id: i64,
-    pub owner: String,
-    pub expected: ExecutionState,
-    pub new: ExecutionState,
-    /// Replaces the stored reason (`None` clears it).
-    pub reason: Option<String>,
-    /// Sets `started_at` if given.
-    pub started_at: Option<DateTime<Utc>>,
-    /// Sets `ended_at` if given.
-    pub ended_at: Option<DateTime<Utc>>,
-}
-
 /// A task instance to create.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewTaskInstance {
@@ -195,65 +165,6 @@ pub struct TaskInstance {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
-}
-
-/// A conditional change of a task instance's state. Optional fields left `None` keep their
-/// stored value.
-#[derive(Debug, Clone, PartialEq)]
-pub struct TaskStateUpdate {
-    pub id: i64,
-    /// The master that owns the task's workflow instance.
-    pub owner: String,
-    pub expected: ExecutionState,
-    pub expected_attempt: i32,
-    pub new: ExecutionState,
-    /// Starts a new attempt.
-    pub attempt: Option<i32>,
-    pub worker_addr: Option<String>,
-    pub exit_code: Option<i32>,
-    pub started_at: Option<DateTime<Utc>>,
-    pub ended_at: Option<DateTime<Utc>>,
-    pub warning: Option<String>,
-    /// The attempt was failed over: counts one more failover.
-    pub failover: bool,
-}
-
-impl TaskStateUpdate {
-    /// The update an engine write makes, by the run's owner `owner`.
-    pub fn of(owner: &str, w: &porpoise_core::engine::TaskWrite) -> Self {
-        Self {
-            id: w.id,
-            owner: owner.to_string(),
-            expected: w.expected,
-            expected_attempt: w.expected_attempt,
-            new: w.new,
-            attempt: w.attempt,
-            worker_addr: w.worker.clone(),
-            exit_code: w.exit_code,
-            started_at: w.started_at,
-            ended_at: w.ended_at,
-            warning: w.warning.clone(),
-            failover: w.failover,
-        }
-    }
-
-    /// An update that changes only the state.
-    pub fn new(id: i64, owner: &str, expected: ExecutionState, expected_attempt: i32, new: ExecutionState) -> Self {
-        Self {
-            id,
-            owner: owner.to_string(),
-            expected,
-            expected_attempt,
-            new,
-            attempt: None,
-            worker_addr: None,
-            exit_code: None,
-            started_at: None,
-            ended_at: None,
-            warning: None,
-            failover: false,
-        }
-    }
 }
 
 /// A dropped state event to record.

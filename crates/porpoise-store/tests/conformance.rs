@@ -4,10 +4,11 @@
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 
+use porpoise_core::engine::{TaskWrite, WorkflowWrite};
 use porpoise_core::{ExecutionState, Priority, WorkflowSpec};
 use porpoise_store::{
     ApplyOutcome, CommandKind, NewCommand, NewDeadLetter, NewTaskInstance, NewWorkflowInstance, PgStore, SqliteStore,
-    Store, StoreError, TaskStateUpdate, WorkflowStateUpdate,
+    Store, StoreError,
 };
 use porpoise_testkit::TestPostgres;
 
@@ -60,8 +61,8 @@ fn command(def: i64, priority: Priority) -> NewCommand {
     }
 }
 
-fn wf_update(id: i64, owner: &str, expected: ExecutionState, new: ExecutionState) -> WorkflowStateUpdate {
-    WorkflowStateUpdate { id, owner: owner.into(), expected, new, reason: None, started_at: None, ended_at: None }
+fn wf(expected: ExecutionState, new: ExecutionState) -> WorkflowWrite {
+    WorkflowWrite { expected, new, reason: None, started_at: None, ended_at: None }
 }
 
 async fn definitions_are_versioned(store: Arc<dyn Store>) {
@@ -135,30 +136,27 @@ async fn concurrent_claimers_claim_each_command_once(store: Arc<dyn Store>) {
 async fn workflow_updates_refuse_stale_writers(store: Arc<dyn Store>) {
     let id = instance(&*store, "master-1").await;
     let now = chrono::Utc::now();
-    let mut start = wf_update(id, "master-1", Submitted, Running);
-    start.started_at = Some(now);
-    let running = store.update_workflow_state(&start).await.expect("first update");
+    let start = WorkflowWrite { started_at: Some(now), ..wf(Submitted, Running) };
+    let running = store.update_workflow_state("master-1", id, &start).await.expect("first update");
     assert_eq!((running.state, running.started_at.is_some()), (Running, true));
 
     // the same update again: the expected state is stale
-    let err = store.update_workflow_state(&start).await.expect_err("stale state refused");
+    let err = store.update_workflow_state("master-1", id, &start).await.expect_err("stale state refused");
     let StoreError::Conflict { found, .. } = &err else { panic!("expected a conflict, got {err:?}") };
     assert!(found.contains("running owned by master-1"), "{err}");
 
     // right state, wrong owner
-    let err = store.update_workflow_state(&wf_update(id, "master-2", Running, Success)).await.expect_err("stale owner");
+    let err = store.update_workflow_state("master-2", id, &wf(Running, Success)).await.expect_err("stale owner");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     assert!(!err.is_retryable());
     let unchanged = store.workflow_instance(id).await.expect("read").expect("exists");
     assert_eq!(unchanged.state, Running, "a refused write changes nothing");
 
-    let err = store.update_workflow_state(&wf_update(9_999_999, "master-1", Running, Success)).await.expect_err("gone");
+    let err = store.update_workflow_state("master-1", 9_999_999, &wf(Running, Success)).await.expect_err("gone");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
 
-    let mut fail = wf_update(id, "master-1", Running, Failure);
-    fail.reason = Some("task a failed".into());
-    fail.ended_at = Some(now);
-    let done = store.update_workflow_state(&fail).await.expect("finish");
+    let fail = WorkflowWrite { reason: Some("task a failed".into()), ended_at: Some(now), ..wf(Running, Failure) };
+    let done = store.update_workflow_state("master-1", id, &fail).await.expect("finish");
     assert_eq!((done.state, done.state_reason.as_deref()), (Failure, Some("task a failed")));
     assert_eq!(done.params["day"], "2026-01-01");
 }
@@ -171,9 +169,9 @@ async fn takeover_fences_the_previous_owner(store: Arc<dyn Store>) {
     let err = store.take_over_workflow_instance(id, "master-1", 0, "master-3").await.expect_err("stale takeover");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     // the old owner can no longer write
-    let err = store.update_workflow_state(&wf_update(id, "master-1", Submitted, Running)).await.expect_err("fenced");
+    let err = store.update_workflow_state("master-1", id, &wf(Submitted, Running)).await.expect_err("fenced");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
-    store.update_workflow_state(&wf_update(id, "master-2", Submitted, Running)).await.expect("new owner writes");
+    store.update_workflow_state("master-2", id, &wf(Submitted, Running)).await.expect("new owner writes");
 }
 
 async fn task_updates_refuse_stale_writers(store: Arc<dyn Store>) {
@@ -192,54 +190,52 @@ async fn task_updates_refuse_stale_writers(store: Arc<dyn Store>) {
     let a = tasks[0].id;
     assert_eq!((tasks[0].state, tasks[0].attempt), (Submitted, 1));
 
-    let mut dispatch = TaskStateUpdate::new(a, "master-1", Submitted, 1, Dispatched);
-    dispatch.worker_addr = Some("10.0.0.7:5679".into());
-    let t = store.update_task_state(&dispatch).await.expect("dispatch");
+    let mut dispatch = TaskWrite::change(a, Submitted, 1, Dispatched);
+    dispatch.worker = Some("10.0.0.7:5679".into());
+    let t = store.update_task_state("master-1", &dispatch).await.expect("dispatch");
     assert_eq!((t.state, t.worker_addr.as_deref()), (Dispatched, Some("10.0.0.7:5679")));
 
     // replayed dispatch: stale state
-    let err = store.update_task_state(&dispatch).await.expect_err("stale state");
+    let err = store.update_task_state("master-1", &dispatch).await.expect_err("stale state");
     let StoreError::Conflict { found, .. } = &err else { panic!("expected a conflict, got {err:?}") };
     assert!(found.contains("dispatched attempt 1 owned by master-1"), "{err}");
     // wrong owner
     let err =
-        store.update_task_state(&TaskStateUpdate::new(a, "master-2", Dispatched, 1, Running)).await.expect_err("owner");
+        store.update_task_state("master-2", &TaskWrite::change(a, Dispatched, 1, Running)).await.expect_err("owner");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     // wrong attempt
-    let err = store
-        .update_task_state(&TaskStateUpdate::new(a, "master-1", Dispatched, 2, Running))
-        .await
-        .expect_err("attempt");
+    let err =
+        store.update_task_state("master-1", &TaskWrite::change(a, Dispatched, 2, Running)).await.expect_err("attempt");
     assert!(matches!(err, StoreError::Conflict { .. }), "{err:?}");
     let err = store
-        .update_task_state(&TaskStateUpdate::new(8_888_888, "master-1", Dispatched, 1, Running))
+        .update_task_state("master-1", &TaskWrite::change(8_888_888, Dispatched, 1, Running))
         .await
         .expect_err("unknown");
     assert!(matches!(err, StoreError::NotFound { .. }), "{err:?}");
     assert_eq!(store.task_instance(a).await.expect("read").expect("exists").state, Dispatched);
 
-    let mut done = TaskStateUpdate::new(a, "master-1", Dispatched, 1, Success);
+    let mut done = TaskWrite::change(a, Dispatched, 1, Success);
     done.exit_code = Some(0);
     done.ended_at = Some(chrono::Utc::now());
-    let t = store.update_task_state(&done).await.expect("result");
+    let t = store.update_task_state("master-1", &done).await.expect("result");
     assert_eq!((t.state, t.exit_code, t.worker_addr.as_deref()), (Success, Some(0), Some("10.0.0.7:5679")));
 
     // a retry starts attempt 2
     let b = tasks[1].id;
-    store.update_task_state(&TaskStateUpdate::new(b, "master-1", Submitted, 1, Dispatched)).await.expect("dispatch b");
-    store.update_task_state(&TaskStateUpdate::new(b, "master-1", Dispatched, 1, Delayed)).await.expect("b failed once");
-    let mut retry = TaskStateUpdate::new(b, "master-1", Delayed, 1, Submitted);
+    store.update_task_state("master-1", &TaskWrite::change(b, Submitted, 1, Dispatched)).await.expect("dispatch b");
+    store.update_task_state("master-1", &TaskWrite::change(b, Dispatched, 1, Delayed)).await.expect("b failed once");
+    let mut retry = TaskWrite::change(b, Delayed, 1, Submitted);
     retry.attempt = Some(2);
-    assert_eq!(store.update_task_state(&retry).await.expect("retry").attempt, 2);
+    assert_eq!(store.update_task_state("master-1", &retry).await.expect("retry").attempt, 2);
 }
 
 async fn queries_by_owner_state_and_worker(store: Arc<dyn Store>) {
     let w1 = instance(&*store, "master-1").await;
     let w2 = instance(&*store, "master-1").await;
     let w3 = instance(&*store, "master-2").await;
-    store.update_workflow_state(&wf_update(w2, "master-1", Submitted, Running)).await.expect("run");
-    store.update_workflow_state(&wf_update(w2, "master-1", Running, Success)).await.expect("finish");
-    store.update_workflow_state(&wf_update(w3, "master-2", Submitted, Running)).await.expect("run");
+    store.update_workflow_state("master-1", w2, &wf(Submitted, Running)).await.expect("run");
+    store.update_workflow_state("master-1", w2, &wf(Running, Success)).await.expect("finish");
+    store.update_workflow_state("master-2", w3, &wf(Submitted, Running)).await.expect("run");
     let mine: Vec<i64> =
         store.unfinished_workflow_instances_of("master-1").await.expect("by owner").iter().map(|w| w.id).collect();
     assert_eq!(mine, [w1]);
@@ -255,9 +251,9 @@ async fn queries_by_owner_state_and_worker(store: Arc<dyn Store>) {
         )
         .await
         .expect("create");
-    let mut d = TaskStateUpdate::new(tasks[0].id, "master-2", Submitted, 1, Dispatched);
-    d.worker_addr = Some("w-1:5679".into());
-    store.update_task_state(&d).await.expect("dispatch");
+    let mut d = TaskWrite::change(tasks[0].id, Submitted, 1, Dispatched);
+    d.worker = Some("w-1:5679".into());
+    store.update_task_state("master-2", &d).await.expect("dispatch");
     let on_worker = store.task_instances_on_worker("w-1:5679", &[Dispatched, Running]).await.expect("by worker");
     assert_eq!(on_worker.iter().map(|t| t.id).collect::<Vec<_>>(), [tasks[0].id]);
     assert!(store.task_instances_on_worker("w-2:5679", &[Dispatched, Running]).await.expect("by worker").is_empty());
@@ -318,18 +314,18 @@ async fn a_failover_starts_a_new_attempt_and_is_counted(store: Arc<dyn Store>) {
     let wf = instance(&*store, "master-1").await;
     let new = [NewTaskInstance { workflow_instance_id: wf, task_name: "a".into(), state: Submitted }];
     let a = store.create_task_instances("master-1", &new).await.expect("create")[0].id;
-    let mut dispatch = TaskStateUpdate::new(a, "master-1", Submitted, 1, Dispatched);
-    dispatch.worker_addr = Some("10.0.0.7:5679".into());
-    store.update_task_state(&dispatch).await.expect("dispatch");
-    let mut failover = TaskStateUpdate::new(a, "master-1", Dispatched, 1, Submitted);
+    let mut dispatch = TaskWrite::change(a, Submitted, 1, Dispatched);
+    dispatch.worker = Some("10.0.0.7:5679".into());
+    store.update_task_state("master-1", &dispatch).await.expect("dispatch");
+    let mut failover = TaskWrite::change(a, Dispatched, 1, Submitted);
     failover.attempt = Some(2);
     failover.failover = true;
     failover.warning = Some("attempt 1 failed over".into());
-    let t = store.update_task_state(&failover).await.expect("fail over");
+    let t = store.update_task_state("master-1", &failover).await.expect("fail over");
     assert_eq!((t.state, t.attempt, t.failovers), (Submitted, 2, 1));
     assert_eq!(t.warning.as_deref(), Some("attempt 1 failed over"));
     // an ordinary update leaves the count alone
-    let t = store.update_task_state(&TaskStateUpdate::new(a, "master-1", Submitted, 2, Dispatched)).await.expect("on");
+    let t = store.update_task_state("master-1", &TaskWrite::change(a, Submitted, 2, Dispatched)).await.expect("on");
     assert_eq!((t.attempt, t.failovers), (2, 1));
     assert_eq!(store.task_instance(a).await.expect("read").expect("exists").failovers, 1);
 }
@@ -381,7 +377,7 @@ async fn a_queued_command_wakes_the_command_feed(store: Arc<dyn Store>) {
 
 /// The writes of one engine transition land together, or not at all.
 async fn an_engine_transition_is_persisted_all_or_nothing(store: Arc<dyn Store>) {
-    use porpoise_core::engine::{TaskWrite, WorkflowWrite, Write};
+    use porpoise_core::engine::Write;
     let id = instance(&*store, "master-1").await;
     let start = Write::Workflow(WorkflowWrite {
         expected: Submitted,
@@ -399,17 +395,8 @@ async fn an_engine_transition_is_persisted_all_or_nothing(store: Arc<dyn Store>)
         [("a", Submitted, 1), ("b", Submitted, 1)]
     );
     let write = |task: i64, expected, new| TaskWrite {
-        id: task,
-        expected,
-        expected_attempt: 1,
-        new,
-        attempt: None,
         worker: Some("w-1:5679".into()),
-        exit_code: None,
-        started_at: None,
-        ended_at: None,
-        warning: None,
-        failover: false,
+        ..TaskWrite::change(task, expected, 1, new)
     };
     // the second write expects a state b is not in: neither lands
     let unit =

@@ -124,6 +124,10 @@ struct Setup {
 }
 
 async fn worker(slots: u32) -> Setup {
+    worker_with_grace(slots, Duration::from_secs(5)).await
+}
+
+async fn worker_with_grace(slots: u32, shutdown_grace: Duration) -> Setup {
     let dir = tempfile::tempdir().expect("temporary directory");
     let registry = MemoryRegistry::new();
     let config = WorkerConfig {
@@ -133,7 +137,7 @@ async fn worker(slots: u32) -> Setup {
         slots,
         data_dir: dir.path().to_path_buf(),
         lease_ttl: Duration::from_secs(5),
-        shutdown_grace: Duration::from_secs(5),
+        shutdown_grace,
     };
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");
@@ -370,19 +374,7 @@ async fn a_malformed_dispatch_is_rejected_and_the_worker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_leaves_nothing_running() {
     let (master, addr) = Master::start(0).await;
-    let dir = tempfile::tempdir().expect("temporary directory");
-    let registry = MemoryRegistry::new();
-    let config = WorkerConfig {
-        listen: "127.0.0.1:0".parse().expect("addr"),
-        advertise: None,
-        group: "default".into(),
-        slots: 2,
-        data_dir: dir.path().to_path_buf(),
-        lease_ttl: Duration::from_secs(5),
-        shutdown_grace: Duration::from_millis(100),
-    };
-    let mut worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
-    let mut client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect");
+    let Setup { mut worker, mut client, registry, _dir } = worker_with_grace(2, Duration::from_millis(100)).await;
     let name = format!("porpoise-test-{}-stop", std::process::id());
     send(&mut client, dispatch(30, &sprawling_task(&name), addr)).await;
     wait_sprawl(&master, 30, &name).await;

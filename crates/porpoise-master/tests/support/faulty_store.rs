@@ -7,7 +7,7 @@
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
-use porpoise_core::engine::Write;
+use porpoise_core::engine::{TaskWrite, WorkflowWrite, Write};
 use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_store::*;
 
@@ -158,8 +158,8 @@ impl Store for FaultyStore {
     async fn workflow_instances_in(&self, states: &[ExecutionState], limit: u32) -> Result<Vec<WorkflowInstance>> {
         self.inner.workflow_instances_in(states, limit).await
     }
-    async fn update_workflow_state(&self, update: &WorkflowStateUpdate) -> Result<WorkflowInstance> {
-        self.faulty(Op::WorkflowTo(update.new), self.inner.update_workflow_state(update)).await
+    async fn update_workflow_state(&self, owner: &str, id: i64, write: &WorkflowWrite) -> Result<WorkflowInstance> {
+        self.faulty(Op::WorkflowTo(write.new), self.inner.update_workflow_state(owner, id, write)).await
     }
     async fn take_over_workflow_instance(
         &self,
@@ -186,8 +186,8 @@ impl Store for FaultyStore {
     ) -> Result<Vec<TaskInstance>> {
         self.inner.task_instances_on_worker(worker_addr, states).await
     }
-    async fn update_task_state(&self, update: &TaskStateUpdate) -> Result<TaskInstance> {
-        self.faulty(Op::TaskTo(update.new), self.inner.update_task_state(update)).await
+    async fn update_task_state(&self, owner: &str, write: &TaskWrite) -> Result<TaskInstance> {
+        self.faulty(Op::TaskTo(write.new), self.inner.update_task_state(owner, write)).await
     }
     /// A unit fails as a whole when a fault is armed for any of its writes.
     async fn persist(&self, owner: &str, run: i64, writes: &[Write]) -> Result<Vec<TaskInstance>> {

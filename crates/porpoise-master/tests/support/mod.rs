@@ -56,9 +56,13 @@ pub struct Cluster {
 impl Cluster {
     /// A master choosing workers with `selector`, on a fresh SQLite database.
     pub async fn start(selector: WorkerSelector) -> Cluster {
+        Self::start_with(MasterConfig { selector, ..Self::config() }).await
+    }
+
+    /// A master with `config` on a fresh SQLite database.
+    pub async fn start_with(config: MasterConfig) -> Cluster {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let store = SqliteStore::open(&dir.path().join("porpoise.db")).await.expect("open SQLite");
-        let config = MasterConfig { selector, ..Self::config() };
         let mut cluster = Self::start_on(config, Arc::new(store)).await;
         cluster._dir = Some(dir);
         cluster
