@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
-    ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, ListWorkflowsRequest, StartRunRequest,
+    ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest,
+    ListWorkflowsRequest, RunControlRequest, StartRunRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -234,6 +235,97 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
     }
     for t in reply.tasks.iter().filter(|t| !t.warning.is_empty()) {
         outln!("  warning: task {} ({}): {}", t.task_name, t.task_instance_id, t.warning)?;
+    }
+    Ok(())
+}
+
+/// An operator's control of a run.
+#[derive(Debug, Clone, Copy)]
+pub enum Control {
+    Stop,
+    Pause,
+    Resume,
+}
+
+/// `porpoise stop|pause|resume RUN`: records the request; says what happens next.
+pub async fn control(server: &str, run_id: i64, action: Control) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let request = RunControlRequest { run_id };
+    let reply = match action {
+        Control::Stop => client.stop_run(request).await,
+        Control::Pause => client.pause_run(request).await,
+        Control::Resume => client.resume_run(request).await,
+    }
+    .map_err(from_status)?
+    .into_inner();
+    outln!("{}", reply.message)?;
+    Ok(())
+}
+
+/// `porpoise runs list`
+pub async fn runs(
+    server: &str,
+    workflow: Option<&str>,
+    state: Option<&str>,
+    limit: u32,
+    json: bool,
+) -> Result<(), ClientError> {
+    if let Some(s) = state
+        && s.parse::<porpoise_core::ExecutionState>().is_err()
+    {
+        return Err(ClientError::invalid(format!("invalid --state {s:?}: not a run state")));
+    }
+    let mut client = connect(server).await?;
+    let request = ListRunsRequest {
+        workflow_name: workflow.unwrap_or_default().to_string(),
+        limit,
+        state: state.unwrap_or_default().to_string(),
+    };
+    let reply = client.list_runs(request).await.map_err(from_status)?.into_inner();
+    if json {
+        let runs: Vec<serde_json::Value> = reply
+            .runs
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "run_id": r.run_id,
+                    "workflow": r.workflow_name,
+                    "version": r.workflow_version,
+                    "state": r.state,
+                    "reason": (!r.state_reason.is_empty()).then_some(&r.state_reason),
+                    "owner": (!r.owner.is_empty()).then_some(&r.owner),
+                    "created_at_ms": r.created_at_ms,
+                    "started_at_ms": (r.started_at_ms != 0).then_some(r.started_at_ms),
+                    "ended_at_ms": (r.ended_at_ms != 0).then_some(r.ended_at_ms),
+                })
+            })
+            .collect();
+        outln!("{:#}", serde_json::Value::Array(runs))?;
+        return Ok(());
+    }
+    outln!("{:>8}  {:<32} {:>7}  {:<10} {:<24} {:<24}", "RUN", "WORKFLOW", "VERSION", "STATE", "STARTED", "ENDED")?;
+    for r in &reply.runs {
+        outln!(
+            "{:>8}  {:<32} {:>7}  {:<10} {:<24} {:<24}",
+            r.run_id,
+            r.workflow_name,
+            r.workflow_version,
+            r.state,
+            time(r.started_at_ms),
+            time(r.ended_at_ms)
+        )?;
+    }
+    Ok(())
+}
+
+/// `porpoise workflow show NAME [--version V]`: the stored spec, as applied.
+pub async fn show(server: &str, name: &str, version: Option<i32>) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let request = GetWorkflowRequest { name: name.to_string(), version: version.unwrap_or(0) };
+    let reply = client.get_workflow(request).await.map_err(from_status)?.into_inner();
+    output::bytes(reply.spec_yaml.as_bytes())?;
+    if !reply.spec_yaml.ends_with('\n') {
+        output::bytes(b"\n")?;
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
-//! The `porpoise` command: validate, apply and list workflows, start and inspect runs, read task
-//! logs — and `porpoise standalone`, which runs a master and a worker in one process.
+//! The `porpoise` command: validate, apply, list and show workflows, start, list, inspect, stop,
+//! pause and resume runs, read task logs — and `porpoise standalone`, which runs a master and a
+//! worker in one process.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -48,6 +49,17 @@ enum Command {
     },
     /// Prints the log of a task instance's latest attempt.
     Logs { task_instance_id: i64 },
+    /// Stops a run: its running tasks are killed, nothing new starts, it ends `stopped`.
+    Stop { run_id: i64 },
+    /// Pauses a run: nothing new starts, running tasks finish, it ends `paused`.
+    Pause { run_id: i64 },
+    /// Resumes a paused run where it was: what succeeded is not run again.
+    Resume { run_id: i64 },
+    /// Work with runs.
+    Runs {
+        #[command(subcommand)]
+        command: RunsCommand,
+    },
     /// Runs a master and a worker in this process, on SQLite, with no other service.
     Standalone {
         /// Where the database and task logs live.
@@ -77,6 +89,31 @@ enum WorkflowCommand {
     },
     /// Lists the workflows on the server, newest version of each.
     List,
+    /// Prints a stored workflow spec as it was applied (the newest version unless --version).
+    Show {
+        name: String,
+        #[arg(long)]
+        version: Option<i32>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RunsCommand {
+    /// Lists runs, newest first.
+    List {
+        /// Only runs of this workflow.
+        #[arg(long)]
+        workflow: Option<String>,
+        /// Only runs in this state (submitted, running, paused, success, failure, stopped, …).
+        #[arg(long)]
+        state: Option<String>,
+        /// At most this many runs (at most 1000).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -100,6 +137,15 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Run { name, params, wait } => client::run(server, &name, &params, wait).await,
         Command::Status { run_id, json } => client::status(server, run_id, json).await,
         Command::Logs { task_instance_id } => client::logs(server, task_instance_id).await,
+        Command::Stop { run_id } => client::control(server, run_id, client::Control::Stop).await,
+        Command::Pause { run_id } => client::control(server, run_id, client::Control::Pause).await,
+        Command::Resume { run_id } => client::control(server, run_id, client::Control::Resume).await,
+        Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
+            client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await
+        }
+        Command::Workflow { command: WorkflowCommand::Show { name, version } } => {
+            client::show(server, &name, version).await
+        }
         Command::Standalone { data_dir, listen, slots } => return standalone(data_dir, listen, slots).await,
     };
     match result {

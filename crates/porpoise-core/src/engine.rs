@@ -44,6 +44,30 @@ pub enum Event {
     WorkerLost { worker: String },
     /// One attempt on a lost (or stopped) worker is failed over to a new attempt.
     Failover { at: AttemptRef, worker: String, why: String },
+    /// An operator's control command (stored first; `command` is its id, applied in order).
+    Control { command: i64, action: Control },
+}
+
+/// What an operator asks of a run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Control {
+    /// Kill what runs, start nothing more, end the run `stopped`.
+    Stop,
+    /// Start nothing more, let what runs finish, end `paused`.
+    Pause,
+    /// Carry on a paused run.
+    Resume,
+}
+
+impl Control {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Pause => "pause",
+            Self::Resume => "resume",
+        }
+    }
 }
 
 /// How an attempt ended.
@@ -73,6 +97,7 @@ impl Event {
             Self::TimeoutDue { .. } => StateEventKind::TaskTimeout,
             Self::WorkerLost { .. } => StateEventKind::WorkerLost,
             Self::Failover { .. } => StateEventKind::TaskFailover,
+            Self::Control { .. } => StateEventKind::Control,
         }
     }
 
@@ -86,7 +111,7 @@ impl Event {
             | Self::TimeoutDue { at }
             | Self::Failover { at, .. } => Some(*at),
             Self::Ended(e) => Some(e.at),
-            Self::Start | Self::WorkerLost { .. } => None,
+            Self::Start | Self::WorkerLost { .. } | Self::Control { .. } => None,
         }
     }
 }
@@ -119,6 +144,12 @@ pub struct RunState {
     by_id: HashMap<i64, usize>,
     /// Why the run fails, once a task failed: nothing new starts, and the run ends `failure`.
     pub failing: Option<String>,
+    /// A stop or pause under way, with its command: nothing new starts, and the run ends
+    /// `stopped` or `paused` once no task is on a worker. The pending command is what makes it
+    /// durable: a run rebuilt from the database applies it again.
+    pub control: Option<(i64, Control)>,
+    /// The newest control command applied: an older or repeated one changes nothing.
+    pub last_command: i64,
 }
 
 impl RunState {
@@ -130,7 +161,14 @@ impl RunState {
         state: ExecutionState,
         rows: impl IntoIterator<Item = (String, TaskState)>,
     ) -> (RunState, Vec<String>) {
-        let mut run = RunState { state, tasks: vec![None; workflow.dag.len()], by_id: HashMap::new(), failing: None };
+        let mut run = RunState {
+            state,
+            tasks: vec![None; workflow.dag.len()],
+            by_id: HashMap::new(),
+            failing: None,
+            control: None,
+            last_command: 0,
+        };
         let mut unknown = Vec::new();
         for (name, task) in rows {
             match workflow.dag.index_of(&name) {
@@ -195,6 +233,8 @@ pub enum Write {
     Workflow(WorkflowWrite),
     /// Create the task instances of these tasks, `submitted`, attempt 1 (idempotent).
     CreateTasks(Vec<String>),
+    /// Mark control command `id` as carried out (idempotent).
+    CompleteCommand(i64),
 }
 
 /// A conditional update of one task instance: refused unless it is still in `expected` at
@@ -269,6 +309,8 @@ pub enum Effect {
     Schedule { event: Event, after: Duration },
     /// Post `event` to this run now.
     Post(Event),
+    /// Kill task `task`'s current attempt on its worker.
+    Kill { task: usize },
     /// Something to count and log.
     Note(Note),
 }
@@ -277,13 +319,41 @@ pub enum Effect {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Note {
     RunStarted,
-    RunFinished { state: ExecutionState, reason: Option<String> },
-    TaskFinished { task: usize, state: ExecutionState },
-    RetryScheduled { task: usize, attempt: i32 },
-    Retried { task: usize, attempt: i32 },
-    RetryCalledOff { task: usize, attempt: i32 },
-    TimedOut { task: usize, attempt: i32, warned: bool },
-    FailedOver { task: usize, attempt: i32, worker: String },
+    RunFinished {
+        state: ExecutionState,
+        reason: Option<String>,
+    },
+    TaskFinished {
+        task: usize,
+        state: ExecutionState,
+    },
+    RetryScheduled {
+        task: usize,
+        attempt: i32,
+    },
+    Retried {
+        task: usize,
+        attempt: i32,
+    },
+    RetryCalledOff {
+        task: usize,
+        attempt: i32,
+    },
+    TimedOut {
+        task: usize,
+        attempt: i32,
+        warned: bool,
+    },
+    FailedOver {
+        task: usize,
+        attempt: i32,
+        worker: String,
+    },
+    /// An operator's stop or pause is under way.
+    Controlling {
+        action: Control,
+    },
+    RunResumed,
 }
 
 /// A change to a run: the state to adopt once `writes` are durable, then `effects`.
@@ -363,6 +433,96 @@ impl Workflow {
             Event::TimeoutDue { at } => self.on_timeout_due(run, *at),
             Event::WorkerLost { worker } => Ok(self.on_worker_lost(run, worker)),
             Event::Failover { at, worker, why } => self.on_failover(run, *at, worker, why),
+            Event::Control { command, action } => Ok(self.on_control(run, *command, *action, now)),
+        }
+    }
+
+    /// An operator's control command, in command order.
+    fn on_control(&self, run: &RunState, command: i64, action: Control, now: DateTime<Utc>) -> Outcome {
+        if command <= run.last_command {
+            return Outcome::Ignored; // applied already
+        }
+        let mut state = run.clone();
+        state.last_command = command;
+        let mut writes = Vec::new();
+        let mut effects = Vec::new();
+        let mut advance = false;
+        let active = |t: &TaskState| t.is_on_worker();
+        match action {
+            Control::Stop if !run.state.is_terminal() => {
+                if let Some((pause, Control::Pause)) = run.control {
+                    writes.push(Write::CompleteCommand(pause)); // the stop supersedes it
+                }
+                state.control = Some((command, Control::Stop));
+                for (idx, t) in run.tasks() {
+                    if active(t) {
+                        effects.push(Effect::Kill { task: idx });
+                    } else if matches!(t.state, Submitted | Delayed | Waiting) {
+                        writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
+                        state.task_mut(idx).state = Stopped;
+                        effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
+                    }
+                }
+                effects.push(Effect::Note(Note::Controlling { action }));
+                advance = true;
+            }
+            Control::Pause if run.state == Running && run.control.is_none() => {
+                state.control = Some((command, Control::Pause));
+                effects.push(Effect::Note(Note::Controlling { action }));
+                advance = true;
+            }
+            Control::Resume if run.state == Paused => {
+                writes.push(Write::Workflow(WorkflowWrite {
+                    expected: Paused,
+                    new: Running,
+                    reason: None,
+                    started_at: None,
+                    ended_at: None,
+                }));
+                writes.push(Write::CompleteCommand(command));
+                state.state = Running;
+                effects.extend(self.carry_on(run, now));
+                effects.push(Effect::Note(Note::RunResumed));
+                advance = true;
+            }
+            Control::Resume if matches!(run.control, Some((_, Control::Pause))) => {
+                // resumed before the pause was over: the pause is called off
+                if let Some((pause, _)) = run.control {
+                    writes.push(Write::CompleteCommand(pause));
+                }
+                writes.push(Write::CompleteCommand(command));
+                state.control = None;
+                effects.extend(self.carry_on(run, now));
+                effects.push(Effect::Note(Note::RunResumed));
+                advance = true;
+            }
+            // nothing to do for the run's state (it ended, or is already so): done
+            _ => writes.push(Write::CompleteCommand(command)),
+        }
+        Outcome::Changed(Transition { state, writes, effects, advance })
+    }
+
+    /// What carrying on a paused run takes: queue what waits for a worker and set the retry
+    /// timers again.
+    fn carry_on(&self, run: &RunState, now: DateTime<Utc>) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        for (idx, t) in run.tasks() {
+            match t.state {
+                Submitted => effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }),
+                Delayed => effects.push(self.retry_timer(idx, t, now)),
+                _ => {}
+            }
+        }
+        effects
+    }
+
+    /// The timer of delayed task `idx`, for what is left of its retry interval.
+    fn retry_timer(&self, idx: usize, t: &TaskState, now: DateTime<Utc>) -> Effect {
+        let waited = t.ended_at.map_or(Duration::ZERO, |e| (now - e).to_std().unwrap_or_default());
+        let left = self.task(idx).retry_interval.saturating_sub(waited);
+        Effect::Schedule {
+            event: Event::RetryDue { at: AttemptRef { task_instance_id: t.id, attempt: t.attempt } },
+            after: left,
         }
     }
 
@@ -410,7 +570,16 @@ impl Workflow {
         }
         let spec = self.task(idx);
         let retries_used = (cur.attempt - 1 - cur.failovers).max(0) as u32;
-        let target = if requested == Failure && retries_used < spec.retries { Delayed } else { requested };
+        let stopping = matches!(run.control, Some((_, Control::Stop)));
+        let target = match requested {
+            // a stop is under way: what ends without success, or comes back, is stopped
+            Failure | Submitted if stopping => Stopped,
+            Failure if retries_used < spec.retries => Delayed,
+            other => other,
+        };
+        if target == Dispatched && run.control.is_some() {
+            return Ok(Outcome::Ignored); // a stop or pause is under way: nothing new is sent
+        }
         if cur.state == target
             // the dispatcher raced with another dispatch of the same attempt: only one sends it
             || (target == Dispatched && cur.state != Submitted)
@@ -468,6 +637,7 @@ impl Workflow {
         }
         match target {
             Success => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Success })),
+            Stopped if stopping => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target })),
             Failure | Stopped => {
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }));
                 state.failing.get_or_insert_with(|| failure_reason(&spec.name, change.exit_code, &change.message));
@@ -479,7 +649,7 @@ impl Workflow {
                     after: spec.retry_interval,
                 });
             }
-            Submitted => {
+            Submitted if run.control.is_none() => {
                 effects.push(Effect::Enqueue { task: idx, after: change.requeue_after, avoid: change.worker.clone() })
             }
             Running => {
@@ -502,8 +672,8 @@ impl Workflow {
 
     fn on_retry_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
         let (idx, cur) = task_of(run, at)?;
-        if cur.state != Delayed || at.attempt != cur.attempt || run.failing.is_some() {
-            return Ok(Outcome::Ignored);
+        if cur.state != Delayed || at.attempt != cur.attempt || run.failing.is_some() || run.control.is_some() {
+            return Ok(Outcome::Ignored); // a resume sets the timer again
         }
         let mut write = TaskWrite::new(cur, Submitted);
         write.attempt = Some(cur.attempt + 1);
@@ -564,6 +734,21 @@ impl Workflow {
         if at.attempt != cur.attempt || !cur.is_on_worker() || cur.worker.as_deref() != Some(worker) {
             return Ok(Outcome::Ignored); // it ended, or moved on, meanwhile
         }
+        if matches!(run.control, Some((_, Control::Stop))) {
+            // a stop is under way: the attempt is over, not moved
+            let mut state = run.clone();
+            state.task_mut(idx).state = Stopped;
+            state.task_mut(idx).worker = None;
+            return Ok(Outcome::Changed(Transition {
+                state,
+                writes: vec![Write::Task(TaskWrite::new(cur, Stopped))],
+                effects: vec![
+                    Effect::ReleaseSlot { worker: worker.to_string() },
+                    Effect::Note(Note::TaskFinished { task: idx, state: Stopped }),
+                ],
+                advance: true,
+            }));
+        }
         let mut write = TaskWrite::new(cur, Submitted);
         write.attempt = Some(cur.attempt + 1);
         write.failover = true;
@@ -577,12 +762,18 @@ impl Workflow {
         Ok(Outcome::Changed(Transition {
             state,
             writes: vec![Write::Task(write)],
-            effects: vec![
+            effects: [
                 Effect::ReleaseSlot { worker: worker.to_string() },
                 Effect::Note(Note::FailedOver { task: idx, attempt: cur.attempt, worker: worker.to_string() }),
-                Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: Some(worker.to_string()) },
-            ],
-            advance: false,
+            ]
+            .into_iter()
+            .chain(run.control.is_none().then(|| Effect::Enqueue {
+                task: idx,
+                after: Duration::ZERO,
+                avoid: Some(worker.to_string()),
+            }))
+            .collect(),
+            advance: run.control.is_some(),
         }))
     }
 
@@ -590,6 +781,9 @@ impl Workflow {
     /// for; otherwise creates the tasks that became ready; ends the run when nothing is left
     /// to do. `None` when there is nothing to do; safe to repeat.
     pub fn advance(&self, run: &RunState, now: DateTime<Utc>) -> Option<Transition> {
+        if let Some((command, action)) = run.control {
+            return self.advance_control(run, command, action, now);
+        }
         if run.state != Running {
             return None;
         }
@@ -637,11 +831,42 @@ impl Workflow {
         Some(Transition { state, writes, effects, advance: false })
     }
 
+    /// Ends a stop or pause once no task is on a worker any more.
+    fn advance_control(&self, run: &RunState, command: i64, action: Control, now: DateTime<Utc>) -> Option<Transition> {
+        if run.tasks().any(|(_, t)| t.is_on_worker()) {
+            return None;
+        }
+        let new = if action == Control::Stop { Stopped } else { Paused };
+        let mut state = run.clone();
+        state.control = None;
+        let mut writes = vec![Write::CompleteCommand(command)];
+        let mut effects = Vec::new();
+        if run.state != new {
+            writes.insert(
+                0,
+                Write::Workflow(WorkflowWrite {
+                    expected: run.state,
+                    new,
+                    reason: (new == Stopped).then(|| "stopped by an operator".to_string()),
+                    started_at: None,
+                    ended_at: (new == Stopped).then_some(now),
+                }),
+            );
+            state.state = new;
+            let reason = (new == Stopped).then(|| "stopped by an operator".to_string());
+            effects.push(Effect::Note(Note::RunFinished { state: new, reason }));
+        }
+        Some(Transition { state, writes, effects, advance: false })
+    }
+
     /// What carrying on a run rebuilt from the database takes (after a restart or a
     /// takeover): queue what waited for a worker, resend what was dispatched, count the slots
     /// of what runs, set the timers again. `listed` says whether a worker is in the registry.
     pub fn resume(&self, run: &RunState, now: DateTime<Utc>, listed: impl Fn(&str) -> bool) -> Vec<Effect> {
         let mut effects = Vec::new();
+        if run.state == Paused {
+            return effects; // it waits for a resume
+        }
         for (idx, t) in run.tasks() {
             let spec = self.task(idx);
             let at = AttemptRef { task_instance_id: t.id, attempt: t.attempt };
@@ -667,11 +892,7 @@ impl Workflow {
                         effects.push(Effect::Schedule { event: Event::TimeoutDue { at }, after: left });
                     }
                 }
-                (Delayed, _) => {
-                    let waited = t.ended_at.map_or(Duration::ZERO, |e| (now - e).to_std().unwrap_or_default());
-                    let left = spec.retry_interval.saturating_sub(waited);
-                    effects.push(Effect::Schedule { event: Event::RetryDue { at }, after: left });
-                }
+                (Delayed, _) => effects.push(self.retry_timer(idx, t, now)),
                 _ => {}
             }
         }

@@ -25,10 +25,12 @@ pub enum StateEventKind {
     /// The master lost its registration, or found the run owned by another master: the runner
     /// checks that the run is still its master's, and stops if it is not.
     OwnershipCheck,
+    /// An operator's stop, pause or resume.
+    Control,
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 7] = [
+    pub const ALL: [StateEventKind; 8] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
@@ -36,6 +38,7 @@ impl StateEventKind {
         Self::WorkerLost,
         Self::TaskFailover,
         Self::OwnershipCheck,
+        Self::Control,
     ];
 
     /// The label used in metrics, logs and the dead-letter table.
@@ -48,6 +51,7 @@ impl StateEventKind {
             Self::WorkerLost => "worker_lost",
             Self::TaskFailover => "task_failover",
             Self::OwnershipCheck => "ownership_check",
+            Self::Control => "control",
         }
     }
 }

@@ -4,15 +4,16 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use porpoise_core::WorkflowSpec;
+use porpoise_core::engine::Control;
+use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
     ApplyWorkflowReply, ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogReply,
-    GetTaskInstanceLogRequest, GetTaskLogRequest, ListRunsReply, ListRunsRequest, ListWorkflowsReply,
-    ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary, StartRunReply,
-    StartRunRequest, TaskInstanceInfo, WorkflowSummary,
+    GetTaskInstanceLogRequest, GetTaskLogRequest, GetWorkflowReply, GetWorkflowRequest, ListRunsReply, ListRunsRequest,
+    ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary,
+    StartRunReply, StartRunRequest, TaskInstanceInfo, WorkflowSummary,
 };
-use porpoise_store::{ApplyOutcome, NewRun, StoreError, WorkflowInstance};
+use porpoise_store::{ApplyOutcome, CommandKind, NewCommand, NewRun, StoreError, WorkflowInstance};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -58,6 +59,46 @@ impl Admin {
             Ok(Some(d)) => d.version,
             _ => 0,
         }
+    }
+}
+
+impl Admin {
+    /// Records an operator's control of run `id` as a command (durable first: the run's owner,
+    /// or the master that takes the run over, carries it out), after checking that it makes
+    /// sense for the run's state.
+    async fn control(&self, id: i64, action: Control) -> Result<Response<RunControlReply>, Status> {
+        let run = self.0.store.workflow_instance(id).await.map_err(status)?;
+        let run = run.ok_or_else(|| Status::not_found(format!("no run {id}")))?;
+        let state = run.state;
+        let allowed = match action {
+            Control::Stop => !state.is_terminal(),
+            Control::Pause => state == ExecutionState::Running || state == ExecutionState::Submitted,
+            Control::Resume => state == ExecutionState::Paused,
+        };
+        if !allowed {
+            let which = match action {
+                Control::Stop => "a submitted, running or paused run can be stopped",
+                Control::Pause => "a submitted or running run can be paused",
+                Control::Resume => "a paused run can be resumed",
+            };
+            return Err(Status::failed_precondition(format!("run {id} is {state}: only {which}")));
+        }
+        let command = NewCommand {
+            kind: CommandKind::Control(action),
+            workflow_definition_id: run.workflow_definition_id,
+            workflow_instance_id: Some(id),
+            params: BTreeMap::new(),
+            priority: run.priority,
+        };
+        let command_id = self.0.store.insert_command(&command).await.map_err(status)?;
+        info!(run_id = id, action = action.as_str(), command_id, "run control requested");
+        self.0.wake_consumer();
+        let message = match action {
+            Control::Stop => format!("run {id}: stop requested; its running tasks are killed and it ends stopped"),
+            Control::Pause => format!("run {id}: pause requested; its running tasks finish and it ends paused"),
+            Control::Resume => format!("run {id}: resume requested; it carries on where it was"),
+        };
+        Ok(Response::new(RunControlReply { state: state.as_str().to_string(), message }))
     }
 }
 
@@ -156,7 +197,11 @@ impl AdminService for Admin {
         let req = request.into_inner();
         let name = (!req.workflow_name.is_empty()).then_some(req.workflow_name.as_str());
         let limit = if req.limit == 0 { 50 } else { req.limit.min(1000) };
-        let runs = self.0.store.list_workflow_instances(name, limit).await.map_err(status)?;
+        let state = match req.state.as_str() {
+            "" => None,
+            s => Some(s.parse::<ExecutionState>().map_err(|e| Status::invalid_argument(e.to_string()))?),
+        };
+        let runs = self.0.store.list_workflow_instances(name, state, limit).await.map_err(status)?;
         let mut versions = std::collections::HashMap::new();
         let mut out = Vec::with_capacity(runs.len());
         for r in &runs {
@@ -173,16 +218,31 @@ impl AdminService for Admin {
         Ok(Response::new(ListRunsReply { runs: out }))
     }
 
-    async fn stop_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
-        Err(later("stopping a run"))
+    async fn stop_run(&self, request: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        self.control(request.into_inner().run_id, Control::Stop).await
     }
 
-    async fn pause_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
-        Err(later("pausing a run"))
+    async fn pause_run(&self, request: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        self.control(request.into_inner().run_id, Control::Pause).await
     }
 
-    async fn resume_run(&self, _: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
-        Err(later("resuming a run"))
+    async fn resume_run(&self, request: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        self.control(request.into_inner().run_id, Control::Resume).await
+    }
+
+    async fn get_workflow(&self, request: Request<GetWorkflowRequest>) -> Result<Response<GetWorkflowReply>, Status> {
+        let req = request.into_inner();
+        let def = if req.version == 0 {
+            self.0.store.latest_definition(&req.name).await
+        } else {
+            self.0.store.definition_version(&req.name, req.version).await
+        }
+        .map_err(status)?;
+        let def = def.ok_or_else(|| match req.version {
+            0 => Status::not_found(format!("no workflow named {}", req.name)),
+            v => Status::not_found(format!("workflow {} has no version {v}", req.name)),
+        })?;
+        Ok(Response::new(GetWorkflowReply { name: def.name, version: def.version, spec_yaml: def.spec_yaml }))
     }
 
     async fn rerun_run(&self, _: Request<RerunRunRequest>) -> Result<Response<StartRunReply>, Status> {

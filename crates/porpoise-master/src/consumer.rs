@@ -6,8 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use porpoise_core::engine::Event;
 use porpoise_core::{Backoff, WorkflowSpec};
-use porpoise_store::{Command, CommandFeed, WorkflowInstance};
+use porpoise_store::{Command, CommandFeed, CommandKind, WorkflowInstance};
 use tracing::{error, info, warn};
 
 use crate::Shared;
@@ -41,6 +42,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 if full {
                     continue;
                 }
+                post_control_commands(&shared).await;
             }
             Err(e) => {
                 failures += 1;
@@ -61,6 +63,24 @@ pub(crate) async fn run(shared: Arc<Shared>) {
         }
         if feed.is_none() {
             feed = open_feed(&shared).await;
+        }
+    }
+}
+
+/// Hands the control commands waiting for this master's runs to their runners (a runner
+/// applies each once, in order; one also loads its run's pending commands when it is rebuilt).
+async fn post_control_commands(shared: &Shared) {
+    match shared.store.pending_control_commands(&shared.addr).await {
+        Ok(commands) => {
+            for c in commands {
+                let (Some(run), CommandKind::Control(action)) = (c.workflow_instance_id, c.kind) else { continue };
+                if let Some(runner) = shared.runner(run) {
+                    runner.post(Event::Control { command: c.id, action });
+                }
+            }
+        }
+        Err(e) => {
+            warn!(error = %e, "cannot read the control commands for this master's runs; retrying at the next wake-up")
         }
     }
 }

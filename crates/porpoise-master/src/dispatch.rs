@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use porpoise_core::Backoff;
 use porpoise_core::engine::{AttemptRef, Ending, Event};
-use porpoise_proto::v1::{DispatchStatus, DispatchTaskRequest};
+use porpoise_proto::v1::{DispatchStatus, DispatchTaskRequest, KillTaskRequest};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
@@ -139,3 +139,36 @@ async fn requeue(task: &QueuedTask, worker: &str, delay: Duration) {
     let event = Event::Requeue { at: attempt_of(task), worker: Some(worker.to_string()), after: delay };
     task.runner.request(event).await;
 }
+
+/// Kills attempt `attempt` of task instance `task_instance_id` on `worker` (a stop): asks until
+/// the worker says it killed it, for a while, since a dispatch still on its way may reach the
+/// worker after the first ask.
+pub(crate) async fn kill(shared: Arc<Shared>, worker: String, task_instance_id: i64, attempt: i32) {
+    for _ in 0..KILL_TRIES {
+        let reply = match shared.workers.client(&worker) {
+            Ok(mut client) => {
+                client.kill_task(KillTaskRequest { task_instance_id, attempt }).await.map(|r| r.into_inner())
+            }
+            Err(e) => {
+                warn!(%worker, task_instance_id, attempt, error = %e, "cannot reach the worker to kill the task");
+                return;
+            }
+        };
+        match reply {
+            Ok(r) if r.found => {
+                info!(%worker, task_instance_id, attempt, "task killed");
+                return;
+            }
+            Ok(_) => {
+                debug!(%worker, task_instance_id, attempt, "the worker does not run the attempt (yet); asking again")
+            }
+            Err(e) => debug!(%worker, task_instance_id, attempt, error = %e, "kill unanswered; asking again"),
+        }
+        tokio::time::sleep(KILL_EVERY).await;
+    }
+    warn!(%worker, task_instance_id, attempt, "the worker never had the attempt to kill");
+}
+
+/// How often, and how far apart, a kill is asked for.
+const KILL_TRIES: u32 = 20;
+const KILL_EVERY: Duration = Duration::from_millis(500);

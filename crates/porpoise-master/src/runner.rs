@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use porpoise_core::engine::{Effect, Event, Note, Outcome, RunState, TaskState, Transition, Workflow, Write};
 use porpoise_core::{Backoff, DropReason, HandlerError, StateEventKind, TimeoutStrategy, WorkflowSpec};
-use porpoise_store::{NewDeadLetter, StoreError, TaskInstance, WorkflowInstance};
+use porpoise_store::{CommandKind, NewDeadLetter, StoreError, TaskInstance, WorkflowInstance};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
@@ -210,7 +210,8 @@ impl Runner {
             let read = async {
                 let instance = self.shared.store.workflow_instance(id).await?;
                 let rows = self.shared.store.task_instances_of(id).await?;
-                Ok::<_, StoreError>(instance.map(|i| (i, rows)))
+                let commands = self.shared.store.control_commands_of(id).await?;
+                Ok::<_, StoreError>(instance.map(|i| (i, rows, commands)))
             };
             match read.await {
                 Ok(loaded) => break loaded,
@@ -231,7 +232,7 @@ impl Runner {
         if failures >= STALL_AFTER {
             self.shared.clear_stall(id);
         }
-        let Some((instance, rows)) = loaded else {
+        let Some((instance, rows, commands)) = loaded else {
             warn!(workflow_instance_id = id, "run to start is gone");
             self.finished = true;
             return false;
@@ -247,9 +248,17 @@ impl Runner {
             self.finished = true;
             return false;
         }
-        let (run, unknown) = RunState::rebuild(&self.workflow, instance.state, rows.iter().map(task_row));
+        let (mut run, unknown) = RunState::rebuild(&self.workflow, instance.state, rows.iter().map(task_row));
         for name in unknown {
             warn!(workflow_instance_id = id, task = %name, "task instance of no task in the workflow; left alone");
+        }
+        // control commands carried out before are done; those pending are applied again, in order
+        for c in commands {
+            match (c.claimed_by.is_some(), c.kind) {
+                (true, _) => run.last_command = run.last_command.max(c.id),
+                (false, CommandKind::Control(action)) => self.handle.post(Event::Control { command: c.id, action }),
+                (false, CommandKind::StartWorkflow) => {}
+            }
         }
         self.run = run;
         self.instance = instance;
@@ -408,6 +417,13 @@ impl Runner {
                     });
                 }
                 Effect::Post(event) => self.handle.post(event),
+                Effect::Kill { task } => {
+                    if let Some(t) = self.run.task(task)
+                        && let Some(worker) = t.worker.clone()
+                    {
+                        self.shared.spawner.spawn(dispatch::kill(self.shared.clone(), worker, t.id, t.attempt));
+                    }
+                }
                 Effect::Note(note) => self.note(note),
             }
         }
@@ -449,6 +465,10 @@ impl Runner {
                     );
                 }
             }
+            Note::Controlling { action } => {
+                info!(workflow_instance_id = id, %workflow, action = action.as_str(), "an operator's {} is under way", action.as_str());
+            }
+            Note::RunResumed => info!(workflow_instance_id = id, %workflow, "run resumed by an operator"),
             Note::FailedOver { task, attempt, worker } => {
                 metrics::counter!(m::TASKS_FAILED_OVER).increment(1);
                 warn!(run_id = id, task = %self.workflow.dag.name(task), attempt, %worker, "task attempt failed over: its worker was lost");
@@ -597,6 +617,7 @@ impl Runner {
                     .iter()
                     .any(|r| r.id == t.id && r.state == t.new && r.attempt == t.attempt.unwrap_or(t.expected_attempt)),
                 Write::Workflow(wf) => instance.state == wf.new,
+                Write::CompleteCommand(_) => true, // idempotent: it never refuses
                 Write::CreateTasks(names) => {
                     let found: Vec<&TaskInstance> = rows.iter().filter(|r| names.contains(&r.task_name)).collect();
                     let all = found.len() == names.len();

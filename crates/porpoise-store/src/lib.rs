@@ -60,7 +60,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
 
     /// Queues a command for a master to claim.
     async fn insert_command(&self, command: &NewCommand) -> Result<i64>;
-    /// Claims up to `limit` unclaimed commands for `owner`, most urgent and oldest first, and
+    /// Claims up to `limit` unclaimed start commands for `owner`, most urgent and oldest first, and
     /// in the same transaction makes `owner` the owner of the run each one starts (adopting the
     /// unowned run the command names, bumping its epoch, or creating the run when the command
     /// names none). Concurrent claimers never claim the same command.
@@ -69,8 +69,19 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Requests a run: creates an unowned workflow instance in `submitted` and the command that
     /// starts it, in one transaction. Returns the instance and the command id.
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)>;
-    /// Runs of one workflow (or of all), newest first.
-    async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>>;
+    /// Runs of one workflow (or of all), in one state (or any), newest first.
+    async fn list_workflow_instances(
+        &self,
+        workflow_name: Option<&str>,
+        state: Option<ExecutionState>,
+        limit: u32,
+    ) -> Result<Vec<WorkflowInstance>>;
+    /// The control commands not yet carried out for runs `owner` owns, oldest first.
+    async fn pending_control_commands(&self, owner: &str) -> Result<Vec<Command>>;
+    /// Every control command of run `id`, carried out or not, oldest first.
+    async fn control_commands_of(&self, id: i64) -> Result<Vec<Command>>;
+    /// Version `version` of workflow `name`.
+    async fn definition_version(&self, name: &str, version: i32) -> Result<Option<WorkflowDefinition>>;
     /// Creates a workflow instance owned by `new.owner`.
     async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance>;
     async fn workflow_instance(&self, id: i64) -> Result<Option<WorkflowInstance>>;

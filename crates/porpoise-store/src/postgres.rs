@@ -67,6 +67,6 @@ impl_store!(
     sqlx::Postgres,
     Backend::Postgres,
     claim = "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id IN \
-             (SELECT id FROM command WHERE claimed_by IS NULL ORDER BY priority, id LIMIT $3 \
+             (SELECT id FROM command WHERE claimed_by IS NULL AND kind = 'start-workflow' ORDER BY priority, id LIMIT $3 \
              FOR UPDATE SKIP LOCKED) RETURNING {}"
 );

@@ -421,18 +421,61 @@ macro_rules! impl_store {
             async fn list_workflow_instances(
                 &self,
                 workflow_name: Option<&str>,
+                in_state: Option<porpoise_core::ExecutionState>,
                 limit: u32,
             ) -> $crate::Result<Vec<$crate::WorkflowInstance>> {
                 use $crate::sql::*;
                 let rows = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
                     "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance WHERE ($1 IS NULL OR workflow_name = $1) \
-                     ORDER BY id DESC LIMIT $2"
+                     AND ($2 IS NULL OR state = $2) ORDER BY id DESC LIMIT $3"
                 )))
                 .bind(workflow_name)
+                .bind(in_state.map(|s| s.as_str()))
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn pending_control_commands(&self, owner: &str) -> $crate::Result<Vec<$crate::Command>> {
+                use $crate::sql::*;
+                let columns = COMMAND_COLUMNS.split(", ").map(|c| format!("c.{c}")).collect::<Vec<_>>().join(", ");
+                let rows = sqlx::query_as::<$db, CommandRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {columns} FROM command c JOIN workflow_instance w ON w.id = c.workflow_instance_id \
+                     WHERE c.claimed_by IS NULL AND c.kind <> 'start-workflow' AND w.owner = $1 ORDER BY c.id"
+                )))
+                .bind(owner)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn control_commands_of(&self, id: i64) -> $crate::Result<Vec<$crate::Command>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, CommandRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {COMMAND_COLUMNS} FROM command WHERE workflow_instance_id = $1 \
+                     AND kind <> 'start-workflow' ORDER BY id"
+                )))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn definition_version(
+                &self,
+                name: &str,
+                version: i32,
+            ) -> $crate::Result<Option<$crate::WorkflowDefinition>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {DEFINITION_COLUMNS} FROM workflow_definition WHERE name = $1 AND version = $2"
+                )))
+                .bind(name)
+                .bind(version)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Into::into))
             }
 
             async fn create_workflow_instance(
@@ -602,6 +645,16 @@ macro_rules! impl_store {
                                     .workflow_conflict(run, &format!("{} owned by {owner}", wf.expected))
                                     .await);
                             }
+                        }
+                        Write::CompleteCommand(id) => {
+                            sqlx::query::<$db>(
+                                "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id = $3 AND claimed_by IS NULL",
+                            )
+                            .bind(owner)
+                            .bind($crate::sql::now())
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
                         }
                         Write::CreateTasks(names) => {
                             let names: Vec<(String, porpoise_core::ExecutionState)> =

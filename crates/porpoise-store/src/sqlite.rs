@@ -76,5 +76,5 @@ impl_store!(
     sqlx::Sqlite,
     Backend::Sqlite,
     claim = "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id IN \
-             (SELECT id FROM command WHERE claimed_by IS NULL ORDER BY priority, id LIMIT $3) RETURNING {}"
+             (SELECT id FROM command WHERE claimed_by IS NULL AND kind = 'start-workflow' ORDER BY priority, id LIMIT $3) RETURNING {}"
 );

@@ -54,19 +54,32 @@ impl ApplyOutcome {
 /// What a command asks a master to do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CommandKind {
-    /// Start a new run of a workflow definition.
+    /// Start a new run of a workflow definition; any master claims it.
     StartWorkflow,
+    /// An operator's control of a run; the master that owns the run carries it out.
+    Control(porpoise_core::engine::Control),
 }
 
 impl CommandKind {
     pub fn as_str(self) -> &'static str {
+        use porpoise_core::engine::Control;
         match self {
             Self::StartWorkflow => "start-workflow",
+            Self::Control(Control::Stop) => "stop-workflow",
+            Self::Control(Control::Pause) => "pause-workflow",
+            Self::Control(Control::Resume) => "resume-workflow",
         }
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        (s == "start-workflow").then_some(Self::StartWorkflow)
+        use porpoise_core::engine::Control;
+        Some(match s {
+            "start-workflow" => Self::StartWorkflow,
+            "stop-workflow" => Self::Control(Control::Stop),
+            "pause-workflow" => Self::Control(Control::Pause),
+            "resume-workflow" => Self::Control(Control::Resume),
+            _ => return None,
+        })
     }
 }
 

@@ -288,10 +288,10 @@ async fn a_run_is_requested_then_adopted(store: Arc<dyn Store>) {
     );
     let (second, _) = store.create_run(&run).await.expect("second run");
     let newest: Vec<i64> =
-        store.list_workflow_instances(Some("wf"), 10).await.expect("list").iter().map(|w| w.id).collect();
+        store.list_workflow_instances(Some("wf"), None, 10).await.expect("list").iter().map(|w| w.id).collect();
     assert_eq!(newest, [second.id, created.id, instance.id]);
-    assert!(store.list_workflow_instances(Some("other"), 10).await.expect("list").is_empty());
-    assert_eq!(store.list_workflow_instances(None, 1).await.expect("list").len(), 1);
+    assert!(store.list_workflow_instances(Some("other"), None, 10).await.expect("list").is_empty());
+    assert_eq!(store.list_workflow_instances(None, None, 1).await.expect("list").len(), 1);
 }
 
 async fn dead_letters_keep_event_and_reason(store: Arc<dyn Store>) {

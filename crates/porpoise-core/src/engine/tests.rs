@@ -341,3 +341,71 @@ fn events_name_their_kind_and_attempt_and_serialise_for_the_dead_letter_table() 
     assert_eq!(json["at"]["task_instance_id"], 5);
     assert_eq!(Event::WorkerLost { worker: "w".into() }.kind(), StateEventKind::WorkerLost);
 }
+
+#[test]
+fn a_stop_kills_what_runs_stops_what_waits_and_ends_the_run_stopped() {
+    let wf = workflow(
+        "name: three\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true' }\n  - { name: c, command: 'true', retries: 2, retry_interval: 1h }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [
+            ("a".to_string(), task(1, Running, 1, Some("w1"))),
+            ("b".to_string(), task(2, Submitted, 1, None)),
+            ("c".to_string(), task(3, Delayed, 1, None)),
+        ],
+    );
+    let stop = step(&wf, &mut run, Event::Control { command: 10, action: Control::Stop }, t0());
+    assert!(stop.effects.contains(&Effect::Kill { task: 0 }));
+    let stopped: Vec<i64> = stop
+        .writes
+        .iter()
+        .filter_map(|w| match w {
+            Write::Task(t) if t.new == Stopped => Some(t.id),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(stopped, [2, 3], "what waited is stopped at once");
+    assert_eq!(wf.advance(&run, t0()), None, "a still runs: the run is not over");
+    assert_eq!(
+        wf.apply(&run, &Event::Dispatched { at: attempt(2, 1), worker: "w1".into() }, t0()),
+        Ok(Outcome::Ignored)
+    );
+    // the killed attempt reports a failure: it is stopped, not retried
+    step(&wf, &mut run, ended(attempt(1, 1), false, 137), at(1));
+    assert_eq!(run.task(0).map(|t| t.state), Some(Stopped));
+    let end = wf.advance(&run, at(1)).expect("the run ends");
+    assert_eq!(end.state.state, Stopped);
+    assert!(end.writes.contains(&Write::CompleteCommand(10)), "the command is done with the run's end");
+    assert_eq!(
+        wf.apply(&end.state, &Event::Control { command: 10, action: Control::Stop }, at(2)),
+        Ok(Outcome::Ignored),
+        "a command is applied once"
+    );
+}
+
+#[test]
+fn a_pause_lets_what_runs_finish_and_a_resume_carries_on_where_it_was() {
+    let wf = workflow(CHAIN);
+    let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Running, 1, Some("w1")))]);
+    let pause = step(&wf, &mut run, Event::Control { command: 5, action: Control::Pause }, t0());
+    assert!(pause.writes.is_empty(), "the pending command is what makes the pause durable");
+    assert_eq!(wf.advance(&run, t0()), None, "a still runs");
+    step(&wf, &mut run, ended(attempt(1, 1), true, 0), at(1));
+    let paused = wf.advance(&run, at(1)).expect("the run pauses");
+    assert_eq!(paused.writes.len(), 2, "{:?}", paused.writes);
+    assert!(matches!(&paused.writes[0], Write::Workflow(w) if w.new == Paused));
+    run = paused.state;
+    assert_eq!(wf.advance(&run, at(2)), None, "b is not created while paused");
+    let resumed = step(&wf, &mut run, Event::Control { command: 6, action: Control::Resume }, at(3));
+    assert!(matches!(&resumed.writes[0], Write::Workflow(w) if (w.expected, w.new) == (Paused, Running)));
+    assert!(resumed.advance);
+    let next = wf.advance(&run, at(3)).expect("b becomes ready");
+    assert_eq!(next.writes, [Write::CreateTasks(vec!["b".into()])], "a succeeded and is not run again");
+    assert_eq!(
+        wf.apply(&run, &Event::Control { command: 5, action: Control::Pause }, at(4)),
+        Ok(Outcome::Ignored),
+        "an older command changes nothing"
+    );
+}

@@ -22,6 +22,8 @@ pub enum Op {
     WorkflowTo(ExecutionState),
     /// A claim that claims at least one command (only [`When::AnswerLost`] is meaningful).
     ClaimCommands,
+    /// Marking a control command done.
+    CompleteCommand,
 }
 
 impl Op {
@@ -31,6 +33,7 @@ impl Op {
             Write::Task(t) => Op::TaskTo(t.new),
             Write::Workflow(w) => Op::WorkflowTo(w.new),
             Write::CreateTasks(_) => Op::CreateTasks,
+            Write::CompleteCommand(_) => Op::CompleteCommand,
         }
     }
 }
@@ -143,8 +146,22 @@ impl Store for FaultyStore {
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)> {
         self.inner.create_run(run).await
     }
-    async fn list_workflow_instances(&self, workflow_name: Option<&str>, limit: u32) -> Result<Vec<WorkflowInstance>> {
-        self.inner.list_workflow_instances(workflow_name, limit).await
+    async fn list_workflow_instances(
+        &self,
+        workflow_name: Option<&str>,
+        state: Option<ExecutionState>,
+        limit: u32,
+    ) -> Result<Vec<WorkflowInstance>> {
+        self.inner.list_workflow_instances(workflow_name, state, limit).await
+    }
+    async fn pending_control_commands(&self, owner: &str) -> Result<Vec<Command>> {
+        self.inner.pending_control_commands(owner).await
+    }
+    async fn control_commands_of(&self, id: i64) -> Result<Vec<Command>> {
+        self.inner.control_commands_of(id).await
+    }
+    async fn definition_version(&self, name: &str, version: i32) -> Result<Option<WorkflowDefinition>> {
+        self.inner.definition_version(name, version).await
     }
     async fn create_workflow_instance(&self, new: &NewWorkflowInstance) -> Result<WorkflowInstance> {
         self.inner.create_workflow_instance(new).await

@@ -1,0 +1,149 @@
+//! Run control from the command line, on real processes: stop, pause and resume (durable
+//! commands the run's owner, or the next one, carries out), listing runs and showing workflows.
+
+mod common;
+
+use common::{ClusterOptions, Deployment, lines};
+use porpoise_proto::v1::{GetRunReply, GetRunRequest};
+use porpoise_testkit::TestPostgres;
+
+/// Runs `porpoise ARGS`; returns (exit code, stdout, stderr).
+fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
+    let out = d.porpoise(args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn task_state(run: &GetRunReply, name: &str) -> Option<String> {
+    run.tasks.iter().find(|t| t.task_name == name).map(|t| t.state.clone())
+}
+
+/// A workflow whose one task sleeps for five minutes, as a process named `NAME` the test can
+/// look for; after it, task `after` would mark that it ran.
+fn sleeper(name: &str, dir: &std::path::Path) -> String {
+    format!(
+        "name: {name}\ntasks:\n  - name: sleep\n    command: \"bash -c 'exec -a {proc} sleep 300'\"\n  - name: after\n    depends_on: [sleep]\n    command: echo after >> {marks}\n",
+        proc = process_name(dir),
+        marks = dir.join("marks").display()
+    )
+}
+
+fn process_name(dir: &std::path::Path) -> String {
+    format!("porpoise-sleeper-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("x"))
+}
+
+/// Stops a run whose task sleeps for five minutes, through the master given by `d`; checks that
+/// it ends `stopped` within seconds with no process of the task left.
+async fn stop_and_check(d: &mut Deployment, id: i64) {
+    let (code, out, err) = cli(d, &["stop", &id.to_string()]);
+    assert_eq!(code, 0, "stop: {out}{err}");
+    assert_eq!(out.lines().count(), 1, "one line: {out}");
+    assert!(out.contains("stop requested"), "{out}");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("stopped"), "{run:?}");
+    assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"), "{run:?}");
+    assert_eq!(task_state(&run, "after"), None, "nothing after the stop starts: {run:?}");
+    let name = process_name(d.dir.path());
+    d.wait_until("no process of the stopped task is left", || {
+        let name = name.clone();
+        async move { porpoise_testkit::processes_named(&name).is_empty() }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_kills_its_task_and_ends_stopped() {
+    let mut d = Deployment::cluster().await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("sleepy", &sleeper("sleepy", &dir));
+    let id = d.start_run("sleepy").await;
+    d.wait_for_run(id, "the task runs", |run| task_state(run, "sleep").as_deref() == Some("running")).await;
+    stop_and_check(&mut d, id).await;
+    assert!(lines(&dir.join("marks")).is_empty());
+
+    // a control that makes no sense for the run's state: exit 2, one line, nothing changes
+    let (code, out, err) = cli(&d, &["stop", &id.to_string()]);
+    assert_eq!((code, out.as_str()), (2, ""), "{err}");
+    assert!(err.contains(&format!("run {id} is stopped")), "{err}");
+    let (code, _, err) = cli(&d, &["resume", &id.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    let (code, _, err) = cli(&d, &["pause", "999999"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no run 999999"), "{err}");
+
+    // listing: the stopped run, by state, in a table and as JSON
+    let (code, out, err) = cli(&d, &["runs", "list", "--state", "stopped", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let ids: Vec<i64> = listed.as_array().expect("a list").iter().filter_map(|r| r["run_id"].as_i64()).collect();
+    assert_eq!(ids, [id]);
+    let (code, out, _) = cli(&d, &["runs", "list", "--state", "success"]);
+    assert_eq!((code, out.lines().count()), (0, 1), "only the header: {out}");
+    let (code, _, err) = cli(&d, &["runs", "list", "--state", "sideways"]);
+    assert_eq!(code, 2, "{err}");
+    // the stored spec, as applied
+    let (code, out, err) = cli(&d, &["workflow", "show", "sleepy"]);
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out, sleeper("sleepy", &dir));
+    let (code, _, err) = cli(&d, &["workflow", "show", "sleepy", "--version", "7"]);
+    assert_eq!(code, 2, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_run_lets_its_task_finish_and_a_resumed_one_runs_the_rest_once() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks");
+    common::close_gate(&dir.join("gate-one"));
+    let yaml = format!(
+        "name: paused\ntasks:\n  - name: one\n    command: echo one >> {m}; {wait}\n  - name: two\n    depends_on: [one]\n    command: echo two >> {m}\n",
+        m = marks.display(),
+        wait = common::wait_at(&dir.join("gate-one"))
+    );
+    d.apply("paused", &yaml);
+    let id = d.start_run("paused").await;
+    d.wait_for_run(id, "task one runs", |run| task_state(run, "one").as_deref() == Some("running")).await;
+    let (code, out, err) = cli(&d, &["pause", &id.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("pause requested"), "{out}");
+    common::open_gate(&dir.join("gate-one"));
+    d.wait_for_run(id, "the run to pause once task one is done", |run| {
+        run.run.as_ref().is_some_and(|r| r.state == "paused")
+    })
+    .await;
+    let (_, out, _) = cli(&d, &["status", &id.to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(status["tasks"].as_array().map(Vec::len), Some(1), "nothing new started while paused: {out}");
+    assert_eq!(lines(&marks), ["one"]);
+
+    let (code, out, err) = cli(&d, &["resume", &id.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    assert_eq!(lines(&marks), ["one", "two"], "what succeeded ran once");
+    let (code, _, err) = cli(&d, &["pause", &id.to_string()]);
+    assert_eq!(code, 2, "a finished run cannot be paused: {err}");
+}
+
+/// The owner of the run is killed a moment before the stop is asked of the other master: the
+/// stop waits in the database, and the master that takes the run over carries it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_asked_while_the_owner_is_dead_is_carried_out_by_the_next_owner() {
+    let options = ClusterOptions { masters: Some(2), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("orphan", &sleeper("orphan", &dir));
+    let id = d.start_run("orphan").await;
+    d.wait_for_run(id, "the task runs", |run| task_state(run, "sleep").as_deref() == Some("running")).await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let owner = run.run.map(|r| r.owner).unwrap_or_default();
+    let doomed = d.masters.iter().position(|m| m.0 == owner).expect("one of the masters");
+    let name = d.masters[doomed].2.clone();
+    d.kill(&name);
+    d.use_master(1 - doomed).await;
+    stop_and_check(&mut d, id).await;
+}
