@@ -147,3 +147,52 @@ async fn a_stop_asked_while_the_owner_is_dead_is_carried_out_by_the_next_owner()
     d.use_master(1 - doomed).await;
     stop_and_check(&mut d, id).await;
 }
+
+/// `failure_strategy: continue`: one branch fails for good while the other waits out a retry
+/// interval; the retry runs, the independent branch completes, and the run fails at the end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_failure_strategy_continue_the_other_branch_and_its_retry_run_and_the_run_fails() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    let m = dir.join("marks").display().to_string();
+    let once = dir.join("failed-once").display().to_string();
+    // flaky fails its first attempt, then succeeds; bad fails at once
+    let yaml = format!(
+        "name: branches\nfailure_strategy: continue\ntasks:\n  - name: bad\n    command: echo bad >> {m}; exit 3\n  - name: after_bad\n    depends_on: [bad]\n    command: echo after_bad >> {m}\n  - name: flaky\n    retries: 1\n    retry_interval: 1s\n    command: echo flaky >> {m}; [ -f {once} ] || {{ touch {once}; exit 1; }}\n  - name: after_flaky\n    depends_on: [flaky]\n    command: echo after_flaky >> {m}\n"
+    );
+    d.apply("branches", &yaml);
+    let id = d.start_run("branches").await;
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("failure"), "{run:?}");
+    assert_eq!(task_state(&run, "bad").as_deref(), Some("failure"));
+    assert_eq!(task_state(&run, "flaky").as_deref(), Some("success"), "the retry ran: {run:?}");
+    assert_eq!(task_state(&run, "after_flaky").as_deref(), Some("success"), "the independent branch completed");
+    assert_eq!(task_state(&run, "after_bad"), None, "what depends on the failed task never ran");
+    let mut ran = lines(&dir.join("marks"));
+    ran.sort();
+    assert_eq!(ran, ["after_flaky", "bad", "flaky", "flaky"]);
+}
+
+/// A workflow `timeout` with `timeout_strategy: fail`: the run is stopped at the limit, and its
+/// task with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_past_its_timeout_is_stopped() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    let yaml =
+        sleeper("limited", &dir).replace("name: limited\n", "name: limited\ntimeout: 2s\ntimeout_strategy: fail\n");
+    d.apply("limited", &yaml);
+    let id = d.start_run("limited").await;
+    let run = d.finished_run(id).await;
+    let summary = run.run.clone().expect("the run");
+    assert_eq!(summary.state, "stopped", "{run:?}");
+    assert_eq!(summary.state_reason, "stopped: the run ran past its timeout of 2s");
+    let took = summary.ended_at_ms - summary.started_at_ms;
+    assert!((2000..10_000).contains(&took), "stopped at the limit, not before: {took} ms");
+    let name = process_name(&dir);
+    d.wait_until("no process of the task is left", || {
+        let name = name.clone();
+        async move { porpoise_testkit::processes_named(&name).is_empty() }
+    })
+    .await;
+}

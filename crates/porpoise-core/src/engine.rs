@@ -10,7 +10,9 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
-use crate::{Dag, DropReason, ExecutionState, StateEventKind, TaskSpec, TimeoutStrategy, WorkflowSpec};
+use crate::{
+    Dag, DropReason, ExecutionState, FailureStrategy, StateEventKind, TaskSpec, TimeoutStrategy, WorkflowSpec,
+};
 
 use ExecutionState::*;
 
@@ -46,6 +48,8 @@ pub enum Event {
     Failover { at: AttemptRef, worker: String, why: String },
     /// An operator's control command (stored first; `command` is its id, applied in order).
     Control { command: i64, action: Control },
+    /// The run's own timeout ran out.
+    WorkflowTimeoutDue,
 }
 
 /// What an operator asks of a run.
@@ -98,6 +102,7 @@ impl Event {
             Self::WorkerLost { .. } => StateEventKind::WorkerLost,
             Self::Failover { .. } => StateEventKind::TaskFailover,
             Self::Control { .. } => StateEventKind::Control,
+            Self::WorkflowTimeoutDue => StateEventKind::WorkflowTimeout,
         }
     }
 
@@ -111,7 +116,7 @@ impl Event {
             | Self::TimeoutDue { at }
             | Self::Failover { at, .. } => Some(*at),
             Self::Ended(e) => Some(e.at),
-            Self::Start | Self::WorkerLost { .. } | Self::Control { .. } => None,
+            Self::Start | Self::WorkerLost { .. } | Self::Control { .. } | Self::WorkflowTimeoutDue => None,
         }
     }
 }
@@ -150,6 +155,10 @@ pub struct RunState {
     pub control: Option<(i64, Control)>,
     /// The newest control command applied: an older or repeated one changes nothing.
     pub last_command: i64,
+    /// Why a stop under way stops the run.
+    pub stop_reason: Option<String>,
+    /// When the run started, for its timeout.
+    pub started_at: Option<DateTime<Utc>>,
 }
 
 impl RunState {
@@ -168,6 +177,8 @@ impl RunState {
             failing: None,
             control: None,
             last_command: 0,
+            stop_reason: None,
+            started_at: None,
         };
         let mut unknown = Vec::new();
         for (name, task) in rows {
@@ -354,6 +365,10 @@ pub enum Note {
         action: Control,
     },
     RunResumed,
+    /// The run ran past its own timeout (`warned`: its strategy says so).
+    RunTimedOut {
+        warned: bool,
+    },
 }
 
 /// A change to a run: the state to adopt once `writes` are durable, then `effects`.
@@ -368,6 +383,8 @@ pub struct Transition {
 
 /// What an event does to a run.
 #[derive(Debug, Clone, PartialEq)]
+// returned once per event and taken apart at once: boxing would only add an allocation
+#[allow(clippy::large_enum_variant)]
 pub enum Outcome {
     /// Nothing: a duplicate, a late or a stale event.
     Ignored,
@@ -434,6 +451,7 @@ impl Workflow {
             Event::WorkerLost { worker } => Ok(self.on_worker_lost(run, worker)),
             Event::Failover { at, worker, why } => self.on_failover(run, *at, worker, why),
             Event::Control { command, action } => Ok(self.on_control(run, *command, *action, now)),
+            Event::WorkflowTimeoutDue => Ok(self.on_workflow_timeout(run, now)),
         }
     }
 
@@ -447,22 +465,9 @@ impl Workflow {
         let mut writes = Vec::new();
         let mut effects = Vec::new();
         let mut advance = false;
-        let active = |t: &TaskState| t.is_on_worker();
         match action {
             Control::Stop if !run.state.is_terminal() => {
-                if let Some((pause, Control::Pause)) = run.control {
-                    writes.push(Write::CompleteCommand(pause)); // the stop supersedes it
-                }
-                state.control = Some((command, Control::Stop));
-                for (idx, t) in run.tasks() {
-                    if active(t) {
-                        effects.push(Effect::Kill { task: idx });
-                    } else if matches!(t.state, Submitted | Delayed | Waiting) {
-                        writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
-                        state.task_mut(idx).state = Stopped;
-                        effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
-                    }
-                }
+                self.begin_stop(run, &mut state, command, "stopped by an operator", now, &mut writes, &mut effects);
                 effects.push(Effect::Note(Note::Controlling { action }));
                 advance = true;
             }
@@ -502,6 +507,63 @@ impl Workflow {
         Outcome::Changed(Transition { state, writes, effects, advance })
     }
 
+    /// Starts stopping the run (`command` is the stop's command, 0 for the run's own timeout):
+    /// what is on a worker is killed, what waits is stopped now; the run ends once nothing is on
+    /// a worker.
+    #[allow(clippy::too_many_arguments)]
+    fn begin_stop(
+        &self,
+        run: &RunState,
+        state: &mut RunState,
+        command: i64,
+        reason: &str,
+        now: DateTime<Utc>,
+        writes: &mut Vec<Write>,
+        effects: &mut Vec<Effect>,
+    ) {
+        if let Some((pause, Control::Pause)) = run.control
+            && pause > 0
+        {
+            writes.push(Write::CompleteCommand(pause)); // the stop supersedes it
+        }
+        state.control = Some((command, Control::Stop));
+        state.stop_reason = Some(reason.to_string());
+        for (idx, t) in run.tasks() {
+            if t.is_on_worker() {
+                effects.push(Effect::Kill { task: idx });
+            } else if matches!(t.state, Submitted | Delayed | Waiting) {
+                writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
+                state.task_mut(idx).state = Stopped;
+                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
+            }
+        }
+    }
+
+    /// The run's own timeout ran out: say so (`warn`), stop the run (`fail`), or both.
+    fn on_workflow_timeout(&self, run: &RunState, now: DateTime<Utc>) -> Outcome {
+        if run.state.is_terminal() || matches!(run.control, Some((_, Control::Stop))) {
+            return Outcome::Ignored;
+        }
+        let strategy = self.spec.timeout_strategy;
+        let timeout = humantime::format_duration(self.spec.timeout.unwrap_or_default()).to_string();
+        let mut state = run.clone();
+        let (mut writes, mut effects) = (Vec::new(), Vec::new());
+        let warned = matches!(strategy, TimeoutStrategy::Warn | TimeoutStrategy::WarnFail);
+        effects.push(Effect::Note(Note::RunTimedOut { warned }));
+        if matches!(strategy, TimeoutStrategy::Fail | TimeoutStrategy::WarnFail) {
+            let reason = format!("stopped: the run ran past its timeout of {timeout}");
+            self.begin_stop(run, &mut state, 0, &reason, now, &mut writes, &mut effects);
+        }
+        Outcome::Changed(Transition { state, writes, effects, advance: true })
+    }
+
+    /// The timer of the run's own timeout, for what is left of it.
+    fn run_timer(&self, run: &RunState, now: DateTime<Utc>) -> Option<Effect> {
+        let timeout = self.spec.timeout?;
+        let elapsed = run.started_at.map_or(Duration::ZERO, |t| (now - t).to_std().unwrap_or_default());
+        Some(Effect::Schedule { event: Event::WorkflowTimeoutDue, after: timeout.saturating_sub(elapsed) })
+    }
+
     /// What carrying on a paused run takes: queue what waits for a worker and set the retry
     /// timers again.
     fn carry_on(&self, run: &RunState, now: DateTime<Utc>) -> Vec<Effect> {
@@ -531,6 +593,8 @@ impl Workflow {
             Submitted => {
                 let mut state = run.clone();
                 state.state = Running;
+                state.started_at = Some(now);
+                let effects = [Effect::Note(Note::RunStarted)].into_iter().chain(self.run_timer(&state, now)).collect();
                 Ok(Outcome::Changed(Transition {
                     state,
                     writes: vec![Write::Workflow(WorkflowWrite {
@@ -540,7 +604,7 @@ impl Workflow {
                         started_at: Some(now),
                         ended_at: None,
                     })],
-                    effects: vec![Effect::Note(Note::RunStarted)],
+                    effects,
                     advance: true,
                 }))
             }
@@ -672,7 +736,8 @@ impl Workflow {
 
     fn on_retry_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
         let (idx, cur) = task_of(run, at)?;
-        if cur.state != Delayed || at.attempt != cur.attempt || run.failing.is_some() || run.control.is_some() {
+        let called_off = run.failing.is_some() && self.spec.failure_strategy == FailureStrategy::End;
+        if cur.state != Delayed || at.attempt != cur.attempt || called_off || run.control.is_some() {
             return Ok(Outcome::Ignored); // a resume sets the timer again
         }
         let mut write = TaskWrite::new(cur, Submitted);
@@ -790,23 +855,28 @@ impl Workflow {
         let mut state = run.clone();
         let mut writes = Vec::new();
         let mut effects = Vec::new();
-        if run.failing.is_some() {
+        let ends = self.spec.failure_strategy == FailureStrategy::End;
+        if run.failing.is_some() && ends {
             for (idx, t) in run.tasks().filter(|(_, t)| t.state == Delayed) {
                 writes.push(Write::Task(TaskWrite::new(t, Failure)));
                 state.task_mut(idx).state = Failure;
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Failure }));
                 effects.push(Effect::Note(Note::RetryCalledOff { task: idx, attempt: t.attempt }));
             }
-        } else {
+        }
+        let mut creating = false;
+        if run.failing.is_none() || !ends {
             let succeeded: Vec<bool> =
                 run.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state == Success)).collect();
             let started: Vec<bool> = run.tasks.iter().map(Option::is_some).collect();
             let ready = self.dag.ready(&succeeded, &started);
             if !ready.is_empty() {
+                creating = true;
                 writes.push(Write::CreateTasks(ready.iter().map(|&i| self.dag.name(i).to_string()).collect()));
             }
         }
-        let active = state.tasks().any(|(_, t)| !t.state.is_terminal());
+        // what is about to be created is active too
+        let active = creating || state.tasks().any(|(_, t)| !t.state.is_terminal());
         let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state == Success));
         let end = match &state.failing {
             _ if active => None,
@@ -839,22 +909,23 @@ impl Workflow {
         let new = if action == Control::Stop { Stopped } else { Paused };
         let mut state = run.clone();
         state.control = None;
-        let mut writes = vec![Write::CompleteCommand(command)];
+        let mut writes = Vec::new();
         let mut effects = Vec::new();
         if run.state != new {
-            writes.insert(
-                0,
-                Write::Workflow(WorkflowWrite {
-                    expected: run.state,
-                    new,
-                    reason: (new == Stopped).then(|| "stopped by an operator".to_string()),
-                    started_at: None,
-                    ended_at: (new == Stopped).then_some(now),
-                }),
-            );
+            let reason = (new == Stopped)
+                .then(|| run.stop_reason.clone().unwrap_or_else(|| "stopped by an operator".to_string()));
+            writes.push(Write::Workflow(WorkflowWrite {
+                expected: run.state,
+                new,
+                reason: reason.clone(),
+                started_at: None,
+                ended_at: (new == Stopped).then_some(now),
+            }));
             state.state = new;
-            let reason = (new == Stopped).then(|| "stopped by an operator".to_string());
             effects.push(Effect::Note(Note::RunFinished { state: new, reason }));
+        }
+        if command > 0 {
+            writes.push(Write::CompleteCommand(command));
         }
         Some(Transition { state, writes, effects, advance: false })
     }
@@ -867,6 +938,7 @@ impl Workflow {
         if run.state == Paused {
             return effects; // it waits for a resume
         }
+        effects.extend(self.run_timer(run, now));
         for (idx, t) in run.tasks() {
             let spec = self.task(idx);
             let at = AttemptRef { task_instance_id: t.id, attempt: t.attempt };

@@ -27,10 +27,12 @@ pub enum StateEventKind {
     OwnershipCheck,
     /// An operator's stop, pause or resume.
     Control,
+    /// The run's own timeout ran out.
+    WorkflowTimeout,
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 8] = [
+    pub const ALL: [StateEventKind; 9] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
@@ -39,6 +41,7 @@ impl StateEventKind {
         Self::TaskFailover,
         Self::OwnershipCheck,
         Self::Control,
+        Self::WorkflowTimeout,
     ];
 
     /// The label used in metrics, logs and the dead-letter table.
@@ -52,6 +55,7 @@ impl StateEventKind {
             Self::TaskFailover => "task_failover",
             Self::OwnershipCheck => "ownership_check",
             Self::Control => "control",
+            Self::WorkflowTimeout => "workflow_timeout",
         }
     }
 }

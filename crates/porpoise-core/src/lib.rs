@@ -21,5 +21,5 @@ pub use backoff::Backoff;
 pub use dag::Dag;
 pub use event::{DropReason, HandlerError, StateEventKind};
 pub use priority::{Priority, QueueKey, TaskPriorityQueue};
-pub use spec::{SpecError, SpecProblem, TaskSpec, TaskType, TimeoutStrategy, WorkflowSpec};
+pub use spec::{FailureStrategy, SpecError, SpecProblem, TaskSpec, TaskType, TimeoutStrategy, WorkflowSpec};
 pub use state::ExecutionState;

@@ -15,8 +15,15 @@ pub struct WorkflowSpec {
     pub name: String,
     pub description: Option<String>,
     pub priority: Priority,
+    /// The run's time limit, counted from its start.
     #[serde(with = "opt_millis")]
     pub timeout: Option<Duration>,
+    /// What happens at the run's timeout: `warn` says so, `fail` stops the run, `warnfail` both.
+    #[serde(default)]
+    pub timeout_strategy: TimeoutStrategy,
+    /// What a failed task does to the rest of the run.
+    #[serde(default)]
+    pub failure_strategy: FailureStrategy,
     pub params: BTreeMap<String, String>,
     pub tasks: Vec<TaskSpec>,
 }
@@ -79,6 +86,32 @@ impl TimeoutStrategy {
             Self::Warn => "warn",
             Self::Fail => "fail",
             Self::WarnFail => "warnfail",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// What a failed task (no retry left) does to the rest of the run, as in DolphinScheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailureStrategy {
+    /// Nothing new starts and waiting retries are called off; the run fails once what runs ends.
+    #[default]
+    End,
+    /// Every branch that does not depend on the failed task runs on; the run fails at the end.
+    Continue,
+}
+
+impl FailureStrategy {
+    pub const ALL: [FailureStrategy; 2] = [Self::End, Self::Continue];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::End => "end",
+            Self::Continue => "continue",
         }
     }
 
@@ -159,6 +192,8 @@ struct RawWorkflow {
     description: Option<String>,
     priority: Option<Scalar>,
     timeout: Option<Scalar>,
+    timeout_strategy: Option<Scalar>,
+    failure_strategy: Option<Scalar>,
     #[serde(default)]
     params: BTreeMap<String, Scalar>,
     #[serde(default)]
@@ -243,6 +278,27 @@ impl Validator<'_> {
         };
         let priority = self.priority(None, raw.priority.as_ref());
         let timeout = self.duration(None, "timeout", raw.timeout.as_ref(), false);
+        let timeout_strategy = match raw.timeout_strategy.map(|s| s.to_string()) {
+            None => TimeoutStrategy::default(),
+            Some(s) => {
+                if raw.timeout.is_none() {
+                    self.problem(None, Some("timeout_strategy"), "is set but the workflow has no timeout".into());
+                }
+                TimeoutStrategy::parse(&s).unwrap_or_else(|| {
+                    let m = format!("unknown timeout strategy {s:?} (expected warn, fail or warnfail)");
+                    self.problem(None, Some("timeout_strategy"), m);
+                    TimeoutStrategy::default()
+                })
+            }
+        };
+        let failure_strategy = match raw.failure_strategy.map(|s| s.to_string()) {
+            None => FailureStrategy::default(),
+            Some(s) => FailureStrategy::parse(&s).unwrap_or_else(|| {
+                let m = format!("unknown failure strategy {s:?} (expected end or continue)");
+                self.problem(None, Some("failure_strategy"), m);
+                FailureStrategy::default()
+            }),
+        };
         let mut params = BTreeMap::new();
         for (k, v) in raw.params {
             if !is_param_name(&k) {
@@ -259,7 +315,16 @@ impl Validator<'_> {
         }
         let tasks: Vec<TaskSpec> = raw.tasks.into_iter().enumerate().map(|(i, t)| self.task(i, t)).collect();
         self.graph(&tasks);
-        WorkflowSpec { name, description: raw.description, priority, timeout, params, tasks }
+        WorkflowSpec {
+            name,
+            description: raw.description,
+            priority,
+            timeout,
+            timeout_strategy,
+            failure_strategy,
+            params,
+            tasks,
+        }
     }
 
     fn task(&mut self, index: usize, raw: RawTask) -> TaskSpec {

@@ -13,6 +13,7 @@ pub const TASKS_DISPATCH_FAILED: &str = "porpoise_tasks_dispatch_failed_total";
 pub const TASKS_FINISHED: &str = "porpoise_tasks_finished_total";
 pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
 pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
+pub const WORKFLOWS_TIMED_OUT: &str = "porpoise_workflow_instances_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
@@ -43,6 +44,7 @@ pub fn describe() {
     describe_counter!(TASKS_FINISHED, "Task attempts finished, by state");
     describe_counter!(TASKS_RETRIED, "Task retries scheduled");
     describe_counter!(TASKS_TIMED_OUT, "Task attempts that ran past their timeout, by timeout strategy");
+    describe_counter!(WORKFLOWS_TIMED_OUT, "Workflow instances that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
     describe_counter!(
@@ -100,6 +102,7 @@ fn register_at_zero() {
     }
     for strategy in TimeoutStrategy::ALL {
         counter!(TASKS_TIMED_OUT, "strategy" => strategy.as_str()).increment(0);
+        counter!(WORKFLOWS_TIMED_OUT, "strategy" => strategy.as_str()).increment(0);
     }
     for kind in StateEventKind::ALL {
         for name in [STATE_EVENTS_HANDLED, STATE_EVENTS_IGNORED, STATE_EVENTS_RETRIED, STATE_EVENTS_DROPPED] {

@@ -260,6 +260,7 @@ impl Runner {
                 (false, CommandKind::StartWorkflow) => {}
             }
         }
+        run.started_at = instance.started_at;
         self.run = run;
         self.instance = instance;
         true
@@ -469,6 +470,16 @@ impl Runner {
                 info!(workflow_instance_id = id, %workflow, action = action.as_str(), "an operator's {} is under way", action.as_str());
             }
             Note::RunResumed => info!(workflow_instance_id = id, %workflow, "run resumed by an operator"),
+            Note::RunTimedOut { warned } => {
+                let strategy = self.workflow.spec.timeout_strategy.as_str();
+                metrics::counter!(m::WORKFLOWS_TIMED_OUT, "strategy" => strategy).increment(1);
+                let timeout = humantime::format_duration(self.workflow.spec.timeout.unwrap_or_default());
+                if warned {
+                    warn!(workflow_instance_id = id, %workflow, %timeout, timeout_strategy = strategy, "run ran past its timeout");
+                } else {
+                    info!(workflow_instance_id = id, %workflow, %timeout, "run ran past its timeout; stopping it");
+                }
+            }
             Note::FailedOver { task, attempt, worker } => {
                 metrics::counter!(m::TASKS_FAILED_OVER).increment(1);
                 warn!(run_id = id, task = %self.workflow.dag.name(task), attempt, %worker, "task attempt failed over: its worker was lost");

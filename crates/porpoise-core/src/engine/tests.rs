@@ -409,3 +409,59 @@ fn a_pause_lets_what_runs_finish_and_a_resume_carries_on_where_it_was() {
         "an older command changes nothing"
     );
 }
+
+#[test]
+fn with_failure_strategy_continue_a_pending_retry_and_the_independent_branch_run_and_the_run_fails_at_the_end() {
+    let wf = workflow(
+        "name: branches\nfailure_strategy: continue\ntasks:\n  - { name: bad, command: 'false' }\n  - { name: after_bad, command: 'true', depends_on: [bad] }\n  - { name: flaky, command: 'true', retries: 1, retry_interval: 10s }\n  - { name: after_flaky, command: 'true', depends_on: [flaky] }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("bad".to_string(), task(1, Submitted, 1, None)), ("flaky".to_string(), task(2, Submitted, 1, None))],
+    );
+    run_task(&wf, &mut run, 2, 1, false); // flaky fails once: waits for its retry
+    run_task(&wf, &mut run, 1, 1, false); // bad fails for good
+    assert!(run.failing.is_some());
+    assert_eq!(wf.advance(&run, at(2)), None, "the retry is not called off, and nothing depends only on success");
+    step(&wf, &mut run, Event::RetryDue { at: attempt(2, 1) }, at(11));
+    run_task(&wf, &mut run, 2, 2, true);
+    let next = wf.advance(&run, at(12)).expect("the independent branch goes on");
+    assert_eq!(next.writes, [Write::CreateTasks(vec!["after_flaky".into()])]);
+    run = next.state;
+    create(&mut run, &wf, &next.writes, 3);
+    run_task(&wf, &mut run, 3, 1, true);
+    let end = wf.advance(&run, at(13)).expect("the run ends");
+    assert!(matches!(&end.writes[..], [Write::Workflow(w)] if w.new == Failure), "{:?}", end.writes);
+    assert_eq!(end.state.task(1), None, "what depends on the failed task never starts");
+}
+
+#[test]
+fn a_run_past_its_timeout_with_fail_is_stopped() {
+    let wf = workflow("name: slow\ntimeout: 1m\ntimeout_strategy: fail\ntasks:\n  - { name: a, command: 'true' }\n");
+    let mut run = new_run(&wf);
+    let start = step(&wf, &mut run, Event::Start, t0());
+    assert!(
+        start.effects.contains(&Effect::Schedule { event: Event::WorkflowTimeoutDue, after: Duration::from_secs(60) })
+    );
+    let advance = wf.advance(&run, t0()).expect("a is created");
+    run = advance.state.clone();
+    create(&mut run, &wf, &advance.writes, 1);
+    step(&wf, &mut run, Event::Dispatched { at: attempt(1, 1), worker: "w1".into() }, t0());
+    let due = step(&wf, &mut run, Event::WorkflowTimeoutDue, at(60));
+    assert!(due.effects.contains(&Effect::Kill { task: 0 }));
+    step(&wf, &mut run, ended(attempt(1, 1), false, 137), at(61));
+    let end = wf.advance(&run, at(61)).expect("the run ends");
+    assert!(
+        matches!(&end.writes[..], [Write::Workflow(w)] if w.new == Stopped && w.reason.as_deref() == Some("stopped: the run ran past its timeout of 1m")),
+        "{:?}",
+        end.writes
+    );
+    // rebuilt later, a run already past its timeout is due at once
+    let mut rebuilt = RunState::rebuild(&wf, Running, Vec::new()).0;
+    rebuilt.started_at = Some(t0());
+    assert!(
+        wf.resume(&rebuilt, at(90), |_| true)
+            .contains(&Effect::Schedule { event: Event::WorkflowTimeoutDue, after: Duration::ZERO })
+    );
+}
