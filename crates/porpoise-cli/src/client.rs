@@ -9,7 +9,7 @@ use std::time::Duration;
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
     ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest,
-    ListWorkflowsRequest, RunControlRequest, StartRunRequest,
+    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -259,6 +259,18 @@ pub async fn control(server: &str, run_id: i64, action: Control) -> Result<(), C
     .map_err(from_status)?
     .into_inner();
     outln!("{}", reply.message)?;
+    Ok(())
+}
+
+/// `porpoise rerun RUN [--failed | --from TASK]`
+pub async fn rerun(server: &str, run_id: i64, failed: bool, from: Option<&str>) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let request = RerunRunRequest { run_id, failed_only: failed, from_task: from.unwrap_or_default().to_string() };
+    client.rerun_run(request).await.map_err(from_status)?;
+    match from {
+        Some(task) => outln!("run {run_id}: rerun requested from task {task}; what succeeded upstream is kept")?,
+        None => outln!("run {run_id}: rerun of its failed tasks requested; what succeeded is kept")?,
+    }
     Ok(())
 }
 

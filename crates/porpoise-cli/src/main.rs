@@ -55,6 +55,17 @@ enum Command {
     Pause { run_id: i64 },
     /// Resumes a paused run where it was: what succeeded is not run again.
     Resume { run_id: i64 },
+    /// Runs an ended run again, keeping its id and history: its failed (and stopped) tasks,
+    /// or with --from a task and everything downstream of it, as new attempts.
+    Rerun {
+        run_id: i64,
+        /// The failed and stopped tasks (the default).
+        #[arg(long, conflicts_with = "from")]
+        failed: bool,
+        /// This task and everything downstream of it.
+        #[arg(long, value_name = "TASK")]
+        from: Option<String>,
+    },
     /// Work with runs.
     Runs {
         #[command(subcommand)]
@@ -140,6 +151,7 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Stop { run_id } => client::control(server, run_id, client::Control::Stop).await,
         Command::Pause { run_id } => client::control(server, run_id, client::Control::Pause).await,
         Command::Resume { run_id } => client::control(server, run_id, client::Control::Resume).await,
+        Command::Rerun { run_id, failed, from } => client::rerun(server, run_id, failed, from.as_deref()).await,
         Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
             client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await
         }

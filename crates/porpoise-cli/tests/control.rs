@@ -196,3 +196,43 @@ async fn a_run_past_its_timeout_is_stopped() {
     })
     .await;
 }
+
+/// A run failed because a file was missing; the test creates it and reruns the failed tasks:
+/// only the failed task and what follows it run again, and the run succeeds, keeping its id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rerun_of_the_failed_tasks_after_the_cause_is_fixed_succeeds() {
+    let mut d = Deployment::cluster().await;
+    let dir = d.dir.path().to_path_buf();
+    let m = dir.join("marks").display().to_string();
+    let fixed = dir.join("fixed");
+    let yaml = format!(
+        "name: fixable\ntasks:\n  - name: a\n    command: echo a >> {m}\n  - name: b\n    depends_on: [a]\n    command: echo b >> {m}; cat {f}\n  - name: c\n    depends_on: [b]\n    command: echo c >> {m}\n",
+        f = fixed.display()
+    );
+    d.apply("fixable", &yaml);
+    let id = d.start_run("fixable").await;
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("failure"), "{run:?}");
+    let (code, _, err) = cli(&d, &["rerun", "999999"]);
+    assert_eq!(code, 2, "{err}");
+
+    std::fs::write(&fixed, "").expect("fix the cause");
+    let (code, out, err) = cli(&d, &["rerun", &id.to_string(), "--failed"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let attempt = |name: &str| run.tasks.iter().find(|t| t.task_name == name).map(|t| t.attempt);
+    assert_eq!((attempt("a"), attempt("b"), attempt("c")), (Some(1), Some(2), Some(1)), "{run:?}");
+    assert_eq!(lines(&dir.join("marks")), ["a", "b", "b", "c"], "only the failed task and what follows ran again");
+
+    // a run that has not ended cannot be rerun; --from reruns a task and what follows it
+    let (code, out, err) = cli(&d, &["rerun", &id.to_string(), "--from", "b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    assert_eq!(lines(&dir.join("marks")), ["a", "b", "b", "c", "b", "c"]);
+    let (code, _, err) = cli(&d, &["rerun", &id.to_string(), "--from", "nope"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no task \"nope\""), "{err}");
+}

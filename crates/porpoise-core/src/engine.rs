@@ -129,6 +129,8 @@ pub struct TaskState {
     pub attempt: i32,
     /// Attempts failed over: they do not count against the task's retries.
     pub failovers: i32,
+    /// Attempts before the run was last rerun: they do not count against the retries either.
+    pub rerun_base: i32,
     pub worker: Option<String>,
     pub exit_code: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
@@ -235,6 +237,16 @@ impl RunState {
         }
         effects
     }
+}
+
+/// A task instance a rerun starts again as a new attempt: found in `state` at `attempt`, it
+/// becomes `new` (`submitted`, or `waiting` for the tasks it depends on).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RerunTask {
+    pub id: i64,
+    pub state: ExecutionState,
+    pub attempt: i32,
+    pub new: ExecutionState,
 }
 
 /// A write a transition needs durable before its state is adopted.
@@ -507,6 +519,35 @@ impl Workflow {
         Outcome::Changed(Transition { state, writes, effects, advance })
     }
 
+    /// The task instances a rerun of `run` (ended) starts again: those that failed or were
+    /// stopped, or with `from`, that task and every task downstream of it that has an instance
+    /// (those wait for what they depend on). `Err` says why there is nothing to rerun.
+    pub fn rerun_tasks(&self, run: &RunState, from: Option<&str>) -> Result<Vec<RerunTask>, String> {
+        // (task, its new state): what follows the task it starts from waits for it
+        let picked: Vec<(usize, ExecutionState)> = match from {
+            Some(name) => {
+                let idx = self.dag.index_of(name).ok_or_else(|| format!("the workflow has no task {name:?}"))?;
+                if run.task(idx).is_none() {
+                    return Err(format!("task {name} never ran in this run: nothing to rerun from it"));
+                }
+                std::iter::once((idx, Submitted))
+                    .chain(self.dag.descendants(idx).into_iter().map(|d| (d, Waiting)))
+                    .collect()
+            }
+            None => {
+                run.tasks().filter(|(_, t)| matches!(t.state, Failure | Stopped)).map(|(i, _)| (i, Submitted)).collect()
+            }
+        };
+        let tasks: Vec<RerunTask> = picked
+            .into_iter()
+            .filter_map(|(i, new)| run.task(i).map(|t| RerunTask { id: t.id, state: t.state, attempt: t.attempt, new }))
+            .collect();
+        if tasks.is_empty() {
+            return Err("no task failed or was stopped: nothing to rerun (use --from TASK)".into());
+        }
+        Ok(tasks)
+    }
+
     /// Starts stopping the run (`command` is the stop's command, 0 for the run's own timeout):
     /// what is on a worker is killed, what waits is stopped now; the run ends once nothing is on
     /// a worker.
@@ -594,7 +635,17 @@ impl Workflow {
                 let mut state = run.clone();
                 state.state = Running;
                 state.started_at = Some(now);
-                let effects = [Effect::Note(Note::RunStarted)].into_iter().chain(self.run_timer(&state, now)).collect();
+                // a rerun starts with the task instances it sent back to `submitted`
+                let requeued = run.tasks().filter(|(_, t)| t.state == Submitted).map(|(idx, _)| Effect::Enqueue {
+                    task: idx,
+                    after: Duration::ZERO,
+                    avoid: None,
+                });
+                let effects = [Effect::Note(Note::RunStarted)]
+                    .into_iter()
+                    .chain(requeued)
+                    .chain(self.run_timer(&state, now))
+                    .collect();
                 Ok(Outcome::Changed(Transition {
                     state,
                     writes: vec![Write::Workflow(WorkflowWrite {
@@ -633,7 +684,7 @@ impl Workflow {
             )));
         }
         let spec = self.task(idx);
-        let retries_used = (cur.attempt - 1 - cur.failovers).max(0) as u32;
+        let retries_used = (cur.attempt - 1 - cur.failovers - cur.rerun_base).max(0) as u32;
         let stopping = matches!(run.control, Some((_, Control::Stop)));
         let target = match requested {
             // a stop is under way: what ends without success, or comes back, is stopped
@@ -874,9 +925,21 @@ impl Workflow {
                 creating = true;
                 writes.push(Write::CreateTasks(ready.iter().map(|&i| self.dag.name(i).to_string()).collect()));
             }
+            // a task a rerun made wait for what it depends on goes once that has succeeded
+            let waiting: Vec<(usize, TaskState)> = run
+                .tasks()
+                .filter(|(i, t)| t.state == Waiting && self.dag.upstream(*i).iter().all(|&u| succeeded[u]))
+                .map(|(i, t)| (i, t.clone()))
+                .collect();
+            for (idx, t) in waiting {
+                writes.push(Write::Task(TaskWrite::new(&t, Submitted)));
+                state.task_mut(idx).state = Submitted;
+                effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+            }
         }
-        // what is about to be created is active too
-        let active = creating || state.tasks().any(|(_, t)| !t.state.is_terminal());
+        // what is about to be created is active too; what waits on a task that will never
+        // succeed is not
+        let active = creating || state.tasks().any(|(_, t)| !t.state.is_terminal() && t.state != Waiting);
         let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state == Success));
         let end = match &state.failing {
             _ if active => None,

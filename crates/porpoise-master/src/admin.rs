@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use porpoise_core::engine::Control;
+use porpoise_core::engine::{Control, RunState, TaskState, Workflow};
 use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
@@ -100,10 +100,6 @@ impl Admin {
         };
         Ok(Response::new(RunControlReply { state: state.as_str().to_string(), message }))
     }
-}
-
-fn later(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available yet in this version of Porpoise"))
 }
 
 #[tonic::async_trait]
@@ -245,8 +241,52 @@ impl AdminService for Admin {
         Ok(Response::new(GetWorkflowReply { name: def.name, version: def.version, spec_yaml: def.spec_yaml }))
     }
 
-    async fn rerun_run(&self, _: Request<RerunRunRequest>) -> Result<Response<StartRunReply>, Status> {
-        Err(later("rerunning a run"))
+    async fn rerun_run(&self, request: Request<RerunRunRequest>) -> Result<Response<StartRunReply>, Status> {
+        let req = request.into_inner();
+        let id = req.run_id;
+        if req.failed_only && !req.from_task.is_empty() {
+            return Err(Status::invalid_argument("--failed and --from are one or the other"));
+        }
+        let run = self.0.store.workflow_instance(id).await.map_err(status)?;
+        let run = run.ok_or_else(|| Status::not_found(format!("no run {id}")))?;
+        if !run.state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "run {id} is {}: only a run that has ended can be rerun",
+                run.state
+            )));
+        }
+        let def = self.0.store.definition(run.workflow_definition_id).await.map_err(status)?;
+        let def = def.ok_or_else(|| Status::internal(format!("the workflow of run {id} is gone")))?;
+        let spec: WorkflowSpec = serde_json::from_str(&def.spec_json)
+            .map_err(|e| Status::internal(format!("the stored spec of {} is unreadable: {e}", def.name)))?;
+        let workflow = Workflow::new(spec);
+        let rows = self.0.store.task_instances_of(id).await.map_err(status)?;
+        let tasks = rows.iter().map(|t| {
+            let state = TaskState {
+                id: t.id,
+                state: t.state,
+                attempt: t.attempt,
+                failovers: t.failovers,
+                rerun_base: t.rerun_base,
+                worker: t.worker_addr.clone(),
+                exit_code: t.exit_code,
+                started_at: t.started_at,
+                ended_at: t.ended_at,
+            };
+            (t.task_name.clone(), state)
+        });
+        let (state, _) = RunState::rebuild(&workflow, run.state, tasks);
+        let from = (!req.from_task.is_empty()).then_some(req.from_task.as_str());
+        let picked = workflow
+            .rerun_tasks(&state, from)
+            .map_err(|why| Status::failed_precondition(format!("run {id}: {why}")))?;
+        self.0.store.rerun(id, &picked).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => Status::failed_precondition(format!("run {id} changed meanwhile: {e}")),
+            e => status(e),
+        })?;
+        info!(run_id = id, tasks = picked.len(), from = from.unwrap_or("(the failed tasks)"), "rerun requested");
+        self.0.wake_consumer();
+        Ok(Response::new(StartRunReply { run_id: id }))
     }
 
     async fn get_task_log(

@@ -657,6 +657,7 @@ fn task_row(t: &TaskInstance) -> (String, TaskState) {
             state: t.state,
             attempt: t.attempt,
             failovers: t.failovers,
+            rerun_base: t.rerun_base,
             worker: t.worker_addr.clone(),
             exit_code: t.exit_code,
             started_at: t.started_at,

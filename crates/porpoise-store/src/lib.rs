@@ -76,6 +76,11 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         state: Option<ExecutionState>,
         limit: u32,
     ) -> Result<Vec<WorkflowInstance>>;
+    /// Reruns run `id`, which has ended, in one transaction: each of `tasks`, if still in the
+    /// state and attempt it expects, becomes its new state as a new attempt with fresh retries;
+    /// the run goes back to `submitted` with no owner, and a start command is queued for any
+    /// master to claim. Returns the command's id.
+    async fn rerun(&self, id: i64, tasks: &[porpoise_core::engine::RerunTask]) -> Result<i64>;
     /// The control commands not yet carried out for runs `owner` owns, oldest first.
     async fn pending_control_commands(&self, owner: &str) -> Result<Vec<Command>>;
     /// Every control command of run `id`, carried out or not, oldest first.

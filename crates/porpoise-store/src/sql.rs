@@ -14,7 +14,7 @@ pub(crate) const COMMAND_COLUMNS: &str =
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
      owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
-     warning, failovers, created_at, started_at, ended_at, updated_at";
+     warning, failovers, rerun_base, created_at, started_at, ended_at, updated_at";
 pub(crate) const DEAD_LETTER_COLUMNS: &str =
     "id, workflow_instance_id, task_instance_id, event_kind, event, reason, created_at";
 
@@ -151,6 +151,7 @@ pub(crate) struct TaskRow {
     exit_code: Option<i32>,
     warning: Option<String>,
     failovers: i32,
+    rerun_base: i32,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
@@ -170,6 +171,7 @@ impl TryFrom<TaskRow> for TaskInstance {
             exit_code: r.exit_code,
             warning: r.warning,
             failovers: r.failovers,
+            rerun_base: r.rerun_base,
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
@@ -435,6 +437,66 @@ macro_rules! impl_store {
                 .fetch_all(&self.pool)
                 .await?;
                 rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn rerun(&self, id: i64, tasks: &[porpoise_core::engine::RerunTask]) -> $crate::Result<i64> {
+                use $crate::sql::*;
+                let t = now();
+                let mut tx = self.pool.begin().await?;
+                let run = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE workflow_instance SET state = 'submitted', state_reason = NULL, owner = NULL, \
+                     ended_at = NULL, updated_at = $1 WHERE id = $2 AND state IN ('success', 'failure', 'stopped') \
+                     RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(t)
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+                let Some(run) = run else {
+                    drop(tx);
+                    return Err(self.workflow_conflict(id, "ended (success, failure or stopped)").await);
+                };
+                let run: $crate::WorkflowInstance = run.try_into()?;
+                for r in tasks {
+                    let (task, expected, attempt) = (r.id, r.state, r.attempt);
+                    let done = sqlx::query::<$db>(
+                        "UPDATE task_instance SET state = $6, attempt = attempt + 1, rerun_base = attempt, \
+                         exit_code = NULL, started_at = NULL, ended_at = NULL, updated_at = $1 \
+                         WHERE id = $2 AND workflow_instance_id = $3 AND state = $4 AND attempt = $5",
+                    )
+                    .bind(t)
+                    .bind(task)
+                    .bind(id)
+                    .bind(expected.as_str())
+                    .bind(attempt)
+                    .bind(r.new.as_str())
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 0 {
+                        drop(tx);
+                        return Err($crate::StoreError::Conflict {
+                            entity: "task instance",
+                            id: task,
+                            expected: format!("{expected} attempt {attempt}"),
+                            found: "another state or attempt".into(),
+                        });
+                    }
+                }
+                let (command_id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO command (kind, workflow_definition_id, workflow_instance_id, params, priority, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind($crate::CommandKind::StartWorkflow.as_str())
+                .bind(run.workflow_definition_id)
+                .bind(id)
+                .bind("{}")
+                .bind(run.priority.rank())
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                self.command_queued();
+                Ok(command_id)
             }
 
             async fn pending_control_commands(&self, owner: &str) -> $crate::Result<Vec<$crate::Command>> {

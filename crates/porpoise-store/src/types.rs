@@ -174,6 +174,8 @@ pub struct TaskInstance {
     pub warning: Option<String>,
     /// Attempts failed over because their worker was lost (they do not count as retries).
     pub failovers: i32,
+    /// The attempts it had before its run was last rerun (they do not count as retries).
+    pub rerun_base: i32,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,

@@ -52,6 +52,7 @@ fn task(id: i64, state: ExecutionState, attempt: i32, worker: Option<&str>) -> T
         state,
         attempt,
         failovers: 0,
+        rerun_base: 0,
         worker: worker.map(str::to_string),
         exit_code: None,
         started_at: None,
@@ -464,4 +465,31 @@ fn a_run_past_its_timeout_with_fail_is_stopped() {
         wf.resume(&rebuilt, at(90), |_| true)
             .contains(&Effect::Schedule { event: Event::WorkflowTimeoutDue, after: Duration::ZERO })
     );
+}
+
+#[test]
+fn a_rerun_picks_the_failed_tasks_or_a_task_and_what_follows_it_and_gives_fresh_retries() {
+    let wf = workflow(CHAIN);
+    let (run, _) = RunState::rebuild(
+        &wf,
+        Failure,
+        [("a".to_string(), task(1, Success, 1, None)), ("b".to_string(), task(2, Failure, 2, None))],
+    );
+    let rerun = |id, state, attempt, new| RerunTask { id, state, attempt, new };
+    assert_eq!(wf.rerun_tasks(&run, None), Ok(vec![rerun(2, Failure, 2, Submitted)]));
+    assert_eq!(
+        wf.rerun_tasks(&run, Some("a")),
+        Ok(vec![rerun(1, Success, 1, Submitted), rerun(2, Failure, 2, Waiting)]),
+        "what follows waits for the task the rerun starts from"
+    );
+    assert!(wf.rerun_tasks(&run, Some("zz")).is_err());
+    let (ok, _) = RunState::rebuild(&wf, Success, [("a".to_string(), task(1, Success, 1, None))]);
+    assert!(wf.rerun_tasks(&ok, None).is_err(), "nothing failed");
+    // b rerun as attempt 3 after 2 attempts: its one retry is fresh
+    let mut b = task(2, Running, 3, Some("w1"));
+    b.rerun_base = 2;
+    let (mut again, _) =
+        RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Success, 1, None)), ("b".to_string(), b)]);
+    step(&wf, &mut again, ended(attempt(2, 3), false, 1), t0());
+    assert_eq!(again.task(1).map(|t| t.state), Some(Delayed));
 }

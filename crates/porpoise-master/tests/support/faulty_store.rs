@@ -154,6 +154,9 @@ impl Store for FaultyStore {
     ) -> Result<Vec<WorkflowInstance>> {
         self.inner.list_workflow_instances(workflow_name, state, limit).await
     }
+    async fn rerun(&self, id: i64, tasks: &[porpoise_core::engine::RerunTask]) -> Result<i64> {
+        self.inner.rerun(id, tasks).await
+    }
     async fn pending_control_commands(&self, owner: &str) -> Result<Vec<Command>> {
         self.inner.pending_control_commands(owner).await
     }

@@ -1,0 +1,1 @@
+ALTER TABLE task_instance DROP COLUMN rerun_base;
