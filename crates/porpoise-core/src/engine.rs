@@ -692,8 +692,8 @@ impl Workflow {
             Failure if retries_used < spec.retries => Delayed,
             other => other,
         };
-        if target == Dispatched && run.control.is_some() {
-            return Ok(Outcome::Ignored); // a stop or pause is under way: nothing new is sent
+        if target == Dispatched && (run.control.is_some() || run.state != Running) {
+            return Ok(Outcome::Ignored); // paused, or a stop or pause under way: nothing new is sent
         }
         if cur.state == target
             // the dispatcher raced with another dispatch of the same attempt: only one sends it
@@ -764,7 +764,7 @@ impl Workflow {
                     after: spec.retry_interval,
                 });
             }
-            Submitted if run.control.is_none() => {
+            Submitted if run.control.is_none() && run.state == Running => {
                 effects.push(Effect::Enqueue { task: idx, after: change.requeue_after, avoid: change.worker.clone() })
             }
             Running => {
@@ -788,7 +788,8 @@ impl Workflow {
     fn on_retry_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
         let (idx, cur) = task_of(run, at)?;
         let called_off = run.failing.is_some() && self.spec.failure_strategy == FailureStrategy::End;
-        if cur.state != Delayed || at.attempt != cur.attempt || called_off || run.control.is_some() {
+        let held = run.control.is_some() || run.state != Running;
+        if cur.state != Delayed || at.attempt != cur.attempt || called_off || held {
             return Ok(Outcome::Ignored); // a resume sets the timer again
         }
         let mut write = TaskWrite::new(cur, Submitted);

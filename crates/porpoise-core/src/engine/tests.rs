@@ -493,3 +493,27 @@ fn a_rerun_picks_the_failed_tasks_or_a_task_and_what_follows_it_and_gives_fresh_
     step(&wf, &mut again, ended(attempt(2, 3), false, 1), t0());
     assert_eq!(again.task(1).map(|t| t.state), Some(Delayed));
 }
+
+#[test]
+fn a_paused_run_sends_and_retries_nothing_until_it_is_resumed() {
+    let wf = workflow(
+        "name: two\ntasks:\n  - { name: a, command: 'true' }\n  - { name: b, command: 'true', retries: 1, retry_interval: 1s }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Submitted, 1, None)), ("b".to_string(), task(2, Delayed, 1, None))],
+    );
+    step(&wf, &mut run, Event::Control { command: 3, action: Control::Pause }, t0());
+    let paused = wf.advance(&run, t0()).expect("nothing is on a worker: paused at once");
+    run = paused.state;
+    assert_eq!(run.state, Paused);
+    // the queued task leaves the dispatcher's queue, and the retry timer fires, while paused
+    let dispatch = Event::Dispatched { at: attempt(1, 1), worker: "w1".into() };
+    assert_eq!(wf.apply(&run, &dispatch, at(1)), Ok(Outcome::Ignored));
+    assert_eq!(wf.apply(&run, &Event::RetryDue { at: attempt(2, 1) }, at(1)), Ok(Outcome::Ignored));
+    let resumed = step(&wf, &mut run, Event::Control { command: 4, action: Control::Resume }, at(2));
+    assert!(resumed.effects.contains(&Effect::Enqueue { task: 0, after: Duration::ZERO, avoid: None }));
+    assert!(resumed.effects.iter().any(|e| matches!(e, Effect::Schedule { event: Event::RetryDue { .. }, .. })));
+    assert!(matches!(wf.apply(&run, &dispatch, at(3)), Ok(Outcome::Changed(_))), "sent once resumed");
+}
