@@ -9,7 +9,7 @@ use std::time::Duration;
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
     ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest,
-    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest,
+    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest, TaskControlRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -258,6 +258,14 @@ pub async fn control(server: &str, run_id: i64, action: Control) -> Result<(), C
     }
     .map_err(from_status)?
     .into_inner();
+    outln!("{}", reply.message)?;
+    Ok(())
+}
+
+/// `porpoise task kill TASK_INSTANCE`
+pub async fn kill_task(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let reply = client.kill_task(TaskControlRequest { task_instance_id }).await.map_err(from_status)?.into_inner();
     outln!("{}", reply.message)?;
     Ok(())
 }

@@ -66,6 +66,11 @@ enum Command {
         #[arg(long, value_name = "TASK")]
         from: Option<String>,
     },
+    /// Work with task instances.
+    Task {
+        #[command(subcommand)]
+        command: TaskCommand,
+    },
     /// Work with runs.
     Runs {
         #[command(subcommand)]
@@ -106,6 +111,13 @@ enum WorkflowCommand {
         #[arg(long)]
         version: Option<i32>,
     },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskCommand {
+    /// Kills a task instance (on its worker if it runs there): it ends `stopped`, and its run
+    /// fails as for a task failure.
+    Kill { task_instance_id: i64 },
 }
 
 #[derive(Debug, Subcommand)]
@@ -152,6 +164,9 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Pause { run_id } => client::control(server, run_id, client::Control::Pause).await,
         Command::Resume { run_id } => client::control(server, run_id, client::Control::Resume).await,
         Command::Rerun { run_id, failed, from } => client::rerun(server, run_id, failed, from.as_deref()).await,
+        Command::Task { command: TaskCommand::Kill { task_instance_id } } => {
+            client::kill_task(server, task_instance_id).await
+        }
         Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
             client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await
         }

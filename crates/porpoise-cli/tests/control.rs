@@ -236,3 +236,36 @@ async fn a_rerun_of_the_failed_tasks_after_the_cause_is_fixed_succeeds() {
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("no task \"nope\""), "{err}");
 }
+
+/// `porpoise task kill`: the task's processes end, it shows `stopped`, the run fails saying so;
+/// killing it again exits 2.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_task_ends_and_its_run_fails() {
+    let mut d = Deployment::cluster().await;
+    let dir = d.dir.path().to_path_buf();
+    d.apply("killable", &sleeper("killable", &dir));
+    let id = d.start_run("killable").await;
+    d.wait_for_run(id, "the task runs", |run| task_state(run, "sleep").as_deref() == Some("running")).await;
+    let mut admin = d.admin().await;
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let ti = run.tasks.iter().find(|t| t.task_name == "sleep").map(|t| t.task_instance_id).expect("the task");
+    let (code, out, err) = cli(&d, &["task", "kill", &ti.to_string()]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("kill requested"), "{out}");
+    let run = d.finished_run(id).await;
+    let summary = run.run.clone().expect("the run");
+    assert_eq!(
+        (summary.state.as_str(), summary.state_reason.as_str()),
+        ("failure", "task sleep was killed by an operator")
+    );
+    assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"));
+    let name = process_name(&dir);
+    d.wait_until("no process of the killed task is left", || {
+        let name = name.clone();
+        async move { porpoise_testkit::processes_named(&name).is_empty() }
+    })
+    .await;
+    let (code, _, err) = cli(&d, &["task", "kill", &ti.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("only a task that has not ended can be killed"), "{err}");
+}

@@ -46,8 +46,14 @@ pub enum Event {
     WorkerLost { worker: String },
     /// One attempt on a lost (or stopped) worker is failed over to a new attempt.
     Failover { at: AttemptRef, worker: String, why: String },
-    /// An operator's control command (stored first; `command` is its id, applied in order).
-    Control { command: i64, action: Control },
+    /// An operator's control command (stored first; `command` is its id, applied in order);
+    /// `task` is the task instance it is about (a task kill).
+    Control {
+        command: i64,
+        action: Control,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        task: Option<i64>,
+    },
     /// The run's own timeout ran out.
     WorkflowTimeoutDue,
 }
@@ -62,6 +68,9 @@ pub enum Control {
     Pause,
     /// Carry on a paused run.
     Resume,
+    /// Kill one task: on its worker if it runs there; it ends `stopped`, and the run fails
+    /// (as a task failure does, by its failure strategy).
+    KillTask,
 }
 
 impl Control {
@@ -70,6 +79,7 @@ impl Control {
             Self::Stop => "stop",
             Self::Pause => "pause",
             Self::Resume => "resume",
+            Self::KillTask => "kill-task",
         }
     }
 }
@@ -159,6 +169,8 @@ pub struct RunState {
     pub last_command: i64,
     /// Why a stop under way stops the run.
     pub stop_reason: Option<String>,
+    /// Task instances an operator asked to kill, with the command, until they end.
+    pub killing: std::collections::BTreeMap<i64, i64>,
     /// When the run started, for its timeout.
     pub started_at: Option<DateTime<Utc>>,
 }
@@ -180,6 +192,7 @@ impl RunState {
             control: None,
             last_command: 0,
             stop_reason: None,
+            killing: Default::default(),
             started_at: None,
         };
         let mut unknown = Vec::new();
@@ -462,7 +475,10 @@ impl Workflow {
             Event::TimeoutDue { at } => self.on_timeout_due(run, *at),
             Event::WorkerLost { worker } => Ok(self.on_worker_lost(run, worker)),
             Event::Failover { at, worker, why } => self.on_failover(run, *at, worker, why),
-            Event::Control { command, action } => Ok(self.on_control(run, *command, *action, now)),
+            Event::Control { command, action: Control::KillTask, task } => {
+                Ok(self.on_kill_task(run, *command, *task, now))
+            }
+            Event::Control { command, action, .. } => Ok(self.on_control(run, *command, *action, now)),
             Event::WorkflowTimeoutDue => Ok(self.on_workflow_timeout(run, now)),
         }
     }
@@ -546,6 +562,49 @@ impl Workflow {
             return Err("no task failed or was stopped: nothing to rerun (use --from TASK)".into());
         }
         Ok(tasks)
+    }
+
+    /// An operator's kill of one task instance.
+    fn on_kill_task(&self, run: &RunState, command: i64, task: Option<i64>, now: DateTime<Utc>) -> Outcome {
+        if command <= run.last_command {
+            return Outcome::Ignored;
+        }
+        let mut state = run.clone();
+        state.last_command = command;
+        let found = task.and_then(|id| run.task_by_id(id)).map(|(idx, t)| (idx, t.clone()));
+        let Some((idx, t)) = found.filter(|(_, t)| !t.state.is_terminal()) else {
+            // gone or ended meanwhile: nothing to kill
+            return Outcome::Changed(Transition {
+                state,
+                writes: vec![Write::CompleteCommand(command)],
+                effects: Vec::new(),
+                advance: false,
+            });
+        };
+        if t.is_on_worker() {
+            state.killing.insert(t.id, command);
+            return Outcome::Changed(Transition {
+                state,
+                writes: Vec::new(),
+                effects: vec![
+                    Effect::Kill { task: idx },
+                    Effect::Note(Note::Controlling { action: Control::KillTask }),
+                ],
+                advance: false,
+            });
+        }
+        // not on a worker: it ends now
+        state.task_mut(idx).state = Stopped;
+        state.failing.get_or_insert_with(|| killed_reason(&self.task(idx).name));
+        Outcome::Changed(Transition {
+            state,
+            writes: vec![
+                Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(&t, Stopped) }),
+                Write::CompleteCommand(command),
+            ],
+            effects: vec![Effect::Note(Note::TaskFinished { task: idx, state: Stopped })],
+            advance: true,
+        })
     }
 
     /// Starts stopping the run (`command` is the stop's command, 0 for the run's own timeout):
@@ -685,7 +744,8 @@ impl Workflow {
         }
         let spec = self.task(idx);
         let retries_used = (cur.attempt - 1 - cur.failovers - cur.rerun_base).max(0) as u32;
-        let stopping = matches!(run.control, Some((_, Control::Stop)));
+        let kill = run.killing.get(&cur.id).copied();
+        let stopping = matches!(run.control, Some((_, Control::Stop))) || kill.is_some();
         let target = match requested {
             // a stop is under way: what ends without success, or comes back, is stopped
             Failure | Submitted if stopping => Stopped,
@@ -727,6 +787,18 @@ impl Workflow {
 
         let mut state = run.clone();
         let mut effects = Vec::new();
+        let (exit_code, started_at, ended_at) = (write.exit_code, write.started_at, write.ended_at);
+        let mut writes = vec![Write::Task(write)];
+        if let Some(command) = kill
+            && target.is_terminal()
+        {
+            // the kill an operator asked for is done with the attempt's end
+            state.killing.remove(&cur.id);
+            writes.push(Write::CompleteCommand(command));
+            if target == Stopped {
+                state.failing.get_or_insert_with(|| killed_reason(&spec.name));
+            }
+        }
         if change.timed_out {
             effects.push(Effect::Note(Note::TimedOut { task: idx, attempt: cur.attempt, warned }));
         }
@@ -735,14 +807,14 @@ impl Workflow {
         if matches!(target, Dispatched | Running) && change.worker.is_some() {
             task.worker = change.worker.clone();
         }
-        if write.exit_code.is_some() {
-            task.exit_code = write.exit_code;
+        if exit_code.is_some() {
+            task.exit_code = exit_code;
         }
-        if write.started_at.is_some() {
-            task.started_at = write.started_at;
+        if started_at.is_some() {
+            task.started_at = started_at;
         }
-        if write.ended_at.is_some() {
-            task.ended_at = write.ended_at;
+        if ended_at.is_some() {
+            task.ended_at = ended_at;
         }
         if cur.is_on_worker()
             && !matches!(target, Dispatched | Running)
@@ -752,7 +824,9 @@ impl Workflow {
         }
         match target {
             Success => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Success })),
-            Stopped if stopping => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target })),
+            Stopped if stopping && kill.is_none() => {
+                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }))
+            }
             Failure | Stopped => {
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }));
                 state.failing.get_or_insert_with(|| failure_reason(&spec.name, change.exit_code, &change.message));
@@ -777,12 +851,7 @@ impl Workflow {
             }
             _ => {}
         }
-        Ok(Outcome::Changed(Transition {
-            state,
-            writes: vec![Write::Task(write)],
-            effects,
-            advance: target.is_terminal() || target == Delayed,
-        }))
+        Ok(Outcome::Changed(Transition { state, writes, effects, advance: target.is_terminal() || target == Delayed }))
     }
 
     fn on_retry_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
@@ -1062,6 +1131,11 @@ fn warn_timeout_left(spec: &TaskSpec, started_at: Option<DateTime<Utc>>, now: Da
         }
         _ => None,
     }
+}
+
+/// Why the run fails, when an operator killed task `name`.
+fn killed_reason(name: &str) -> String {
+    format!("task {name} was killed by an operator")
 }
 
 /// Why the run fails, when task `name` failed.

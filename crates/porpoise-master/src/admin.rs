@@ -11,9 +11,11 @@ use porpoise_proto::v1::{
     ApplyWorkflowReply, ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogReply,
     GetTaskInstanceLogRequest, GetTaskLogRequest, GetWorkflowReply, GetWorkflowRequest, ListRunsReply, ListRunsRequest,
     ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary,
-    StartRunReply, StartRunRequest, TaskInstanceInfo, WorkflowSummary,
+    StartRunReply, StartRunRequest, TaskControlRequest, TaskInstanceInfo, WorkflowSummary,
 };
-use porpoise_store::{ApplyOutcome, CommandKind, NewCommand, NewRun, StoreError, WorkflowInstance};
+use porpoise_store::{
+    ApplyOutcome, CommandKind, NewCommand, NewRun, StoreError, TASK_INSTANCE_PARAM, WorkflowInstance,
+};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -29,6 +31,37 @@ fn status(e: StoreError) -> Status {
         StoreError::Conflict { .. } => Status::aborted(e.to_string()),
         e if e.is_retryable() => Status::unavailable(e.to_string()),
         e => Status::internal(e.to_string()),
+    }
+}
+
+impl Admin {
+    /// Records an operator's kill of task instance `id` as a command on its run.
+    async fn kill(&self, id: i64) -> Result<Response<RunControlReply>, Status> {
+        let task = self.0.store.task_instance(id).await.map_err(status)?;
+        let task = task.ok_or_else(|| Status::not_found(format!("no task instance {id}")))?;
+        let run = self.0.store.workflow_instance(task.workflow_instance_id).await.map_err(status)?;
+        let run = run.ok_or_else(|| Status::not_found(format!("no run {}", task.workflow_instance_id)))?;
+        if task.state.is_terminal() || run.state.is_terminal() {
+            return Err(Status::failed_precondition(format!(
+                "task instance {id} is {} (its run is {}): only a task that has not ended can be killed",
+                task.state, run.state
+            )));
+        }
+        let command = NewCommand {
+            kind: CommandKind::Control(Control::KillTask),
+            workflow_definition_id: run.workflow_definition_id,
+            workflow_instance_id: Some(run.id),
+            params: BTreeMap::from([(TASK_INSTANCE_PARAM.to_string(), id.to_string())]),
+            priority: run.priority,
+        };
+        let command_id = self.0.store.insert_command(&command).await.map_err(status)?;
+        info!(task_instance_id = id, run_id = run.id, command_id, "task kill requested");
+        self.0.wake_consumer();
+        let message = format!(
+            "task instance {id} ({}): kill requested; it ends stopped and run {} fails",
+            task.task_name, run.id
+        );
+        Ok(Response::new(RunControlReply { state: task.state.as_str().to_string(), message }))
     }
 }
 
@@ -74,12 +107,14 @@ impl Admin {
             Control::Stop => !state.is_terminal(),
             Control::Pause => state == ExecutionState::Running || state == ExecutionState::Submitted,
             Control::Resume => state == ExecutionState::Paused,
+            Control::KillTask => false, // a task's, not a run's: see `kill_task`
         };
         if !allowed {
             let which = match action {
                 Control::Stop => "a submitted, running or paused run can be stopped",
                 Control::Pause => "a submitted or running run can be paused",
                 Control::Resume => "a paused run can be resumed",
+                Control::KillTask => "a task instance can be killed",
             };
             return Err(Status::failed_precondition(format!("run {id} is {state}: only {which}")));
         }
@@ -97,6 +132,7 @@ impl Admin {
             Control::Stop => format!("run {id}: stop requested; its running tasks are killed and it ends stopped"),
             Control::Pause => format!("run {id}: pause requested; its running tasks finish and it ends paused"),
             Control::Resume => format!("run {id}: resume requested; it carries on where it was"),
+            Control::KillTask => String::new(),
         };
         Ok(Response::new(RunControlReply { state: state.as_str().to_string(), message }))
     }
@@ -224,6 +260,10 @@ impl AdminService for Admin {
 
     async fn resume_run(&self, request: Request<RunControlRequest>) -> Result<Response<RunControlReply>, Status> {
         self.control(request.into_inner().run_id, Control::Resume).await
+    }
+
+    async fn kill_task(&self, request: Request<TaskControlRequest>) -> Result<Response<RunControlReply>, Status> {
+        self.kill(request.into_inner().task_instance_id).await
     }
 
     async fn get_workflow(&self, request: Request<GetWorkflowRequest>) -> Result<Response<GetWorkflowReply>, Status> {

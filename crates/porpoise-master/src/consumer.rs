@@ -75,7 +75,7 @@ async fn post_control_commands(shared: &Shared) {
             for c in commands {
                 let (Some(run), CommandKind::Control(action)) = (c.workflow_instance_id, c.kind) else { continue };
                 if let Some(runner) = shared.runner(run) {
-                    runner.post(Event::Control { command: c.id, action });
+                    runner.post(Event::Control { command: c.id, action, task: c.task_instance_id() });
                 }
             }
         }

@@ -256,7 +256,9 @@ impl Runner {
         for c in commands {
             match (c.claimed_by.is_some(), c.kind) {
                 (true, _) => run.last_command = run.last_command.max(c.id),
-                (false, CommandKind::Control(action)) => self.handle.post(Event::Control { command: c.id, action }),
+                (false, CommandKind::Control(action)) => {
+                    self.handle.post(Event::Control { command: c.id, action, task: c.task_instance_id() })
+                }
                 (false, CommandKind::StartWorkflow) => {}
             }
         }

@@ -68,6 +68,7 @@ impl CommandKind {
             Self::Control(Control::Stop) => "stop-workflow",
             Self::Control(Control::Pause) => "pause-workflow",
             Self::Control(Control::Resume) => "resume-workflow",
+            Self::Control(Control::KillTask) => "kill-task",
         }
     }
 
@@ -78,6 +79,7 @@ impl CommandKind {
             "stop-workflow" => Self::Control(Control::Stop),
             "pause-workflow" => Self::Control(Control::Pause),
             "resume-workflow" => Self::Control(Control::Resume),
+            "kill-task" => Self::Control(Control::KillTask),
             _ => return None,
         })
     }
@@ -107,6 +109,16 @@ pub struct Command {
     pub claimed_by: Option<String>,
     pub claimed_at: Option<DateTime<Utc>>,
 }
+
+impl Command {
+    /// The task instance a task command (a kill) is about, from its params.
+    pub fn task_instance_id(&self) -> Option<i64> {
+        self.params.get(TASK_INSTANCE_PARAM).and_then(|v| v.parse().ok())
+    }
+}
+
+/// The param of a task command naming its task instance.
+pub const TASK_INSTANCE_PARAM: &str = "task_instance_id";
 
 /// A run to request: an unowned workflow instance and the command that starts it.
 #[derive(Debug, Clone, PartialEq)]

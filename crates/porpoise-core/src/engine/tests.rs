@@ -357,7 +357,7 @@ fn a_stop_kills_what_runs_stops_what_waits_and_ends_the_run_stopped() {
             ("c".to_string(), task(3, Delayed, 1, None)),
         ],
     );
-    let stop = step(&wf, &mut run, Event::Control { command: 10, action: Control::Stop }, t0());
+    let stop = step(&wf, &mut run, Event::Control { command: 10, action: Control::Stop, task: None }, t0());
     assert!(stop.effects.contains(&Effect::Kill { task: 0 }));
     let stopped: Vec<i64> = stop
         .writes
@@ -380,7 +380,7 @@ fn a_stop_kills_what_runs_stops_what_waits_and_ends_the_run_stopped() {
     assert_eq!(end.state.state, Stopped);
     assert!(end.writes.contains(&Write::CompleteCommand(10)), "the command is done with the run's end");
     assert_eq!(
-        wf.apply(&end.state, &Event::Control { command: 10, action: Control::Stop }, at(2)),
+        wf.apply(&end.state, &Event::Control { command: 10, action: Control::Stop, task: None }, at(2)),
         Ok(Outcome::Ignored),
         "a command is applied once"
     );
@@ -390,7 +390,7 @@ fn a_stop_kills_what_runs_stops_what_waits_and_ends_the_run_stopped() {
 fn a_pause_lets_what_runs_finish_and_a_resume_carries_on_where_it_was() {
     let wf = workflow(CHAIN);
     let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Running, 1, Some("w1")))]);
-    let pause = step(&wf, &mut run, Event::Control { command: 5, action: Control::Pause }, t0());
+    let pause = step(&wf, &mut run, Event::Control { command: 5, action: Control::Pause, task: None }, t0());
     assert!(pause.writes.is_empty(), "the pending command is what makes the pause durable");
     assert_eq!(wf.advance(&run, t0()), None, "a still runs");
     step(&wf, &mut run, ended(attempt(1, 1), true, 0), at(1));
@@ -399,13 +399,13 @@ fn a_pause_lets_what_runs_finish_and_a_resume_carries_on_where_it_was() {
     assert!(matches!(&paused.writes[0], Write::Workflow(w) if w.new == Paused));
     run = paused.state;
     assert_eq!(wf.advance(&run, at(2)), None, "b is not created while paused");
-    let resumed = step(&wf, &mut run, Event::Control { command: 6, action: Control::Resume }, at(3));
+    let resumed = step(&wf, &mut run, Event::Control { command: 6, action: Control::Resume, task: None }, at(3));
     assert!(matches!(&resumed.writes[0], Write::Workflow(w) if (w.expected, w.new) == (Paused, Running)));
     assert!(resumed.advance);
     let next = wf.advance(&run, at(3)).expect("b becomes ready");
     assert_eq!(next.writes, [Write::CreateTasks(vec!["b".into()])], "a succeeded and is not run again");
     assert_eq!(
-        wf.apply(&run, &Event::Control { command: 5, action: Control::Pause }, at(4)),
+        wf.apply(&run, &Event::Control { command: 5, action: Control::Pause, task: None }, at(4)),
         Ok(Outcome::Ignored),
         "an older command changes nothing"
     );
@@ -504,7 +504,7 @@ fn a_paused_run_sends_and_retries_nothing_until_it_is_resumed() {
         Running,
         [("a".to_string(), task(1, Submitted, 1, None)), ("b".to_string(), task(2, Delayed, 1, None))],
     );
-    step(&wf, &mut run, Event::Control { command: 3, action: Control::Pause }, t0());
+    step(&wf, &mut run, Event::Control { command: 3, action: Control::Pause, task: None }, t0());
     let paused = wf.advance(&run, t0()).expect("nothing is on a worker: paused at once");
     run = paused.state;
     assert_eq!(run.state, Paused);
@@ -512,8 +512,32 @@ fn a_paused_run_sends_and_retries_nothing_until_it_is_resumed() {
     let dispatch = Event::Dispatched { at: attempt(1, 1), worker: "w1".into() };
     assert_eq!(wf.apply(&run, &dispatch, at(1)), Ok(Outcome::Ignored));
     assert_eq!(wf.apply(&run, &Event::RetryDue { at: attempt(2, 1) }, at(1)), Ok(Outcome::Ignored));
-    let resumed = step(&wf, &mut run, Event::Control { command: 4, action: Control::Resume }, at(2));
+    let resumed = step(&wf, &mut run, Event::Control { command: 4, action: Control::Resume, task: None }, at(2));
     assert!(resumed.effects.contains(&Effect::Enqueue { task: 0, after: Duration::ZERO, avoid: None }));
     assert!(resumed.effects.iter().any(|e| matches!(e, Effect::Schedule { event: Event::RetryDue { .. }, .. })));
     assert!(matches!(wf.apply(&run, &dispatch, at(3)), Ok(Outcome::Changed(_))), "sent once resumed");
+}
+
+#[test]
+fn a_killed_task_ends_stopped_without_a_retry_and_the_run_fails() {
+    let wf = workflow(
+        "name: pair\ntasks:\n  - { name: slow, command: 'true', retries: 3 }\n  - { name: queued, command: 'true' }\n",
+    );
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("slow".to_string(), task(1, Running, 1, Some("w1"))), ("queued".to_string(), task(2, Submitted, 1, None))],
+    );
+    let kill = step(&wf, &mut run, Event::Control { command: 8, action: Control::KillTask, task: Some(1) }, t0());
+    assert!(kill.effects.contains(&Effect::Kill { task: 0 }));
+    assert!(kill.writes.is_empty(), "the pending command is what keeps the kill");
+    let ended_killed = step(&wf, &mut run, ended(attempt(1, 1), false, 137), at(1));
+    assert_eq!(run.task(0).map(|t| t.state), Some(Stopped), "killed, not retried");
+    assert!(ended_killed.writes.contains(&Write::CompleteCommand(8)));
+    assert_eq!(run.failing.as_deref(), Some("task slow was killed by an operator"));
+    // a task not on a worker ends at once
+    let now = step(&wf, &mut run, Event::Control { command: 9, action: Control::KillTask, task: Some(2) }, at(2));
+    assert!(now.writes.contains(&Write::CompleteCommand(9)));
+    let end = wf.advance(&run, at(2)).expect("the run ends");
+    assert!(matches!(&end.writes[..], [Write::Workflow(w)] if w.new == Failure));
 }
