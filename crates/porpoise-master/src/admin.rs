@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use porpoise_core::engine::{Control, RunState, TaskState, Workflow};
+use porpoise_core::engine::{Control, RunState, Workflow};
 use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
@@ -301,20 +301,7 @@ impl AdminService for Admin {
             .map_err(|e| Status::internal(format!("the stored spec of {} is unreadable: {e}", def.name)))?;
         let workflow = Workflow::new(spec);
         let rows = self.0.store.task_instances_of(id).await.map_err(status)?;
-        let tasks = rows.iter().map(|t| {
-            let state = TaskState {
-                id: t.id,
-                state: t.state,
-                attempt: t.attempt,
-                failovers: t.failovers,
-                rerun_base: t.rerun_base,
-                worker: t.worker_addr.clone(),
-                exit_code: t.exit_code,
-                started_at: t.started_at,
-                ended_at: t.ended_at,
-            };
-            (t.task_name.clone(), state)
-        });
+        let tasks = rows.iter().map(porpoise_store::TaskInstance::engine_state);
         let (state, _) = RunState::rebuild(&workflow, run.state, tasks);
         let from = (!req.from_task.is_empty()).then_some(req.from_task.as_str());
         let picked = workflow

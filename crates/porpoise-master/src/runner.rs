@@ -248,7 +248,8 @@ impl Runner {
             self.finished = true;
             return false;
         }
-        let (mut run, unknown) = RunState::rebuild(&self.workflow, instance.state, rows.iter().map(task_row));
+        let (mut run, unknown) =
+            RunState::rebuild(&self.workflow, instance.state, rows.iter().map(TaskInstance::engine_state));
         for name in unknown {
             warn!(workflow_instance_id = id, task = %name, "task instance of no task in the workflow; left alone");
         }
@@ -358,7 +359,7 @@ impl Runner {
         if !created.is_empty() {
             let rows: Vec<(usize, TaskState)> = created
                 .iter()
-                .filter_map(|row| Some((self.workflow.dag.index_of(&row.task_name)?, task_row(row).1)))
+                .filter_map(|row| Some((self.workflow.dag.index_of(&row.task_name)?, row.engine_state().1)))
                 .collect();
             effects.extend(state.created(rows));
         }
@@ -648,24 +649,6 @@ impl Runner {
         }
         Ok(created)
     }
-}
-
-/// A stored task instance as the engine knows it, with its task's name.
-fn task_row(t: &TaskInstance) -> (String, TaskState) {
-    (
-        t.task_name.clone(),
-        TaskState {
-            id: t.id,
-            state: t.state,
-            attempt: t.attempt,
-            failovers: t.failovers,
-            rerun_base: t.rerun_base,
-            worker: t.worker_addr.clone(),
-            exit_code: t.exit_code,
-            started_at: t.started_at,
-            ended_at: t.ended_at,
-        },
-    )
 }
 
 /// Maps a store failure to a handler error: an outage is retryable, anything else drops.

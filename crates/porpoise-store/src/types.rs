@@ -110,6 +110,24 @@ pub struct Command {
     pub claimed_at: Option<DateTime<Utc>>,
 }
 
+impl TaskInstance {
+    /// The task instance as the engine knows it, with its task's name.
+    pub fn engine_state(&self) -> (String, porpoise_core::engine::TaskState) {
+        let state = porpoise_core::engine::TaskState {
+            id: self.id,
+            state: self.state,
+            attempt: self.attempt,
+            failovers: self.failovers,
+            rerun_base: self.rerun_base,
+            worker: self.worker_addr.clone(),
+            exit_code: self.exit_code,
+            started_at: self.started_at,
+            ended_at: self.ended_at,
+        };
+        (self.task_name.clone(), state)
+    }
+}
+
 impl Command {
     /// The task instance a task command (a kill) is about, from its params.
     pub fn task_instance_id(&self) -> Option<i64> {
