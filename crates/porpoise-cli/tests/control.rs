@@ -84,6 +84,10 @@ async fn a_stopped_run_kills_its_task_and_ends_stopped() {
     assert_eq!((code, out.lines().count()), (0, 1), "only the header: {out}");
     let (code, _, err) = cli(&d, &["runs", "list", "--state", "sideways"]);
     assert_eq!(code, 2, "{err}");
+    // a run's params follow the same naming rule as a spec's
+    let (code, _, err) = cli(&d, &["run", "sleepy", "--param", "2day=x"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("param name \"2day\" must be letters, digits and _"), "{err}");
     // the stored spec, as applied
     let (code, out, err) = cli(&d, &["workflow", "show", "sleepy"]);
     assert_eq!(code, 0, "{err}");

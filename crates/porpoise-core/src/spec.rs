@@ -301,12 +301,8 @@ impl Validator<'_> {
         };
         let mut params = BTreeMap::new();
         for (k, v) in raw.params {
-            if !is_param_name(&k) {
-                self.problem(
-                    None,
-                    Some("params"),
-                    format!("param name {k:?} must be letters, digits and _ and not start with a digit"),
-                );
+            if let Err(m) = check_param_name(&k) {
+                self.problem(None, Some("params"), m);
             }
             params.insert(k, v.to_string());
         }
@@ -497,10 +493,21 @@ fn check_identifier(s: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether `s` can name a param: letters, digits and `_`, not starting with a digit (so that
+/// `${name}` substitution and the environment variable of the same name work).
 fn is_param_name(s: &str) -> bool {
     let mut chars = s.chars();
     matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Checks a param name (in a spec or a run request); `Err` says what is wrong with it.
+pub fn check_param_name(name: &str) -> Result<(), String> {
+    if is_param_name(name) {
+        Ok(())
+    } else {
+        Err(format!("param name {name:?} must be letters, digits and _ and not start with a digit"))
+    }
 }
 
 /// Turns a YAML or shape error into a problem; `tasks[3]` in serde's path becomes the task's

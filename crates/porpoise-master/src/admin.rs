@@ -176,13 +176,7 @@ impl AdminService for Admin {
         let spec: WorkflowSpec = serde_json::from_str(&def.spec_json)
             .map_err(|e| Status::internal(format!("stored spec of {} is unreadable: {e}", def.name)))?;
         for key in req.params.keys() {
-            let valid = key.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-                && key.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
-            if !valid {
-                return Err(Status::invalid_argument(format!(
-                    "param name {key:?} must be letters, digits and _ and not start with a digit"
-                )));
-            }
+            porpoise_core::spec::check_param_name(key).map_err(Status::invalid_argument)?;
         }
         let params: BTreeMap<String, String> = req.params.into_iter().collect();
         let run =
