@@ -31,6 +31,16 @@ fn sleeper(name: &str, dir: &std::path::Path) -> String {
     )
 }
 
+/// Waits until no process of the [`sleeper`] task of `d` is left.
+async fn no_sleeper_left(d: &mut Deployment, what: &str) {
+    let name = process_name(d.dir.path());
+    d.wait_until(what, || {
+        let name = name.clone();
+        async move { porpoise_testkit::processes_named(&name).is_empty() }
+    })
+    .await;
+}
+
 fn process_name(dir: &std::path::Path) -> String {
     format!("porpoise-sleeper-{}", dir.file_name().and_then(|n| n.to_str()).unwrap_or("x"))
 }
@@ -46,12 +56,7 @@ async fn stop_and_check(d: &mut Deployment, id: i64) {
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("stopped"), "{run:?}");
     assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"), "{run:?}");
     assert_eq!(task_state(&run, "after"), None, "nothing after the stop starts: {run:?}");
-    let name = process_name(d.dir.path());
-    d.wait_until("no process of the stopped task is left", || {
-        let name = name.clone();
-        async move { porpoise_testkit::processes_named(&name).is_empty() }
-    })
-    .await;
+    no_sleeper_left(d, "no process of the stopped task is left").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -193,12 +198,7 @@ async fn a_run_past_its_timeout_is_stopped() {
     assert_eq!(summary.state_reason, "stopped: the run ran past its timeout of 2s");
     let took = summary.ended_at_ms - summary.started_at_ms;
     assert!((2000..10_000).contains(&took), "stopped at the limit, not before: {took} ms");
-    let name = process_name(&dir);
-    d.wait_until("no process of the task is left", || {
-        let name = name.clone();
-        async move { porpoise_testkit::processes_named(&name).is_empty() }
-    })
-    .await;
+    no_sleeper_left(&mut d, "no process of the task is left").await;
 }
 
 /// A run failed because a file was missing; the test creates it and reruns the failed tasks:
@@ -263,12 +263,7 @@ async fn a_killed_task_ends_and_its_run_fails() {
         ("failure", "task sleep was killed by an operator")
     );
     assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"));
-    let name = process_name(&dir);
-    d.wait_until("no process of the killed task is left", || {
-        let name = name.clone();
-        async move { porpoise_testkit::processes_named(&name).is_empty() }
-    })
-    .await;
+    no_sleeper_left(&mut d, "no process of the killed task is left").await;
     let (code, _, err) = cli(&d, &["task", "kill", &ti.to_string()]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("only a task that has not ended can be killed"), "{err}");
