@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
-    ApplyWorkflowRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest,
-    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest, TaskControlRequest,
+    ApplyWorkflowRequest, DeleteTaskGroupRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest,
+    GetWorkflowRequest, ListRunsRequest, ListTaskGroupsRequest, ListWorkflowsRequest, RerunRunRequest,
+    RunControlRequest, StartRunRequest, TaskControlRequest, TaskGroupRequest,
 };
 use tonic::Code;
 use tonic::transport::Channel;
@@ -176,6 +177,8 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
                     "ended_at_ms": (t.ended_at_ms != 0).then_some(t.ended_at_ms),
                     "exit_code": t.exit_code,
                     "warning": (!t.warning.is_empty()).then_some(&t.warning),
+                    "task_group": (!t.task_group.is_empty()).then_some(&t.task_group),
+                    "waiting_for": (!t.waiting_for.is_empty()).then_some(&t.waiting_for),
                 })
             })
             .collect();
@@ -233,6 +236,9 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
             time(t.ended_at_ms)
         )?;
     }
+    for t in reply.tasks.iter().filter(|t| !t.waiting_for.is_empty()) {
+        outln!("  waiting: task {} ({}) waits for {}", t.task_name, t.task_instance_id, t.waiting_for)?;
+    }
     for t in reply.tasks.iter().filter(|t| !t.warning.is_empty()) {
         outln!("  warning: task {} ({}): {}", t.task_name, t.task_instance_id, t.warning)?;
     }
@@ -267,6 +273,70 @@ pub async fn kill_task(server: &str, task_instance_id: i64) -> Result<(), Client
     let mut client = connect(server).await?;
     let reply = client.kill_task(TaskControlRequest { task_instance_id }).await.map_err(from_status)?.into_inner();
     outln!("{}", reply.message)?;
+    Ok(())
+}
+
+/// `porpoise task mark-success TASK_INSTANCE`
+pub async fn mark_success(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let request = TaskControlRequest { task_instance_id };
+    let reply = client.mark_task_success(request).await.map_err(from_status)?.into_inner();
+    outln!("{}", reply.message)?;
+    Ok(())
+}
+
+/// `porpoise taskgroup create|update NAME`: creates the group, or changes what is given.
+pub async fn task_group_set(
+    server: &str,
+    create: bool,
+    name: &str,
+    slots: Option<i32>,
+    description: Option<String>,
+) -> Result<(), ClientError> {
+    if let Some(n) = slots
+        && n < 1
+    {
+        return Err(ClientError::invalid(format!("--slots must be at least 1, not {n}")));
+    }
+    let mut client = connect(server).await?;
+    let request = TaskGroupRequest { name: name.to_string(), slots: slots.unwrap_or(0), description };
+    let g = if create { client.create_task_group(request).await } else { client.update_task_group(request).await }
+        .map_err(from_status)?
+        .into_inner();
+    let done = if create { "created" } else { "updated" };
+    outln!("task group {}: {done}; {} slots ({} in use, {} waiting)", g.name, g.slots, g.used, g.waiting)?;
+    Ok(())
+}
+
+/// `porpoise taskgroup list`
+pub async fn task_groups(server: &str, json: bool) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let reply = client.list_task_groups(ListTaskGroupsRequest {}).await.map_err(from_status)?.into_inner();
+    if json {
+        let groups: Vec<serde_json::Value> = reply
+            .groups
+            .iter()
+            .map(|g| {
+                serde_json::json!({
+                    "name": g.name, "slots": g.slots, "used": g.used, "waiting": g.waiting, "description": g.description,
+                })
+            })
+            .collect();
+        outln!("{:#}", serde_json::Value::Array(groups))?;
+        return Ok(());
+    }
+    outln!("{:<32} {:>6} {:>6} {:>8}  DESCRIPTION", "TASK GROUP", "SLOTS", "USED", "WAITING")?;
+    for g in &reply.groups {
+        outln!("{:<32} {:>6} {:>6} {:>8}  {}", g.name, g.slots, g.used, g.waiting, g.description)?;
+    }
+    Ok(())
+}
+
+/// `porpoise taskgroup delete NAME`
+pub async fn task_group_delete(server: &str, name: &str) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    client.delete_task_group(DeleteTaskGroupRequest { name: name.to_string() }).await.map_err(from_status)?;
+    outln!("task group {name}: deleted")?;
     Ok(())
 }
 

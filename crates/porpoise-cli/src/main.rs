@@ -53,7 +53,7 @@ enum Command {
     Stop { run_id: i64 },
     /// Pauses a run: nothing new starts, running tasks finish, it ends `paused`.
     Pause { run_id: i64 },
-    /// Resumes a paused run where it was: what succeeded is not run again.
+    /// Resumes a paused or stopped run where it was: what succeeded is not run again.
     Resume { run_id: i64 },
     /// Runs an ended run again, keeping its id and history: its failed (and stopped) tasks,
     /// or with --from a task and everything downstream of it, as new attempts.
@@ -75,6 +75,11 @@ enum Command {
     Runs {
         #[command(subcommand)]
         command: RunsCommand,
+    },
+    /// Work with task groups: named limits on how many of their tasks run at once.
+    Taskgroup {
+        #[command(subcommand)]
+        command: TaskGroupCommand,
     },
     /// Runs a master and a worker in this process, on SQLite, with no other service.
     Standalone {
@@ -115,9 +120,40 @@ enum WorkflowCommand {
 
 #[derive(Debug, Subcommand)]
 enum TaskCommand {
-    /// Kills a task instance (on its worker if it runs there): it ends `stopped`, and its run
+    /// Kills a task instance (on its worker if it runs there): it ends `killed`, and its run
     /// fails as for a task failure.
     Kill { task_instance_id: i64 },
+    /// Marks a task instance that failed, was stopped or was killed successful
+    /// (`forced-success`): its run goes on as if it had succeeded.
+    MarkSuccess { task_instance_id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum TaskGroupCommand {
+    /// Creates a task group with this many slots.
+    Create {
+        name: String,
+        #[arg(long)]
+        slots: i32,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Lists the task groups with their slots in use and their waiting tasks.
+    List {
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Changes a task group's slots or description (fewer slots take effect as tasks end).
+    Update {
+        name: String,
+        #[arg(long)]
+        slots: Option<i32>,
+        #[arg(long)]
+        description: Option<String>,
+    },
+    /// Deletes a task group no task uses.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -167,6 +203,19 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Task { command: TaskCommand::Kill { task_instance_id } } => {
             client::kill_task(server, task_instance_id).await
         }
+        Command::Task { command: TaskCommand::MarkSuccess { task_instance_id } } => {
+            client::mark_success(server, task_instance_id).await
+        }
+        Command::Taskgroup { command } => match command {
+            TaskGroupCommand::Create { name, slots, description } => {
+                client::task_group_set(server, true, &name, Some(slots), description).await
+            }
+            TaskGroupCommand::Update { name, slots, description } => {
+                client::task_group_set(server, false, &name, slots, description).await
+            }
+            TaskGroupCommand::List { json } => client::task_groups(server, json).await,
+            TaskGroupCommand::Delete { name } => client::task_group_delete(server, &name).await,
+        },
         Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
             client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await
         }

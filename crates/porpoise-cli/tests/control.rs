@@ -54,7 +54,7 @@ async fn stop_and_check(d: &mut Deployment, id: i64) {
     assert!(out.contains("stop requested"), "{out}");
     let run = d.finished_run(id).await;
     assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("stopped"), "{run:?}");
-    assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"), "{run:?}");
+    assert_eq!(task_state(&run, "sleep").as_deref(), Some("killed"), "{run:?}");
     assert_eq!(task_state(&run, "after"), None, "nothing after the stop starts: {run:?}");
     no_sleeper_left(d, "no process of the stopped task is left").await;
 }
@@ -73,7 +73,7 @@ async fn a_stopped_run_kills_its_task_and_ends_stopped() {
     let (code, out, err) = cli(&d, &["stop", &id.to_string()]);
     assert_eq!((code, out.as_str()), (2, ""), "{err}");
     assert!(err.contains(&format!("run {id} is stopped")), "{err}");
-    let (code, _, err) = cli(&d, &["resume", &id.to_string()]);
+    let (code, _, err) = cli(&d, &["pause", &id.to_string()]);
     assert_eq!(code, 2, "{err}");
     let (code, _, err) = cli(&d, &["pause", "999999"]);
     assert_eq!(code, 2, "{err}");
@@ -135,6 +135,96 @@ async fn a_paused_run_lets_its_task_finish_and_a_resumed_one_runs_the_rest_once(
     assert_eq!(lines(&marks), ["one", "two"], "what succeeded ran once");
     let (code, _, err) = cli(&d, &["pause", &id.to_string()]);
     assert_eq!(code, 2, "a finished run cannot be paused: {err}");
+}
+
+/// `porpoise resume` on a stopped run: the task the stop killed runs again, the one that had
+/// succeeded does not, and the run succeeds; a successful run cannot be resumed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_run_resumes_where_it_stood() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    let (marks, go) = (dir.join("marks"), dir.join("go"));
+    let yaml = format!(
+        "name: stoppable\ntasks:\n  - name: first\n    command: echo first >> {m}\n  - name: second\n    depends_on: [first]\n    command: echo second >> {m}; {hold}\n",
+        m = marks.display(),
+        hold = common::hold_until(&go),
+    );
+    d.apply("stoppable", &yaml);
+    let id = d.start_run("stoppable").await;
+    d.wait_for_run(id, "task second runs", |run| task_state(run, "second").as_deref() == Some("running")).await;
+    let (code, _, err) = cli(&d, &["stop", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("stopped"));
+    assert_eq!(task_state(&run, "second").as_deref(), Some("killed"));
+    std::fs::write(&go, "").expect("open the way");
+    let (code, out, err) = cli(&d, &["resume", &id.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("run {id}: resumed")), "{out}");
+    d.wait_for_run(id, "the resumed run to succeed", |run| run.run.as_ref().is_some_and(|r| r.state == "success"))
+        .await;
+    assert_eq!(lines(&marks), ["first", "second", "second"], "first ran once, second again");
+    let (code, _, err) = cli(&d, &["resume", &id.to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains(&format!("run {id} is success: only a paused or stopped run can be resumed")), "{err}");
+}
+
+/// `porpoise task mark-success`: on a run that failed, the task shows forced-success, the run
+/// goes on from it and succeeds; on a run still running (another branch holds it), the same;
+/// a task that succeeded cannot be marked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_marked_successful_lets_its_run_go_on() {
+    let mut d = Deployment::standalone().await;
+    let dir = d.dir.path().to_path_buf();
+    let marks = dir.join("marks");
+    let gate = dir.join("gate");
+    common::close_gate(&gate);
+    let yaml = format!(
+        "name: forced\nfailure_strategy: continue\ntasks:\n  - name: bad\n    command: echo bad >> {m}; exit 3\n  - name: after\n    depends_on: [bad]\n    command: echo after >> {m}\n  - name: slow\n    command: {wait}\n",
+        m = marks.display(),
+        wait = common::wait_at(&gate),
+    );
+    d.apply("forced", &yaml);
+    // while the run runs: bad failed, slow holds the run open
+    let id = d.start_run("forced").await;
+    d.wait_for_run(id, "bad fails while slow runs", |run| {
+        task_state(run, "bad").as_deref() == Some("failure") && task_state(run, "slow").as_deref() == Some("running")
+    })
+    .await;
+    let mut admin = d.admin().await;
+    let ti = |run: &GetRunReply, name: &str| {
+        run.tasks.iter().find(|t| t.task_name == name).map(|t| t.task_instance_id).expect("the task")
+    };
+    let run = admin.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let bad = ti(&run, "bad");
+    let (code, out, err) = cli(&d, &["task", "mark-success", &bad.to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("marked successful"), "{out}");
+    d.wait_for_run(id, "after runs", |run| task_state(run, "after").as_deref() == Some("success")).await;
+    common::open_gate(&gate);
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    let forced = run.tasks.iter().find(|t| t.task_name == "bad").expect("bad");
+    assert_eq!(forced.state, "forced-success");
+    assert_eq!(forced.warning, "marked successful by an operator; attempt 1 had ended failure");
+    // a task that succeeded cannot be marked
+    let (code, _, err) = cli(&d, &["task", "mark-success", &ti(&run, "after").to_string()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is success: only a task that failed, was stopped or was killed"), "{err}");
+
+    // on a run that ended failed: it goes on from the marked task
+    let id = d.start_run("forced").await;
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("failure"));
+    assert_eq!(task_state(&run, "after"), None);
+    let (code, out, err) = cli(&d, &["task", "mark-success", &ti(&run, "bad").to_string()]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains(&format!("run {id} goes on from it")), "{out}");
+    d.wait_for_run(id, "the run to succeed", |run| run.run.as_ref().is_some_and(|r| r.state == "success")).await;
+    assert_eq!(lines(&marks), ["bad", "after", "bad", "after"]);
+    let (code, _, err) = cli(&d, &["task", "mark-success", "999999"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("no task instance 999999"), "{err}");
 }
 
 /// The owner of the run is killed a moment before the stop is asked of the other master: the
@@ -241,7 +331,7 @@ async fn a_rerun_of_the_failed_tasks_after_the_cause_is_fixed_succeeds() {
     assert!(err.contains("no task \"nope\""), "{err}");
 }
 
-/// `porpoise task kill`: the task's processes end, it shows `stopped`, the run fails saying so;
+/// `porpoise task kill`: the task's processes end, it shows `killed`, the run fails saying so;
 /// killing it again exits 2.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_task_ends_and_its_run_fails() {
@@ -262,7 +352,7 @@ async fn a_killed_task_ends_and_its_run_fails() {
         (summary.state.as_str(), summary.state_reason.as_str()),
         ("failure", "task sleep was killed by an operator")
     );
-    assert_eq!(task_state(&run, "sleep").as_deref(), Some("stopped"));
+    assert_eq!(task_state(&run, "sleep").as_deref(), Some("killed"));
     no_sleeper_left(&mut d, "no process of the killed task is left").await;
     let (code, _, err) = cli(&d, &["task", "kill", &ti.to_string()]);
     assert_eq!(code, 2, "{err}");

@@ -92,8 +92,8 @@ const INVALID: &[(&str, &str, &str)] = &[
     ),
     (
         "task-group",
-        "name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: warehouse\n",
-        ":5: task \"a\", field \"task_group\": task groups are not supported yet",
+        "name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: ware/house\n",
+        ":5: task \"a\", field \"task_group\": task group \"ware/house\" has '/'",
     ),
     (
         "self-dependency",

@@ -56,6 +56,9 @@ pub enum Event {
     },
     /// The run's own timeout ran out.
     WorkflowTimeoutDue,
+    /// A task waiting for a slot of its task group tries to take one (when a slot may have
+    /// been freed, and now and then).
+    SlotDue { at: AttemptRef },
 }
 
 /// What an operator asks of a run.
@@ -68,9 +71,13 @@ pub enum Control {
     Pause,
     /// Carry on a paused run.
     Resume,
-    /// Kill one task: on its worker if it runs there; it ends `stopped`, and the run fails
+    /// Kill one task: on its worker if it runs there (it ends `killed`; one not yet on a
+    /// worker ends `stopped`), and the run fails
     /// (as a task failure does, by its failure strategy).
     KillTask,
+    /// Mark one task that ended without success as successful (`forced-success`): the run goes
+    /// on as if it had succeeded.
+    MarkSuccess,
 }
 
 impl Control {
@@ -80,6 +87,7 @@ impl Control {
             Self::Pause => "pause",
             Self::Resume => "resume",
             Self::KillTask => "kill-task",
+            Self::MarkSuccess => "mark-success",
         }
     }
 }
@@ -113,6 +121,7 @@ impl Event {
             Self::Failover { .. } => StateEventKind::TaskFailover,
             Self::Control { .. } => StateEventKind::Control,
             Self::WorkflowTimeoutDue => StateEventKind::WorkflowTimeout,
+            Self::SlotDue { .. } => StateEventKind::TaskGroupSlot,
         }
     }
 
@@ -124,7 +133,8 @@ impl Event {
             | Self::Running { at, .. }
             | Self::RetryDue { at }
             | Self::TimeoutDue { at }
-            | Self::Failover { at, .. } => Some(*at),
+            | Self::Failover { at, .. }
+            | Self::SlotDue { at } => Some(*at),
             Self::Ended(e) => Some(e.at),
             Self::Start | Self::WorkerLost { .. } | Self::Control { .. } | Self::WorkflowTimeoutDue => None,
         }
@@ -145,11 +155,21 @@ pub struct TaskState {
     pub exit_code: Option<i32>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    /// `waiting` for a slot of its task group (rather than for the tasks it depends on).
+    pub awaiting_slot: bool,
 }
 
 impl TaskState {
     fn is_on_worker(&self) -> bool {
         matches!(self.state, Dispatched | Running)
+    }
+
+    fn attempt_ref(&self) -> AttemptRef {
+        AttemptRef { task_instance_id: self.id, attempt: self.attempt }
+    }
+
+    fn slot_due(&self) -> Effect {
+        Effect::Post(Event::SlotDue { at: self.attempt_ref() })
     }
 }
 
@@ -198,16 +218,23 @@ impl RunState {
         let mut unknown = Vec::new();
         for (name, task) in rows {
             match workflow.dag.index_of(&name) {
-                Some(idx) => {
-                    if matches!(task.state, Failure | Stopped) {
-                        run.failing.get_or_insert_with(|| failure_reason(&name, task.exit_code, ""));
-                    }
-                    run.insert(idx, task);
-                }
+                Some(idx) => run.insert(idx, task),
                 None => unknown.push(name),
             }
         }
+        run.failing = run.first_failure(workflow);
         (run, unknown)
+    }
+
+    /// Why the run fails, from the first task (in workflow order) that ended without success.
+    fn first_failure(&self, workflow: &Workflow) -> Option<String> {
+        self.tasks().find(|(_, t)| t.state.is_unsuccessful()).map(|(idx, t)| {
+            let name = &workflow.task(idx).name;
+            match t.state {
+                Killed => killed_reason(name),
+                _ => failure_reason(name, t.exit_code, ""),
+            }
+        })
     }
 
     fn insert(&mut self, idx: usize, task: TaskState) {
@@ -245,6 +272,8 @@ impl RunState {
             }
             if task.state == Submitted {
                 effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+            } else if task.state == Waiting && task.awaiting_slot {
+                effects.push(task.slot_due());
             }
             self.insert(idx, task);
         }
@@ -253,13 +282,31 @@ impl RunState {
 }
 
 /// A task instance a rerun starts again as a new attempt: found in `state` at `attempt`, it
-/// becomes `new` (`submitted`, or `waiting` for the tasks it depends on).
+/// becomes `new` (`submitted`; `waiting` for the tasks it depends on, or for a slot of its
+/// task group when `await_slot`). `forced-success` is no new attempt: an operator marked it so.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RerunTask {
     pub id: i64,
     pub state: ExecutionState,
     pub attempt: i32,
     pub new: ExecutionState,
+    pub await_slot: bool,
+}
+
+/// A task instance to create, with the task group it takes a slot of (it starts `waiting`
+/// for one) and its priority there; without a group it starts `submitted`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewTask {
+    pub name: String,
+    pub task_group: Option<String>,
+    pub task_group_priority: i32,
+}
+
+/// The instance of task `name`, outside any task group.
+impl From<&str> for NewTask {
+    fn from(name: &str) -> Self {
+        Self { name: name.to_string(), task_group: None, task_group_priority: 0 }
+    }
 }
 
 /// A write a transition needs durable before its state is adopted.
@@ -267,8 +314,11 @@ pub struct RerunTask {
 pub enum Write {
     Task(TaskWrite),
     Workflow(WorkflowWrite),
-    /// Create the task instances of these tasks, `submitted`, attempt 1 (idempotent).
-    CreateTasks(Vec<String>),
+    /// Create the task instances of these tasks, attempt 1 (idempotent).
+    CreateTasks(Vec<NewTask>),
+    /// Move a task instance from `waiting` to `submitted` by taking a slot of its task group:
+    /// refused, changing nothing, unless the group has a slot free and no waiter ahead of it.
+    TakeSlot(TaskWrite),
     /// Mark control command `id` as carried out (idempotent).
     CompleteCommand(i64),
 }
@@ -290,6 +340,8 @@ pub struct TaskWrite {
     pub warning: Option<String>,
     /// The attempt was failed over: counts one more failover.
     pub failover: bool,
+    /// The task now waits for a slot of its task group (in line from now).
+    pub await_slot: bool,
 }
 
 impl TaskWrite {
@@ -308,6 +360,7 @@ impl TaskWrite {
             ended_at: None,
             warning: None,
             failover: false,
+            await_slot: false,
         }
     }
 
@@ -478,6 +531,10 @@ impl Workflow {
             Event::Control { command, action: Control::KillTask, task } => {
                 Ok(self.on_kill_task(run, *command, *task, now))
             }
+            Event::Control { command, action: Control::MarkSuccess, task } => {
+                Ok(self.on_mark_success(run, *command, *task))
+            }
+            Event::SlotDue { at } => self.on_slot_due(run, *at),
             Event::Control { command, action, .. } => Ok(self.on_control(run, *command, *action, now)),
             Event::WorkflowTimeoutDue => Ok(self.on_workflow_timeout(run, now)),
         }
@@ -550,18 +607,91 @@ impl Workflow {
                     .chain(self.dag.descendants(idx).into_iter().map(|d| (d, Waiting)))
                     .collect()
             }
-            None => {
-                run.tasks().filter(|(_, t)| matches!(t.state, Failure | Stopped)).map(|(i, _)| (i, Submitted)).collect()
-            }
+            None => run.tasks().filter(|(_, t)| t.state.is_unsuccessful()).map(|(i, _)| (i, Submitted)).collect(),
         };
         let tasks: Vec<RerunTask> = picked
             .into_iter()
-            .filter_map(|(i, new)| run.task(i).map(|t| RerunTask { id: t.id, state: t.state, attempt: t.attempt, new }))
+            .filter_map(|(i, new)| {
+                let t = run.task(i)?;
+                // a task of a task group waits for a slot where another would be submitted
+                let await_slot = new == Submitted && self.task(i).task_group.is_some();
+                let new = if await_slot { Waiting } else { new };
+                Some(RerunTask { id: t.id, state: t.state, attempt: t.attempt, new, await_slot })
+            })
             .collect();
         if tasks.is_empty() {
             return Err("no task failed or was stopped: nothing to rerun (use --from TASK)".into());
         }
         Ok(tasks)
+    }
+
+    /// What marking task instance `id` of ended run `run` successful changes: it becomes
+    /// `forced-success`, and what depends on it and has an instance that did not succeed
+    /// waits for what it depends on, as a new attempt. `Err` says why it cannot be marked.
+    pub fn mark_success_tasks(&self, run: &RunState, id: i64) -> Result<Vec<RerunTask>, String> {
+        let (idx, t) = run.task_by_id(id).ok_or_else(|| format!("task instance {id} is not one of its tasks"))?;
+        if !t.state.is_unsuccessful() {
+            return Err(format!(
+                "task {} is {}: only a task that ended without success can be marked",
+                self.task(idx).name,
+                t.state
+            ));
+        }
+        let forced = RerunTask { id, state: t.state, attempt: t.attempt, new: ForcedSuccess, await_slot: false };
+        let downstream = self.dag.descendants(idx).into_iter().filter_map(|d| {
+            let t = run.task(d)?;
+            (!t.state.is_success() && t.state != Waiting).then_some(RerunTask {
+                id: t.id,
+                state: t.state,
+                attempt: t.attempt,
+                new: Waiting,
+                await_slot: false,
+            })
+        });
+        Ok(std::iter::once(forced).chain(downstream).collect())
+    }
+
+    /// An operator marked a task that ended without success successful, on a run not ended.
+    fn on_mark_success(&self, run: &RunState, command: i64, task: Option<i64>) -> Outcome {
+        if command <= run.last_command {
+            return Outcome::Ignored;
+        }
+        let mut state = run.clone();
+        state.last_command = command;
+        let mut writes = Vec::new();
+        let mut effects = Vec::new();
+        let found = task.and_then(|id| run.task_by_id(id)).map(|(idx, t)| (idx, t.clone()));
+        if let Some((idx, t)) = found.filter(|(_, t)| t.state.is_unsuccessful()) {
+            let mut write = TaskWrite::new(&t, ForcedSuccess);
+            write.warning = Some(forced_warning(t.attempt, t.state));
+            writes.push(Write::Task(write));
+            state.task_mut(idx).state = ForcedSuccess;
+            state.failing = state.first_failure(self);
+            effects.push(Effect::Note(Note::TaskFinished { task: idx, state: ForcedSuccess }));
+        }
+        // anything else (the task ran again or succeeded meanwhile): nothing to do
+        writes.push(Write::CompleteCommand(command));
+        Outcome::Changed(Transition { state, writes, effects, advance: true })
+    }
+
+    /// A task waiting for a slot of its task group tries to take one; the store refuses the
+    /// write (and nothing changes) while the group has none free for it.
+    fn on_slot_due(&self, run: &RunState, at: AttemptRef) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        let held = run.control.is_some() || run.state != Running;
+        if cur.state != Waiting || !cur.awaiting_slot || at.attempt != cur.attempt || held {
+            return Ok(Outcome::Ignored); // it took one, ended, or the run holds still: a resume asks again
+        }
+        let mut state = run.clone();
+        let task = state.task_mut(idx);
+        task.state = Submitted;
+        task.awaiting_slot = false;
+        Ok(Outcome::Changed(Transition {
+            state,
+            writes: vec![Write::TakeSlot(TaskWrite::new(cur, Submitted))],
+            effects: vec![Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }],
+            advance: false,
+        }))
     }
 
     /// An operator's kill of one task instance.
@@ -672,6 +802,7 @@ impl Workflow {
             match t.state {
                 Submitted => effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }),
                 Delayed => effects.push(self.retry_timer(idx, t, now)),
+                Waiting if t.awaiting_slot => effects.push(t.slot_due()),
                 _ => {}
             }
         }
@@ -695,10 +826,10 @@ impl Workflow {
                 state.state = Running;
                 state.started_at = Some(now);
                 // a rerun starts with the task instances it sent back to `submitted`
-                let requeued = run.tasks().filter(|(_, t)| t.state == Submitted).map(|(idx, _)| Effect::Enqueue {
-                    task: idx,
-                    after: Duration::ZERO,
-                    avoid: None,
+                let requeued = run.tasks().filter_map(|(idx, t)| match t.state {
+                    Submitted => Some(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }),
+                    Waiting if t.awaiting_slot => Some(t.slot_due()),
+                    _ => None,
                 });
                 let effects = [Effect::Note(Note::RunStarted)]
                     .into_iter()
@@ -747,9 +878,12 @@ impl Workflow {
         let kill = run.killing.get(&cur.id).copied();
         let stopping = matches!(run.control, Some((_, Control::Stop))) || kill.is_some();
         let target = match requested {
-            // a stop is under way: what ends without success, or comes back, is stopped
-            Failure | Submitted if stopping => Stopped,
-            Failure if retries_used < spec.retries => Delayed,
+            // a stop is under way: what ends without success was killed; what comes back
+            // undispatched never ran, and is stopped
+            Failure if stopping => Killed,
+            Submitted if stopping => Stopped,
+            // a task that never ran (its task group is gone) is not retried
+            Failure if retries_used < spec.retries && cur.state != Waiting => Delayed,
             other => other,
         };
         if target == Dispatched && (run.control.is_some() || run.state != Running) {
@@ -795,7 +929,7 @@ impl Workflow {
             // the kill an operator asked for is done with the attempt's end
             state.killing.remove(&cur.id);
             writes.push(Write::CompleteCommand(command));
-            if target == Stopped {
+            if target == Killed {
                 state.failing.get_or_insert_with(|| killed_reason(&spec.name));
             }
         }
@@ -824,10 +958,10 @@ impl Workflow {
         }
         match target {
             Success => effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Success })),
-            Stopped if stopping && kill.is_none() => {
+            Stopped | Killed if stopping && kill.is_none() => {
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }))
             }
-            Failure | Stopped => {
+            Failure | Stopped | Killed => {
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: target }));
                 state.failing.get_or_insert_with(|| failure_reason(&spec.name, change.exit_code, &change.message));
             }
@@ -861,20 +995,24 @@ impl Workflow {
         if cur.state != Delayed || at.attempt != cur.attempt || called_off || held {
             return Ok(Outcome::Ignored); // a resume sets the timer again
         }
-        let mut write = TaskWrite::new(cur, Submitted);
+        // a task of a task group takes a slot for each attempt
+        let grouped = self.task(idx).task_group.is_some();
+        let new = if grouped { Waiting } else { Submitted };
+        let mut write = TaskWrite::new(cur, new);
         write.attempt = Some(cur.attempt + 1);
+        write.await_slot = grouped;
         let mut state = run.clone();
         let task = state.task_mut(idx);
-        task.state = Submitted;
+        task.state = new;
         task.attempt = cur.attempt + 1;
         task.worker = None;
+        task.awaiting_slot = grouped;
+        let next =
+            if grouped { task.slot_due() } else { Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None } };
         Ok(Outcome::Changed(Transition {
             state,
             writes: vec![Write::Task(write)],
-            effects: vec![
-                Effect::Note(Note::Retried { task: idx, attempt: cur.attempt + 1 }),
-                Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None },
-            ],
+            effects: vec![Effect::Note(Note::Retried { task: idx, attempt: cur.attempt + 1 }), next],
             advance: false,
         }))
     }
@@ -988,29 +1126,38 @@ impl Workflow {
         let mut creating = false;
         if run.failing.is_none() || !ends {
             let succeeded: Vec<bool> =
-                run.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state == Success)).collect();
+                run.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state.is_success())).collect();
             let started: Vec<bool> = run.tasks.iter().map(Option::is_some).collect();
             let ready = self.dag.ready(&succeeded, &started);
             if !ready.is_empty() {
                 creating = true;
-                writes.push(Write::CreateTasks(ready.iter().map(|&i| self.dag.name(i).to_string()).collect()));
+                writes.push(Write::CreateTasks(ready.iter().map(|&i| self.new_task(i)).collect()));
             }
-            // a task a rerun made wait for what it depends on goes once that has succeeded
+            // a task a rerun made wait for what it depends on goes once that has succeeded (to
+            // the line for a slot, if it has a task group)
             let waiting: Vec<(usize, TaskState)> = run
                 .tasks()
-                .filter(|(i, t)| t.state == Waiting && self.dag.upstream(*i).iter().all(|&u| succeeded[u]))
+                .filter(|(i, t)| {
+                    t.state == Waiting && !t.awaiting_slot && self.dag.upstream(*i).iter().all(|&u| succeeded[u])
+                })
                 .map(|(i, t)| (i, t.clone()))
                 .collect();
             for (idx, t) in waiting {
-                writes.push(Write::Task(TaskWrite::new(&t, Submitted)));
-                state.task_mut(idx).state = Submitted;
-                effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+                if self.task(idx).task_group.is_some() {
+                    writes.push(Write::Task(TaskWrite { await_slot: true, ..TaskWrite::new(&t, Waiting) }));
+                    state.task_mut(idx).awaiting_slot = true;
+                    effects.push(t.slot_due());
+                } else {
+                    writes.push(Write::Task(TaskWrite::new(&t, Submitted)));
+                    state.task_mut(idx).state = Submitted;
+                    effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+                }
             }
         }
         // what is about to be created is active too; what waits on a task that will never
         // succeed is not
         let active = creating || state.tasks().any(|(_, t)| !t.state.is_terminal() && t.state != Waiting);
-        let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state == Success));
+        let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state.is_success()));
         let end = match &state.failing {
             _ if active => None,
             Some(reason) => Some((Failure, Some(reason.clone()))),
@@ -1044,6 +1191,15 @@ impl Workflow {
         state.control = None;
         let mut writes = Vec::new();
         let mut effects = Vec::new();
+        if new == Paused {
+            // a paused run holds no task-group slot: its queued tasks get back in line
+            for (idx, t) in run.tasks().filter(|(i, t)| t.state == Submitted && self.task(*i).task_group.is_some()) {
+                writes.push(Write::Task(TaskWrite { await_slot: true, ..TaskWrite::new(t, Waiting) }));
+                let task = state.task_mut(idx);
+                task.state = Waiting;
+                task.awaiting_slot = true;
+            }
+        }
         if run.state != new {
             let reason = (new == Stopped)
                 .then(|| run.stop_reason.clone().unwrap_or_else(|| "stopped by an operator".to_string()));
@@ -1098,10 +1254,21 @@ impl Workflow {
                     }
                 }
                 (Delayed, _) => effects.push(self.retry_timer(idx, t, now)),
+                (Waiting, _) if t.awaiting_slot => effects.push(t.slot_due()),
                 _ => {}
             }
         }
         effects
+    }
+
+    /// The instance of task `idx` to create.
+    fn new_task(&self, idx: usize) -> NewTask {
+        let spec = self.task(idx);
+        NewTask {
+            name: spec.name.clone(),
+            task_group: spec.task_group.clone(),
+            task_group_priority: spec.task_group_priority,
+        }
     }
 }
 
@@ -1131,6 +1298,12 @@ fn warn_timeout_left(spec: &TaskSpec, started_at: Option<DateTime<Utc>>, now: Da
         }
         _ => None,
     }
+}
+
+/// The warning on a task instance an operator marked successful after attempt `attempt`
+/// ended `state`.
+pub fn forced_warning(attempt: i32, state: ExecutionState) -> String {
+    format!("marked successful by an operator; attempt {attempt} had ended {state}")
 }
 
 /// Why the run fails, when an operator killed task `name`.

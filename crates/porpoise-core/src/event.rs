@@ -25,14 +25,16 @@ pub enum StateEventKind {
     /// The master lost its registration, or found the run owned by another master: the runner
     /// checks that the run is still its master's, and stops if it is not.
     OwnershipCheck,
-    /// An operator's stop, pause or resume.
+    /// An operator's stop, pause, resume, task kill or mark-success.
     Control,
     /// The run's own timeout ran out.
     WorkflowTimeout,
+    /// A task waiting for a task-group slot tries to take one.
+    TaskGroupSlot,
 }
 
 impl StateEventKind {
-    pub const ALL: [StateEventKind; 9] = [
+    pub const ALL: [StateEventKind; 10] = [
         Self::TaskStateChange,
         Self::WorkflowStateChange,
         Self::TaskTimeout,
@@ -42,6 +44,7 @@ impl StateEventKind {
         Self::OwnershipCheck,
         Self::Control,
         Self::WorkflowTimeout,
+        Self::TaskGroupSlot,
     ];
 
     /// The label used in metrics, logs and the dead-letter table.
@@ -56,6 +59,7 @@ impl StateEventKind {
             Self::OwnershipCheck => "ownership_check",
             Self::Control => "control",
             Self::WorkflowTimeout => "workflow_timeout",
+            Self::TaskGroupSlot => "task_group_slot",
         }
     }
 }
@@ -95,6 +99,10 @@ pub enum HandlerError {
     /// event goes to the owner, not to the dead-letter table.
     #[error("the run is owned by {} now", owner.as_deref().unwrap_or("no master"))]
     NotOwner { owner: Option<String> },
+    /// The change waits for something outside the run (a task-group slot held by other
+    /// tasks): nothing changed, the event is done, and the runner tries again when woken.
+    #[error("waiting: {reason}")]
+    Wait { reason: String },
 }
 
 impl HandlerError {

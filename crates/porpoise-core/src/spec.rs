@@ -43,7 +43,21 @@ pub struct TaskSpec {
     pub timeout_strategy: TimeoutStrategy,
     pub priority: Priority,
     pub worker_group: String,
+    /// How long the task waits for a live worker of its group before it fails.
+    #[serde(with = "millis", default = "default_worker_group_wait")]
+    pub worker_group_wait: Duration,
+    /// The task group whose slots limit how many of its tasks run at once.
     pub task_group: Option<String>,
+    /// The task's place among its group's waiters: higher first, then first come.
+    #[serde(default)]
+    pub task_group_priority: i32,
+}
+
+/// How long a task waits for a live worker of its group unless its spec says otherwise.
+pub const DEFAULT_WORKER_GROUP_WAIT: Duration = Duration::from_secs(600);
+
+fn default_worker_group_wait() -> Duration {
+    DEFAULT_WORKER_GROUP_WAIT
 }
 
 /// How a task is executed.
@@ -215,7 +229,9 @@ struct RawTask {
     timeout_strategy: Option<Scalar>,
     priority: Option<Scalar>,
     worker_group: Option<Scalar>,
+    worker_group_wait: Option<Scalar>,
     task_group: Option<Scalar>,
+    task_group_priority: Option<i32>,
 }
 
 impl WorkflowSpec {
@@ -270,7 +286,7 @@ impl Validator<'_> {
                 String::new()
             }
             Some(n) => {
-                if let Err(m) = check_identifier(&n) {
+                if let Err(m) = check_name(&n) {
                     self.problem(None, Some("name"), format!("workflow name {m}"));
                 }
                 n
@@ -326,7 +342,7 @@ impl Validator<'_> {
     fn task(&mut self, index: usize, raw: RawTask) -> TaskSpec {
         let name = match raw.name.map(|n| n.to_string()) {
             Some(n) if !n.trim().is_empty() => {
-                if let Err(m) = check_identifier(&n) {
+                if let Err(m) = check_name(&n) {
                     self.problem(Some(&n), Some("name"), format!("task name {m}"));
                 }
                 n
@@ -387,20 +403,23 @@ impl Validator<'_> {
         let worker_group = match raw.worker_group.map(|g| g.to_string()) {
             None => DEFAULT_WORKER_GROUP.to_string(),
             Some(g) => {
-                if let Err(m) = check_identifier(&g) {
+                if let Err(m) = check_name(&g) {
                     self.problem(t, Some("worker_group"), format!("worker group {m}"));
                 }
                 g
             }
         };
+        let worker_group_wait = self
+            .duration(t, "worker_group_wait", raw.worker_group_wait.as_ref(), false)
+            .unwrap_or(DEFAULT_WORKER_GROUP_WAIT);
         let task_group = raw.task_group.map(|g| g.to_string());
-        if let Some(g) = &task_group {
-            // Accepting it would run the task without the concurrency limit it asks for.
-            self.problem(
-                t,
-                Some("task_group"),
-                format!("task groups are not supported yet: remove task_group {g:?} (the task would run without its concurrency limit)"),
-            );
+        if let Some(g) = &task_group
+            && let Err(m) = check_name(g)
+        {
+            self.problem(t, Some("task_group"), format!("task group {m}"));
+        }
+        if raw.task_group_priority.is_some() && task_group.is_none() {
+            self.problem(t, Some("task_group_priority"), "task_group_priority without a task_group".into());
         }
         TaskSpec {
             name,
@@ -413,7 +432,9 @@ impl Validator<'_> {
             timeout_strategy,
             priority,
             worker_group,
+            worker_group_wait,
             task_group,
+            task_group_priority: raw.task_group_priority.unwrap_or(0),
         }
     }
 
@@ -480,7 +501,9 @@ impl Validator<'_> {
     }
 }
 
-fn check_identifier(s: &str) -> Result<(), String> {
+/// The rule for the names of workflows, tasks, worker groups and task groups: 1–128 letters,
+/// digits, `-`, `_` and `.`.
+pub fn check_name(s: &str) -> Result<(), String> {
     if s.is_empty() {
         return Err("is empty".into());
     }

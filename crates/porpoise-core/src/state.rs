@@ -4,12 +4,15 @@
 //! ```text
 //!              ┌────────── waiting ◀───┐ (task group / dependency)
 //!              ▼                       │
-//!   submitted ─────▶ dispatched ──▶ running ──▶ success | failure | stopped
+//!   submitted ─────▶ dispatched ──▶ running ──▶ success | failure | stopped | killed
 //!      ▲  │               │            │
 //!      │  └──▶ paused     │            └──▶ delayed (attempt failed, retry later) ──▶ submitted
 //!      │                  ▼
 //!      └──────── need-fault-tolerance (owner or worker died; re-dispatch or adopt)
 //! ```
+//!
+//! `forced-success` is set by an operator on a task that ended without success; the run goes on
+//! as if it had succeeded.
 
 use std::fmt;
 use std::str::FromStr;
@@ -40,11 +43,16 @@ pub enum ExecutionState {
     Delayed,
     /// Waiting for a task-group slot or a dependency.
     Waiting,
+    /// Killed on its worker by an operator (a stop or a task kill). Terminal. Tasks only.
+    Killed,
+    /// Ended without success, then marked successful by an operator: what depends on it runs.
+    /// Terminal. Tasks only.
+    ForcedSuccess,
 }
 
 impl ExecutionState {
     /// Every state, for listings and exhaustive tests.
-    pub const ALL: [ExecutionState; 10] = [
+    pub const ALL: [ExecutionState; 12] = [
         Self::Submitted,
         Self::Dispatched,
         Self::Running,
@@ -55,6 +63,8 @@ impl ExecutionState {
         Self::NeedFaultTolerance,
         Self::Delayed,
         Self::Waiting,
+        Self::Killed,
+        Self::ForcedSuccess,
     ];
 
     /// The name used in the database, the CLI and the API.
@@ -70,12 +80,31 @@ impl ExecutionState {
             Self::NeedFaultTolerance => "need-fault-tolerance",
             Self::Delayed => "delayed",
             Self::Waiting => "waiting",
+            Self::Killed => "killed",
+            Self::ForcedSuccess => "forced-success",
         }
     }
 
     /// No transition leaves a terminal state; a rerun makes a new instance.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Stopped)
+        matches!(self, Self::Success | Self::Failure | Self::Stopped | Self::Killed | Self::ForcedSuccess)
+    }
+
+    /// A task instance in this state holds a slot of its task group: it is on its way to a
+    /// worker or on one.
+    pub fn holds_group_slot(self) -> bool {
+        matches!(self, Self::Submitted | Self::Dispatched | Self::Running | Self::NeedFaultTolerance)
+    }
+
+    /// Succeeded, or counts as succeeded for what depends on it.
+    pub fn is_success(self) -> bool {
+        matches!(self, Self::Success | Self::ForcedSuccess)
+    }
+
+    /// Ended without success: the run fails because of it (unless an operator marks it
+    /// successful), and a rerun of the failed tasks starts it again.
+    pub fn is_unsuccessful(self) -> bool {
+        matches!(self, Self::Failure | Self::Stopped | Self::Killed)
     }
 
     /// Whether moving from `self` to `to` is legal. Staying in the same state is not a
@@ -88,14 +117,14 @@ impl ExecutionState {
             (Submitted, Dispatched | Waiting | Paused | Stopped | Failure | Running) => true,
             (Waiting, Submitted | Paused | Stopped | Failure) => true,
             // A RESULT may overtake its RUNNING; a rejected dispatch goes back to submitted.
-            (Dispatched, Running | Success | Failure | Stopped | Delayed | Submitted) => true,
+            (Dispatched, Running | Success | Failure | Stopped | Killed | Delayed | Submitted) => true,
             (Dispatched, NeedFaultTolerance) => true,
-            (Running, Success | Failure | Stopped | Delayed | Paused | NeedFaultTolerance) => true,
+            (Running, Success | Failure | Stopped | Killed | Delayed | Paused | NeedFaultTolerance) => true,
             // A retry is called off (failure) when the run fails meanwhile.
             (Delayed, Submitted | Failure | Stopped | Paused) => true,
             (Paused, Submitted | Running | Stopped) => true,
             // Failover either re-dispatches or adopts what the worker reports.
-            (NeedFaultTolerance, Submitted | Running | Success | Failure | Stopped | Delayed) => true,
+            (NeedFaultTolerance, Submitted | Running | Success | Failure | Stopped | Killed | Delayed) => true,
             _ => false,
         }
     }
@@ -135,7 +164,7 @@ mod tests {
 
     #[test]
     fn terminal_states_have_no_way_out() {
-        for from in [Success, Failure, Stopped] {
+        for from in [Success, Failure, Stopped, Killed, ForcedSuccess] {
             for to in ExecutionState::ALL {
                 assert!(!from.can_transition_to(to), "{from} -> {to}");
             }

@@ -4,6 +4,8 @@
 
 /// AdminService.
 mod admin;
+/// Operators' actions as a plain Rust API: what the AdminService translates.
+pub mod app;
 /// The command consumer.
 mod consumer;
 /// The dispatcher.
@@ -113,6 +115,8 @@ pub(crate) struct Shared {
     stalls: Mutex<HashMap<i64, String>>,
     /// Lost workers waiting out their grace period.
     lost_workers: Mutex<HashSet<String>>,
+    /// Wakes this master's runners whose tasks wait for a slot of a task group.
+    slot_waiters: Mutex<HashMap<String, Arc<Notify>>>,
     pub masters: Arc<masters::Masters>,
     pub registry: Arc<dyn Registry>,
     /// Cancelled when the master begins to stop: it takes no new work, and each runner ends
@@ -201,6 +205,18 @@ impl Shared {
         self.consumer_wake.notify_one();
     }
 
+    /// What wakes the tasks waiting for a slot of task group `group` on this master.
+    pub fn slot_notify(&self, group: &str) -> Arc<Notify> {
+        lock(&self.slot_waiters).entry(group.to_string()).or_default().clone()
+    }
+
+    /// A slot of task group `group` may be free: its waiters on this master try for it.
+    pub fn slots_freed(&self, group: &str) {
+        if let Some(n) = lock(&self.slot_waiters).get(group) {
+            n.notify_waiters();
+        }
+    }
+
     /// Worker `addr` is gone (it left the registry, or a resumed run found it absent): once it
     /// has stayed away for the grace period, every run fails over its attempts there.
     pub fn worker_lost(self: &Arc<Self>, addr: String) {
@@ -266,6 +282,7 @@ impl MasterHandle {
             runners: Mutex::default(),
             stalls: Mutex::default(),
             lost_workers: Mutex::default(),
+            slot_waiters: Mutex::default(),
             masters: Arc::default(),
             registry: registry.clone(),
             draining: CancellationToken::new(),
@@ -281,7 +298,7 @@ impl MasterHandle {
         spawner.spawn(dispatch::run(shared.clone()));
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
-        let admin = AdminServiceServer::new(admin::Admin(shared.clone()));
+        let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())));
         let stopping = spawner.stopping();
         spawner.spawn(async move {
             let result = tonic::transport::Server::builder()

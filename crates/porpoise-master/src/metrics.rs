@@ -92,7 +92,9 @@ fn register_at_zero() {
     }
     for state in ["success", "failure", "stopped"] {
         counter!(WORKFLOWS_FINISHED, "state" => state).increment(0);
-        counter!(TASKS_FINISHED, "state" => state).increment(0);
+    }
+    for state in porpoise_core::ExecutionState::ALL.into_iter().filter(|s| s.is_terminal()) {
+        counter!(TASKS_FINISHED, "state" => state.as_str()).increment(0);
     }
     gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
     counter!(FAILOVERS, "kind" => "worker").increment(0);

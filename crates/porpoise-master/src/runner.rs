@@ -132,6 +132,9 @@ pub(crate) struct Runner {
 /// How many failed attempts at one event before the run is reported stalled.
 const STALL_AFTER: u32 = 3;
 
+/// How often a task waiting for a task-group slot tries again without being woken.
+const SLOT_POLL: Duration = Duration::from_secs(1);
+
 impl Runner {
     /// Starts the runner of `instance` (owned by this master) unless one runs already. The
     /// runner first loads the run and its task instances: a new run has none, a run resumed
@@ -329,6 +332,15 @@ impl Runner {
                     }
                     return;
                 }
+                Err(HandlerError::Wait { reason }) => {
+                    metrics::counter!(m::STATE_EVENTS_IGNORED, "kind" => kind).increment(1);
+                    debug!(workflow_instance_id = self.instance.id, %reason, "task waits for a task-group slot");
+                    self.wait_for_slot(&event);
+                    if let Some(tx) = reply.take() {
+                        let _ = tx.send(Ack::Ignored);
+                    }
+                    break;
+                }
                 Err(HandlerError::Retryable { reason, after }) => {
                     failures += 1;
                     if early && let Some(tx) = reply.take() {
@@ -355,6 +367,7 @@ impl Runner {
     /// effects. On error nothing changed.
     async fn commit(&mut self, t: Transition) -> Result<(), HandlerError> {
         let created = self.persist(&t.writes).await?;
+        self.announce_freed_slots(&t.writes);
         let Transition { mut state, mut effects, advance, .. } = t;
         if !created.is_empty() {
             let rows: Vec<(usize, TaskState)> = created
@@ -388,6 +401,11 @@ impl Runner {
                     self.dead_letter(event, &reason.to_string()).await;
                 }
                 Err(HandlerError::NotOwner { owner }) => self.hand_over(owner),
+                Err(HandlerError::Wait { reason }) => {
+                    // only a slot taker waits, and advancing takes none
+                    self.advance_pending = false;
+                    self.dead_letter(event, &format!("advancing the run had to wait: {reason}")).await;
+                }
                 Err(HandlerError::Retryable { reason, after }) => {
                     failures += 1;
                     self.wait_to_retry(kind, failures, &reason, after).await;
@@ -398,6 +416,40 @@ impl Runner {
             }
         }
         failures
+    }
+
+    /// Wakes the waiters of each task group a durable transition gave a slot back to.
+    fn announce_freed_slots(&self, writes: &[Write]) {
+        for w in writes {
+            if let Write::Task(t) = w
+                && t.expected.holds_group_slot()
+                && !t.new.holds_group_slot()
+                && let Some((idx, _)) = self.run.task_by_id(t.id)
+                && let Some(group) = &self.workflow.spec.tasks[idx].task_group
+            {
+                self.shared.slots_freed(group);
+            }
+        }
+    }
+
+    /// A task's try for a task-group slot was refused: it tries again when a slot of its
+    /// group is given back on this master, or after [`SLOT_POLL`] (a slot given back on
+    /// another master, a group given more slots).
+    fn wait_for_slot(&self, event: &Event) {
+        let Event::SlotDue { at } = event else { return };
+        let Some((idx, _)) = self.run.task_by_id(at.task_instance_id) else { return };
+        let Some(group) = self.workflow.spec.tasks[idx].task_group.clone() else { return };
+        let freed = self.shared.slot_notify(&group);
+        let handle = self.handle.clone();
+        let at = *at;
+        self.shared.spawner.spawn(async move {
+            let woken = freed.notified();
+            tokio::select! {
+                () = woken => {}
+                () = tokio::time::sleep(SLOT_POLL) => {}
+            }
+            handle.post(Event::SlotDue { at });
+        });
     }
 
     /// Carries out what a durable transition asks for.
@@ -613,6 +665,28 @@ impl Runner {
         match self.shared.store.persist(&self.shared.addr, self.instance.id, writes).await {
             Ok(created) => Ok(created),
             Err(StoreError::Conflict { found, .. }) => self.already_persisted(writes, &found).await,
+            Err(e @ StoreError::NoFreeSlot { .. }) => Err(HandlerError::Wait { reason: e.to_string() }),
+            Err(StoreError::NotFound { entity: "task group", key }) => {
+                // the group was deleted under a run that names it: the task cannot run
+                for w in writes {
+                    if let Write::TakeSlot(t) = w {
+                        self.handle.post(Event::Ended(porpoise_core::engine::Ending {
+                            at: porpoise_core::engine::AttemptRef {
+                                task_instance_id: t.id,
+                                attempt: t.expected_attempt,
+                            },
+                            worker: None,
+                            succeeded: false,
+                            exit_code: None,
+                            started_at: None,
+                            ended_at: None,
+                            message: format!("task group {key} does not exist"),
+                            timed_out: false,
+                        }));
+                    }
+                }
+                Err(HandlerError::Wait { reason: format!("task group {key} does not exist") })
+            }
             Err(e @ StoreError::NotFound { .. }) => Err(DropReason::Unsupported(e.to_string()).into()),
             Err(e) => Err(store_error(e)),
         }
@@ -627,14 +701,15 @@ impl Runner {
         let mut created = Vec::new();
         for w in writes {
             let held = match w {
-                Write::Task(t) => rows
+                Write::Task(t) | Write::TakeSlot(t) => rows
                     .iter()
                     .any(|r| r.id == t.id && r.state == t.new && r.attempt == t.attempt.unwrap_or(t.expected_attempt)),
                 Write::Workflow(wf) => instance.state == wf.new,
                 Write::CompleteCommand(_) => true, // idempotent: it never refuses
-                Write::CreateTasks(names) => {
-                    let found: Vec<&TaskInstance> = rows.iter().filter(|r| names.contains(&r.task_name)).collect();
-                    let all = found.len() == names.len();
+                Write::CreateTasks(new) => {
+                    let found: Vec<&TaskInstance> =
+                        rows.iter().filter(|r| new.iter().any(|n| n.name == r.task_name)).collect();
+                    let all = found.len() == new.len();
                     created.extend(found.into_iter().cloned());
                     all
                 }

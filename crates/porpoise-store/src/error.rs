@@ -9,6 +9,12 @@ pub enum StoreError {
     Conflict { entity: &'static str, id: i64, expected: String, found: String },
     #[error("{entity} {key} not found")]
     NotFound { entity: &'static str, key: String },
+    /// A task instance cannot take a slot of its task group now: the slots are held, or other
+    /// waiters are ahead of it. Nothing changed.
+    #[error(
+        "task group {group} has no slot for task instance {task_instance}: {used} of {slots} held, {ahead} waiting ahead"
+    )]
+    NoFreeSlot { group: String, task_instance: i64, slots: i32, used: i64, ahead: i64 },
     /// The database cannot be reached or is overloaded: retry later.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] sqlx::Error),

@@ -117,7 +117,7 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn create_task_instances(&self, owner: &str, new: &[NewTaskInstance]) -> Result<Vec<TaskInstance>>;
     /// Makes the writes of one engine transition for run `run`, owned by `owner`, in one
     /// transaction: all of them or, when one is refused ([`StoreError::Conflict`] says what was
-    /// found), none. Returns the task instances a [`porpoise_core::engine::Write::CreateTasks`]
+    /// found; [`StoreError::NoFreeSlot`] that a task group has no slot for the task), none. Returns the task instances a [`porpoise_core::engine::Write::CreateTasks`]
     /// created (or found already there).
     async fn persist(
         &self,
@@ -135,6 +135,17 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// workflow instance is owned by `owner`; otherwise [`StoreError::Conflict`] says what was
     /// found.
     async fn update_task_state(&self, owner: &str, write: &porpoise_core::engine::TaskWrite) -> Result<TaskInstance>;
+
+    /// Creates task group `name` with `slots` slots.
+    async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup>;
+    /// Task group `name`, with its slots in use and its waiters.
+    async fn task_group(&self, name: &str) -> Result<Option<TaskGroup>>;
+    /// Every task group, by name.
+    async fn task_groups(&self) -> Result<Vec<TaskGroup>>;
+    /// Changes task group `name`'s slots and/or description ([`StoreError::NotFound`] if none).
+    async fn update_task_group(&self, name: &str, slots: Option<i32>, description: Option<&str>) -> Result<TaskGroup>;
+    /// Deletes task group `name` ([`StoreError::NotFound`] if none).
+    async fn delete_task_group(&self, name: &str) -> Result<()>;
 
     /// Records a state event that was dropped, with the reason.
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64>;

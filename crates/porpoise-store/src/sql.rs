@@ -14,7 +14,8 @@ pub(crate) const COMMAND_COLUMNS: &str =
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
      owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
-     warning, failovers, rerun_base, created_at, started_at, ended_at, updated_at";
+     warning, failovers, rerun_base, task_group, task_group_priority, group_waiting_since, created_at, started_at, \
+     ended_at, updated_at";
 pub(crate) const DEAD_LETTER_COLUMNS: &str =
     "id, workflow_instance_id, task_instance_id, event_kind, event, reason, created_at";
 
@@ -152,6 +153,9 @@ pub(crate) struct TaskRow {
     warning: Option<String>,
     failovers: i32,
     rerun_base: i32,
+    task_group: Option<String>,
+    task_group_priority: i32,
+    group_waiting_since: Option<DateTime<Utc>>,
     created_at: DateTime<Utc>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
@@ -172,6 +176,9 @@ impl TryFrom<TaskRow> for TaskInstance {
             warning: r.warning,
             failovers: r.failovers,
             rerun_base: r.rerun_base,
+            task_group: r.task_group,
+            task_group_priority: r.task_group_priority,
+            group_waiting_since: r.group_waiting_since,
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
@@ -189,6 +196,54 @@ pub(crate) struct DeadLetterRow {
     event: String,
     reason: String,
     created_at: DateTime<Utc>,
+}
+
+/// The states in which a task instance holds a slot of its task group, as an SQL list.
+pub(crate) fn slot_holding_states() -> String {
+    ExecutionState::ALL
+        .into_iter()
+        .filter(|s| s.holds_group_slot())
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// A task group with its use: `$1`.. binds as the caller's query adds.
+pub(crate) fn task_group_select(filter: &str) -> String {
+    let holding = slot_holding_states();
+    format!(
+        "SELECT g.name, g.slots, g.description, g.created_at, g.updated_at, \
+         (SELECT COUNT(*) FROM task_instance t WHERE t.task_group = g.name AND t.state IN ({holding})) AS used, \
+         (SELECT COUNT(*) FROM task_instance t JOIN workflow_instance w ON w.id = t.workflow_instance_id \
+          WHERE t.task_group = g.name AND t.state = 'waiting' AND t.group_waiting_since IS NOT NULL \
+          AND w.state = 'running') AS waiting \
+         FROM task_group g {filter} ORDER BY g.name"
+    )
+}
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct TaskGroupRow {
+    name: String,
+    slots: i32,
+    description: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    used: i64,
+    waiting: i64,
+}
+
+impl From<TaskGroupRow> for crate::TaskGroup {
+    fn from(r: TaskGroupRow) -> Self {
+        crate::TaskGroup {
+            name: r.name,
+            slots: r.slots,
+            description: r.description,
+            used: r.used,
+            waiting: r.waiting,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
 }
 
 impl From<DeadLetterRow> for DeadLetter {
@@ -459,19 +514,38 @@ macro_rules! impl_store {
                 let run: $crate::WorkflowInstance = run.try_into()?;
                 for r in tasks {
                     let (task, expected, attempt) = (r.id, r.state, r.attempt);
-                    let done = sqlx::query::<$db>(
-                        "UPDATE task_instance SET state = $6, attempt = attempt + 1, rerun_base = attempt, \
-                         exit_code = NULL, started_at = NULL, ended_at = NULL, updated_at = $1 \
-                         WHERE id = $2 AND workflow_instance_id = $3 AND state = $4 AND attempt = $5",
-                    )
-                    .bind(t)
-                    .bind(task)
-                    .bind(id)
-                    .bind(expected.as_str())
-                    .bind(attempt)
-                    .bind(r.new.as_str())
-                    .execute(&mut *tx)
-                    .await?;
+                    let done = if r.new == porpoise_core::ExecutionState::ForcedSuccess {
+                        // no new attempt: the one that ended counts as a success from now on
+                        sqlx::query::<$db>(
+                            "UPDATE task_instance SET state = $6, updated_at = $1, warning = $7 \
+                             WHERE id = $2 AND workflow_instance_id = $3 AND state = $4 AND attempt = $5",
+                        )
+                        .bind(t)
+                        .bind(task)
+                        .bind(id)
+                        .bind(expected.as_str())
+                        .bind(attempt)
+                        .bind(r.new.as_str())
+                        .bind(porpoise_core::engine::forced_warning(attempt, expected))
+                        .execute(&mut *tx)
+                        .await?
+                    } else {
+                        sqlx::query::<$db>(
+                            "UPDATE task_instance SET state = $6, attempt = attempt + 1, rerun_base = attempt, \
+                             exit_code = NULL, started_at = NULL, ended_at = NULL, updated_at = $1, \
+                             group_waiting_since = CASE WHEN $7 THEN $1 ELSE NULL END \
+                             WHERE id = $2 AND workflow_instance_id = $3 AND state = $4 AND attempt = $5",
+                        )
+                        .bind(t)
+                        .bind(task)
+                        .bind(id)
+                        .bind(expected.as_str())
+                        .bind(attempt)
+                        .bind(r.new.as_str())
+                        .bind(r.await_slot)
+                        .execute(&mut *tx)
+                        .await?
+                    };
                     if done.rows_affected() == 0 {
                         drop(tx);
                         return Err($crate::StoreError::Conflict {
@@ -666,10 +740,10 @@ macro_rules! impl_store {
                 let mut runs: Vec<i64> = new.iter().map(|n| n.workflow_instance_id).collect();
                 runs.dedup();
                 for run in runs {
-                    let names: Vec<(String, porpoise_core::ExecutionState)> = new
+                    let names: Vec<(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)> = new
                         .iter()
                         .filter(|n| n.workflow_instance_id == run)
-                        .map(|n| (n.task_name.clone(), n.state))
+                        .map(|n| (n.task_name.as_str().into(), n.state))
                         .collect();
                     match Self::create_tasks_on(&mut tx, owner, run, &names).await? {
                         Some(rows) => out.extend(rows),
@@ -718,9 +792,22 @@ macro_rules! impl_store {
                             .execute(&mut *tx)
                             .await?;
                         }
-                        Write::CreateTasks(names) => {
-                            let names: Vec<(String, porpoise_core::ExecutionState)> =
-                                names.iter().map(|n| (n.clone(), porpoise_core::ExecutionState::Submitted)).collect();
+                        Write::TakeSlot(t) => {
+                            if let Err(e) = Self::take_slot_on(&mut tx, owner, t).await? {
+                                drop(tx);
+                                return Err(match e {
+                                    Some(refused) => refused,
+                                    None => self.task_conflict(owner, t).await,
+                                });
+                            }
+                        }
+                        Write::CreateTasks(new) => {
+                            use porpoise_core::ExecutionState::{Submitted, Waiting};
+                            // a task of a task group starts in line for a slot
+                            let names: Vec<(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)> = new
+                                .iter()
+                                .map(|n| (n.clone(), if n.task_group.is_some() { Waiting } else { Submitted }))
+                                .collect();
                             match Self::create_tasks_on(&mut tx, owner, run, &names).await? {
                                 Some(rows) => created.extend(rows),
                                 None => {
@@ -811,6 +898,76 @@ macro_rules! impl_store {
                 Ok(id)
             }
 
+            async fn create_task_group(
+                &self,
+                name: &str,
+                slots: i32,
+                description: &str,
+            ) -> $crate::Result<$crate::TaskGroup> {
+                let t = $crate::sql::now();
+                sqlx::query::<$db>(
+                    "INSERT INTO task_group (name, slots, description, created_at, updated_at) VALUES ($1, $2, $3, $4, $4)",
+                )
+                .bind(name)
+                .bind(slots)
+                .bind(description)
+                .bind(t)
+                .execute(&self.pool)
+                .await?;
+                self.task_group(name)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "task group", key: name.to_string() })
+            }
+
+            async fn task_group(&self, name: &str) -> $crate::Result<Option<$crate::TaskGroup>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, TaskGroupRow>(sqlx::AssertSqlSafe(task_group_select("WHERE g.name = $1")))
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn task_groups(&self) -> $crate::Result<Vec<$crate::TaskGroup>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, TaskGroupRow>(sqlx::AssertSqlSafe(task_group_select("")))
+                    .fetch_all(&self.pool)
+                    .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn update_task_group(
+                &self,
+                name: &str,
+                slots: Option<i32>,
+                description: Option<&str>,
+            ) -> $crate::Result<$crate::TaskGroup> {
+                let done = sqlx::query::<$db>(
+                    "UPDATE task_group SET slots = COALESCE($1, slots), description = COALESCE($2, description), \
+                     updated_at = $3 WHERE name = $4",
+                )
+                .bind(slots)
+                .bind(description)
+                .bind($crate::sql::now())
+                .bind(name)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound { entity: "task group", key: name.to_string() });
+                }
+                self.task_group(name)
+                    .await?
+                    .ok_or_else(|| $crate::StoreError::NotFound { entity: "task group", key: name.to_string() })
+            }
+
+            async fn delete_task_group(&self, name: &str) -> $crate::Result<()> {
+                let done = sqlx::query::<$db>("DELETE FROM task_group WHERE name = $1").bind(name).execute(&self.pool).await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound { entity: "task group", key: name.to_string() });
+                }
+                Ok(())
+            }
+
             async fn dead_letters(&self, limit: u32) -> $crate::Result<Vec<$crate::DeadLetter>> {
                 use $crate::sql::*;
                 let rows = sqlx::query_as::<$db, DeadLetterRow>(sqlx::AssertSqlSafe(format!(
@@ -862,7 +1019,8 @@ macro_rules! impl_store {
                     "UPDATE task_instance SET state = $1, attempt = COALESCE($2, attempt), \
                      worker_addr = COALESCE($3, worker_addr), exit_code = COALESCE($4, exit_code), \
                      started_at = COALESCE($5, started_at), ended_at = COALESCE($6, ended_at), updated_at = $7, \
-                     warning = COALESCE($12, warning), failovers = failovers + $13 \
+                     warning = COALESCE($12, warning), failovers = failovers + $13, \
+                     group_waiting_since = CASE WHEN $14 THEN $7 ELSE NULL END \
                      WHERE id = $8 AND state = $9 AND attempt = $10 AND EXISTS (SELECT 1 FROM workflow_instance w \
                      WHERE w.id = task_instance.workflow_instance_id AND w.owner = $11) RETURNING {TASK_COLUMNS}"
                 )))
@@ -879,6 +1037,7 @@ macro_rules! impl_store {
                 .bind(owner)
                 .bind(&u.warning)
                 .bind(i32::from(u.failover))
+                .bind(u.await_slot)
                 .fetch_optional(&mut *conn)
                 .await?)
             }
@@ -890,7 +1049,7 @@ macro_rules! impl_store {
                 conn: &mut <$db as sqlx::Database>::Connection,
                 owner: &str,
                 run: i64,
-                names: &[(String, porpoise_core::ExecutionState)],
+                names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
             ) -> $crate::Result<Option<Vec<$crate::sql::TaskRow>>> {
                 use $crate::sql::*;
                 let owned: Option<(i64,)> =
@@ -904,16 +1063,22 @@ macro_rules! impl_store {
                 }
                 let t = now();
                 let mut rows = Vec::with_capacity(names.len());
-                for (name, state) in names {
+                for (new, state) in names {
+                    let name = &new.name;
+                    let waiting_since = (*state == porpoise_core::ExecutionState::Waiting).then_some(t);
                     sqlx::query::<$db>(
                         "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
-                         updated_at) VALUES ($1, $2, $3, 1, $4, $4) \
+                         updated_at, task_group, task_group_priority, group_waiting_since) \
+                         VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7) \
                          ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
                     )
                     .bind(run)
                     .bind(name)
                     .bind(state.as_str())
                     .bind(t)
+                    .bind(&new.task_group)
+                    .bind(new.task_group_priority)
+                    .bind(waiting_since.filter(|_| new.task_group.is_some()))
                     .execute(&mut *conn)
                     .await?;
                     let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
@@ -926,6 +1091,76 @@ macro_rules! impl_store {
                     rows.push(row);
                 }
                 Ok(Some(rows))
+            }
+
+            /// Moves a waiting task instance to `submitted` by taking a slot of its task group:
+            /// the group's row is locked first, so concurrent takers of one group queue up, and
+            /// the slot is granted only if held slots plus waiters ahead of this one (higher
+            /// priority, then earlier in line, in runs that are running) leave one free.
+            /// `Ok(Err(None))`: the task write itself was refused; `Ok(Err(Some(e)))`: no slot,
+            /// or no such group.
+            async fn take_slot_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                owner: &str,
+                u: &porpoise_core::engine::TaskWrite,
+            ) -> $crate::Result<std::result::Result<(), Option<$crate::StoreError>>> {
+                use $crate::sql::*;
+                let me: Option<(Option<String>, i32, Option<chrono::DateTime<chrono::Utc>>)> =
+                    sqlx::query_as::<$db, (Option<String>, i32, Option<chrono::DateTime<chrono::Utc>>)>(
+                        "SELECT task_group, task_group_priority, group_waiting_since FROM task_instance \
+                         WHERE id = $1 AND state = 'waiting' AND attempt = $2",
+                    )
+                    .bind(u.id)
+                    .bind(u.expected_attempt)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+                let Some((Some(group), priority, since)) = me else {
+                    return Ok(Err(None));
+                };
+                let since = since.unwrap_or_else(now);
+                // an update takes the row lock on Postgres and the write lock on SQLite
+                let slots: Option<(i32,)> = sqlx::query_as::<$db, (i32,)>(
+                    "UPDATE task_group SET slots = slots WHERE name = $1 RETURNING slots",
+                )
+                .bind(&group)
+                .fetch_optional(&mut *conn)
+                .await?;
+                let Some((slots,)) = slots else {
+                    return Ok(Err(Some($crate::StoreError::NotFound { entity: "task group", key: group })));
+                };
+                let (used,): (i64,) = sqlx::query_as::<$db, (i64,)>(sqlx::AssertSqlSafe(format!(
+                    "SELECT COUNT(*) FROM task_instance WHERE task_group = $1 AND state IN ({})",
+                    slot_holding_states()
+                )))
+                .bind(&group)
+                .fetch_one(&mut *conn)
+                .await?;
+                let (ahead,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "SELECT COUNT(*) FROM task_instance t JOIN workflow_instance w ON w.id = t.workflow_instance_id \
+                     WHERE t.task_group = $1 AND t.state = 'waiting' AND t.group_waiting_since IS NOT NULL \
+                     AND w.state = 'running' AND t.id <> $2 AND (t.task_group_priority > $3 \
+                     OR (t.task_group_priority = $3 AND (t.group_waiting_since < $4 \
+                     OR (t.group_waiting_since = $4 AND t.id < $2))))",
+                )
+                .bind(&group)
+                .bind(u.id)
+                .bind(priority)
+                .bind(since)
+                .fetch_one(&mut *conn)
+                .await?;
+                if used + ahead >= i64::from(slots) {
+                    return Ok(Err(Some($crate::StoreError::NoFreeSlot {
+                        group,
+                        task_instance: u.id,
+                        slots,
+                        used,
+                        ahead,
+                    })));
+                }
+                match Self::update_task_on(conn, owner, u).await? {
+                    Some(_) => Ok(Ok(())),
+                    None => Ok(Err(None)),
+                }
             }
 
             /// The error for a refused task-instance write: what was found instead.

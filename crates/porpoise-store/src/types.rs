@@ -69,6 +69,7 @@ impl CommandKind {
             Self::Control(Control::Pause) => "pause-workflow",
             Self::Control(Control::Resume) => "resume-workflow",
             Self::Control(Control::KillTask) => "kill-task",
+            Self::Control(Control::MarkSuccess) => "mark-success",
         }
     }
 
@@ -80,6 +81,7 @@ impl CommandKind {
             "pause-workflow" => Self::Control(Control::Pause),
             "resume-workflow" => Self::Control(Control::Resume),
             "kill-task" => Self::Control(Control::KillTask),
+            "mark-success" => Self::Control(Control::MarkSuccess),
             _ => return None,
         })
     }
@@ -123,6 +125,7 @@ impl TaskInstance {
             exit_code: self.exit_code,
             started_at: self.started_at,
             ended_at: self.ended_at,
+            awaiting_slot: self.state == ExecutionState::Waiting && self.group_waiting_since.is_some(),
         };
         (self.task_name.clone(), state)
     }
@@ -206,9 +209,29 @@ pub struct TaskInstance {
     pub failovers: i32,
     /// The attempts it had before its run was last rerun (they do not count as retries).
     pub rerun_base: i32,
+    /// The task group it takes a slot of, and its priority among the group's waiters.
+    pub task_group: Option<String>,
+    pub task_group_priority: i32,
+    /// Since when it waits for a slot of its task group (`None` when it does not).
+    pub group_waiting_since: Option<DateTime<Utc>>,
     pub created_at: DateTime<Utc>,
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A task group: at most `slots` of its task instances hold a slot (are on their way to a
+/// worker or on one) at once.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskGroup {
+    pub name: String,
+    pub slots: i32,
+    pub description: String,
+    /// Task instances holding a slot now.
+    pub used: i64,
+    /// Task instances waiting for a slot (in runs that are running).
+    pub waiting: i64,
+    pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 

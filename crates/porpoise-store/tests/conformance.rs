@@ -420,7 +420,62 @@ async fn an_engine_transition_is_persisted_all_or_nothing(store: Arc<dyn Store>)
     assert_eq!(states, [Dispatched, Dispatched]);
 }
 
+/// A task group's slots are taken by conditional writes, by priority then first come, and
+/// given back by the write that moves a task on; a forced success keeps the attempt it marks.
+async fn task_group_slots_are_taken_by_priority_and_given_back(store: Arc<dyn Store>) {
+    use porpoise_core::engine::{NewTask, RerunTask, Write};
+    store.create_task_group("db", 1, "the warehouse").await.expect("create the group");
+    let id = instance(&*store, "master-1").await;
+    let grouped = |name: &str, group: &str, priority| NewTask {
+        name: name.into(),
+        task_group: Some(group.into()),
+        task_group_priority: priority,
+    };
+    let start = Write::Workflow(wf(Submitted, Running));
+    let created = store
+        .persist("master-1", id, &[start, Write::CreateTasks(vec![grouped("a", "db", 0), grouped("b", "db", 5)])])
+        .await
+        .expect("start and create");
+    let (a, b) = (created[0].id, created[1].id);
+    assert!(created.iter().all(|t| t.state == Waiting && t.group_waiting_since.is_some()), "{created:?}");
+    let take = |task| [Write::TakeSlot(TaskWrite::change(task, Waiting, 1, Submitted))];
+    let err = store.persist("master-1", id, &take(a)).await.expect_err("b is ahead of a");
+    assert!(matches!(err, StoreError::NoFreeSlot { used: 0, ahead: 1, slots: 1, .. }), "{err:?}");
+    store.persist("master-1", id, &take(b)).await.expect("b takes the slot");
+    let group = store.task_group("db").await.expect("read").expect("the group");
+    assert_eq!((group.slots, group.used, group.waiting, group.description.as_str()), (1, 1, 1, "the warehouse"));
+    let err = store.persist("master-1", id, &take(a)).await.expect_err("the slot is held");
+    assert!(matches!(err, StoreError::NoFreeSlot { used: 1, ahead: 0, .. }), "{err:?}");
+    for (from, to) in [(Submitted, Dispatched), (Dispatched, Running), (Running, Success)] {
+        store.persist("master-1", id, &[Write::Task(TaskWrite::change(b, from, 1, to))]).await.expect("b moves on");
+    }
+    store.persist("master-1", id, &take(a)).await.expect("b gave the slot back");
+    // a task whose group is gone cannot take a slot
+    store.persist("master-1", id, &[Write::CreateTasks(vec![grouped("c", "gone", 0)])]).await.expect("create");
+    let c = store.task_instances_of(id).await.expect("read").iter().find(|t| t.task_name == "c").map(|t| t.id);
+    let err = store.persist("master-1", id, &take(c.expect("c"))).await.expect_err("no such group");
+    assert!(matches!(err, StoreError::NotFound { entity: "task group", .. }), "{err:?}");
+    // groups are listed, changed and deleted
+    let group = store.update_task_group("db", Some(3), None).await.expect("update");
+    assert_eq!((group.slots, group.used), (3, 1));
+    assert_eq!(store.task_groups().await.expect("list").iter().map(|g| g.name.as_str()).collect::<Vec<_>>(), ["db"]);
+    assert!(matches!(store.update_task_group("nope", Some(1), None).await, Err(StoreError::NotFound { .. })));
+    store.delete_task_group("db").await.expect("delete");
+    assert!(matches!(store.delete_task_group("db").await, Err(StoreError::NotFound { .. })));
+    // a forced success keeps its attempt and says it was forced
+    for (from, to) in [(Submitted, Dispatched), (Dispatched, Running), (Running, Failure)] {
+        store.persist("master-1", id, &[Write::Task(TaskWrite::change(a, from, 1, to))]).await.expect("a moves on");
+    }
+    store.persist("master-1", id, &[Write::Workflow(wf(Running, Failure))]).await.expect("the run fails");
+    let forced = RerunTask { id: a, state: Failure, attempt: 1, new: ForcedSuccess, await_slot: false };
+    store.rerun(id, &[forced]).await.expect("mark it");
+    let row = store.task_instance(a).await.expect("read").expect("a");
+    assert_eq!((row.state, row.attempt), (ForcedSuccess, 1));
+    assert_eq!(row.warning.as_deref(), Some("marked successful by an operator; attempt 1 had ended failure"));
+}
+
 suites!(
+    task_group_slots_are_taken_by_priority_and_given_back,
     an_engine_transition_is_persisted_all_or_nothing,
     a_queued_command_wakes_the_command_feed,
     definitions_are_versioned,

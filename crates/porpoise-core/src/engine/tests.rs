@@ -32,16 +32,18 @@ fn new_run(workflow: &Workflow) -> RunState {
 
 /// What the database gives back for a `CreateTasks` write: ids from `first_id` up.
 fn create(run: &mut RunState, workflow: &Workflow, writes: &[Write], first_id: i64) -> Vec<Effect> {
-    let names: Vec<String> = writes
+    let new: Vec<NewTask> = writes
         .iter()
         .find_map(|w| match w {
-            Write::CreateTasks(names) => Some(names.clone()),
+            Write::CreateTasks(new) => Some(new.clone()),
             _ => None,
         })
         .expect("a CreateTasks write");
-    let rows = names.iter().enumerate().map(|(i, name)| {
-        let idx = workflow.dag.index_of(name).expect("a task of the workflow");
-        (idx, task(first_id + i as i64, Submitted, 1, None))
+    let rows = new.iter().enumerate().map(|(i, n)| {
+        let idx = workflow.dag.index_of(&n.name).expect("a task of the workflow");
+        // a task of a task group starts waiting for a slot
+        let state = if n.task_group.is_some() { Waiting } else { Submitted };
+        (idx, TaskState { awaiting_slot: n.task_group.is_some(), ..task(first_id + i as i64, state, 1, None) })
     });
     run.created(rows)
 }
@@ -57,6 +59,7 @@ fn task(id: i64, state: ExecutionState, attempt: i32, worker: Option<&str>) -> T
         exit_code: None,
         started_at: None,
         ended_at: None,
+        awaiting_slot: false,
     }
 }
 
@@ -373,9 +376,9 @@ fn a_stop_kills_what_runs_stops_what_waits_and_ends_the_run_stopped() {
         wf.apply(&run, &Event::Dispatched { at: attempt(2, 1), worker: "w1".into() }, t0()),
         Ok(Outcome::Ignored)
     );
-    // the killed attempt reports a failure: it is stopped, not retried
+    // the killed attempt reports a failure: it is killed, not retried
     step(&wf, &mut run, ended(attempt(1, 1), false, 137), at(1));
-    assert_eq!(run.task(0).map(|t| t.state), Some(Stopped));
+    assert_eq!(run.task(0).map(|t| t.state), Some(Killed));
     let end = wf.advance(&run, at(1)).expect("the run ends");
     assert_eq!(end.state.state, Stopped);
     assert!(end.writes.contains(&Write::CompleteCommand(10)), "the command is done with the run's end");
@@ -475,7 +478,7 @@ fn a_rerun_picks_the_failed_tasks_or_a_task_and_what_follows_it_and_gives_fresh_
         Failure,
         [("a".to_string(), task(1, Success, 1, None)), ("b".to_string(), task(2, Failure, 2, None))],
     );
-    let rerun = |id, state, attempt, new| RerunTask { id, state, attempt, new };
+    let rerun = |id, state, attempt, new| RerunTask { id, state, attempt, new, await_slot: false };
     assert_eq!(wf.rerun_tasks(&run, None), Ok(vec![rerun(2, Failure, 2, Submitted)]));
     assert_eq!(
         wf.rerun_tasks(&run, Some("a")),
@@ -519,7 +522,7 @@ fn a_paused_run_sends_and_retries_nothing_until_it_is_resumed() {
 }
 
 #[test]
-fn a_killed_task_ends_stopped_without_a_retry_and_the_run_fails() {
+fn a_killed_task_ends_killed_without_a_retry_and_the_run_fails() {
     let wf = workflow(
         "name: pair\ntasks:\n  - { name: slow, command: 'true', retries: 3 }\n  - { name: queued, command: 'true' }\n",
     );
@@ -532,12 +535,109 @@ fn a_killed_task_ends_stopped_without_a_retry_and_the_run_fails() {
     assert!(kill.effects.contains(&Effect::Kill { task: 0 }));
     assert!(kill.writes.is_empty(), "the pending command is what keeps the kill");
     let ended_killed = step(&wf, &mut run, ended(attempt(1, 1), false, 137), at(1));
-    assert_eq!(run.task(0).map(|t| t.state), Some(Stopped), "killed, not retried");
+    assert_eq!(run.task(0).map(|t| t.state), Some(Killed), "killed, not retried");
     assert!(ended_killed.writes.contains(&Write::CompleteCommand(8)));
     assert_eq!(run.failing.as_deref(), Some("task slow was killed by an operator"));
-    // a task not on a worker ends at once
+    // a task not on a worker ends at once, stopped: it never ran
     let now = step(&wf, &mut run, Event::Control { command: 9, action: Control::KillTask, task: Some(2) }, at(2));
     assert!(now.writes.contains(&Write::CompleteCommand(9)));
+    assert_eq!(run.task(1).map(|t| t.state), Some(Stopped));
     let end = wf.advance(&run, at(2)).expect("the run ends");
     assert!(matches!(&end.writes[..], [Write::Workflow(w)] if w.new == Failure));
+}
+
+#[test]
+fn a_task_group_task_waits_for_a_slot_takes_one_and_gives_it_back_when_it_ends() {
+    let wf = workflow(
+        "name: grouped\ntasks:\n  - { name: a, command: 'true', task_group: db, task_group_priority: 3, retries: 1 }\n",
+    );
+    let mut run = new_run(&wf);
+    step(&wf, &mut run, Event::Start, t0());
+    let advance = wf.advance(&run, t0()).expect("a is ready");
+    let Write::CreateTasks(new) = &advance.writes[0] else { panic!("{:?}", advance.writes) };
+    assert_eq!((new[0].task_group.as_deref(), new[0].task_group_priority), (Some("db"), 3));
+    run = advance.state.clone();
+    let effects = create(&mut run, &wf, &advance.writes, 1);
+    assert_eq!(effects, [Effect::Post(Event::SlotDue { at: attempt(1, 1) })], "in line, not queued");
+    assert_eq!(run.task(0).map(|t| t.state), Some(Waiting));
+    // taking the slot is one conditional write; only then is the task queued
+    let took = step(&wf, &mut run, Event::SlotDue { at: attempt(1, 1) }, t0());
+    assert!(matches!(&took.writes[..], [Write::TakeSlot(t)] if t.expected == Waiting && t.new == Submitted));
+    assert_eq!(took.effects, [Effect::Enqueue { task: 0, after: Duration::ZERO, avoid: None }]);
+    assert_eq!(wf.apply(&run, &Event::SlotDue { at: attempt(1, 1) }, t0()), Ok(Outcome::Ignored), "taken once");
+    // a failed attempt gives the slot back; its retry gets in line again
+    run_task(&wf, &mut run, 1, 1, false);
+    assert_eq!(run.task(0).map(|t| t.state), Some(Delayed));
+    let retry = step(&wf, &mut run, Event::RetryDue { at: attempt(1, 1) }, at(2));
+    assert!(matches!(&retry.writes[..], [Write::Task(t)] if t.new == Waiting && t.await_slot && t.attempt == Some(2)));
+    assert!(retry.effects.contains(&Effect::Post(Event::SlotDue { at: attempt(1, 2) })));
+}
+
+#[test]
+fn a_paused_run_gives_its_queued_slots_back_and_gets_in_line_again_on_resume() {
+    let wf = workflow("name: grouped\ntasks:\n  - { name: a, command: 'true', task_group: db }\n");
+    let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Submitted, 1, None))]);
+    step(&wf, &mut run, Event::Control { command: 2, action: Control::Pause, task: None }, t0());
+    let paused = wf.advance(&run, t0()).expect("paused at once");
+    assert!(paused.writes.iter().any(|w| matches!(w, Write::Task(t) if t.new == Waiting && t.await_slot)));
+    run = paused.state;
+    assert_eq!((run.state, run.task(0).map(|t| t.awaiting_slot)), (Paused, Some(true)));
+    assert_eq!(wf.apply(&run, &Event::SlotDue { at: attempt(1, 1) }, at(1)), Ok(Outcome::Ignored), "paused: no slot");
+    let resumed = step(&wf, &mut run, Event::Control { command: 3, action: Control::Resume, task: None }, at(2));
+    assert!(resumed.effects.contains(&Effect::Post(Event::SlotDue { at: attempt(1, 1) })));
+}
+
+#[test]
+fn a_rerun_puts_a_task_group_task_in_line_and_its_downstream_waits_for_it() {
+    let wf = workflow(
+        "name: grouped\ntasks:\n  - { name: a, command: 'true', task_group: db }\n  - { name: b, command: 'true', depends_on: [a], task_group: db }\n",
+    );
+    let (run, _) = RunState::rebuild(&wf, Failure, [("a".to_string(), task(1, Failure, 1, None))]);
+    let picked = wf.rerun_tasks(&run, None).expect("a failed");
+    assert_eq!(picked, [RerunTask { id: 1, state: Failure, attempt: 1, new: Waiting, await_slot: true }]);
+    // b waits for a (not for a slot) until a has succeeded; then it gets in line
+    let (mut run, _) = RunState::rebuild(
+        &wf,
+        Running,
+        [("a".to_string(), task(1, Success, 2, None)), ("b".to_string(), task(2, Waiting, 2, None))],
+    );
+    let advance = wf.advance(&run, t0()).expect("b gets in line");
+    assert!(
+        matches!(&advance.writes[..], [Write::Task(t)] if t.expected == Waiting && t.new == Waiting && t.await_slot)
+    );
+    assert_eq!(advance.effects, [Effect::Post(Event::SlotDue { at: attempt(2, 2) })]);
+    run = advance.state;
+    assert_eq!(wf.advance(&run, t0()), None, "in line once");
+}
+
+#[test]
+fn a_task_marked_successful_lets_its_run_go_on() {
+    let wf = workflow(CHAIN);
+    // on a run that still runs: a control command
+    let (mut run, _) = RunState::rebuild(&wf, Running, [("a".to_string(), task(1, Failure, 1, None))]);
+    assert!(run.failing.is_some());
+    let marked = step(&wf, &mut run, Event::Control { command: 4, action: Control::MarkSuccess, task: Some(1) }, t0());
+    assert!(marked.writes.iter().any(|w| matches!(w, Write::Task(t) if t.new == ForcedSuccess && t.warning.as_deref() == Some("marked successful by an operator; attempt 1 had ended failure"))));
+    assert!(marked.writes.contains(&Write::CompleteCommand(4)));
+    assert_eq!((run.task(0).map(|t| t.state), run.failing.as_deref()), (Some(ForcedSuccess), None));
+    let advance = wf.advance(&run, t0()).expect("b is ready");
+    assert_eq!(advance.writes, [Write::CreateTasks(vec!["b".into()])], "what depends on it runs");
+    // on a run that ended: the task and what waits downstream, as a rerun
+    let (ended_run, _) = RunState::rebuild(
+        &wf,
+        Stopped,
+        [("a".to_string(), task(1, Killed, 1, None)), ("b".to_string(), task(2, Stopped, 1, None))],
+    );
+    let picked = wf.mark_success_tasks(&ended_run, 1).expect("a was killed");
+    assert_eq!(
+        picked,
+        [
+            RerunTask { id: 1, state: Killed, attempt: 1, new: ForcedSuccess, await_slot: false },
+            RerunTask { id: 2, state: Stopped, attempt: 1, new: Waiting, await_slot: false },
+        ]
+    );
+    let (done, _) = RunState::rebuild(&wf, Success, [("a".to_string(), task(1, Success, 1, None))]);
+    assert!(
+        wf.mark_success_tasks(&done, 1).expect_err("it succeeded").contains("only a task that ended without success")
+    );
 }

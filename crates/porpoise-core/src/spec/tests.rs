@@ -182,12 +182,31 @@ fn every_problem_is_reported() {
 }
 
 #[test]
-fn task_groups_are_refused_until_they_are_built() {
-    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: warehouse\n");
-    assert_eq!(p.task.as_deref(), Some("a"));
-    assert_eq!(p.field.as_deref(), Some("task_group"));
-    assert_eq!(p.line, Some(5));
-    assert!(p.message.contains("not supported yet"), "{}", p.message);
+fn task_group_names_follow_the_name_rule_and_priority_needs_a_group() {
+    let ok = WorkflowSpec::parse(
+        "x.yaml",
+        "name: x\ntasks:\n  - { name: a, command: echo, task_group: warehouse, task_group_priority: 5 }\n",
+    )
+    .expect("valid");
+    assert_eq!((ok.tasks[0].task_group.as_deref(), ok.tasks[0].task_group_priority), (Some("warehouse"), 5));
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    task_group: 'ware house'\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("task_group"), Some(5)));
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    task_group_priority: 3\n");
+    assert_eq!(p.field.as_deref(), Some("task_group_priority"));
+    assert!(p.message.contains("without a task_group"), "{}", p.message);
+}
+
+#[test]
+fn worker_group_wait_defaults_to_ten_minutes() {
+    let spec = WorkflowSpec::parse(
+        "x.yaml",
+        "name: x\ntasks:\n  - { name: a, command: echo }\n  - { name: b, command: echo, worker_group_wait: 30s }\n",
+    )
+    .expect("valid");
+    assert_eq!(spec.tasks[0].worker_group_wait, Duration::from_secs(600));
+    assert_eq!(spec.tasks[1].worker_group_wait, Duration::from_secs(30));
+    let p = single("name: x\ntasks:\n  - { name: a, command: echo, worker_group_wait: 0s }\n");
+    assert_eq!(p.field.as_deref(), Some("worker_group_wait"));
 }
 
 #[test]

@@ -30,7 +30,7 @@ impl Op {
     /// The kind of write an engine write is.
     fn of(write: &Write) -> Op {
         match write {
-            Write::Task(t) => Op::TaskTo(t.new),
+            Write::Task(t) | Write::TakeSlot(t) => Op::TaskTo(t.new),
             Write::Workflow(w) => Op::WorkflowTo(w.new),
             Write::CreateTasks(_) => Op::CreateTasks,
             Write::CompleteCommand(_) => Op::CompleteCommand,
@@ -216,6 +216,21 @@ impl Store for FaultyStore {
             Some(op) => self.faulty(op, self.inner.persist(owner, run, writes)).await,
             None => self.inner.persist(owner, run, writes).await,
         }
+    }
+    async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup> {
+        self.inner.create_task_group(name, slots, description).await
+    }
+    async fn task_group(&self, name: &str) -> Result<Option<TaskGroup>> {
+        self.inner.task_group(name).await
+    }
+    async fn task_groups(&self) -> Result<Vec<TaskGroup>> {
+        self.inner.task_groups().await
+    }
+    async fn update_task_group(&self, name: &str, slots: Option<i32>, description: Option<&str>) -> Result<TaskGroup> {
+        self.inner.update_task_group(name, slots, description).await
+    }
+    async fn delete_task_group(&self, name: &str) -> Result<()> {
+        self.inner.delete_task_group(name).await
     }
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64> {
         self.inner.record_dead_letter(letter).await

@@ -1,0 +1,472 @@
+//! The application layer: every operator action — apply and show workflows, start, list and
+//! inspect runs, control runs and tasks, manage task groups, read task logs — as a plain Rust
+//! API over the store and the master's state. The gRPC AdminService only translates requests
+//! and replies (a REST API would call the same functions), and [`AppError`] says which errors
+//! are the user's.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use porpoise_core::engine::{Control, RerunTask, RunState, Workflow};
+use porpoise_core::{ExecutionState, WorkflowSpec};
+use porpoise_proto::v1::GetTaskLogRequest;
+use porpoise_store::{
+    ApplyOutcome, CommandKind, NewCommand, NewRun, StoreError, TASK_INSTANCE_PARAM, TaskGroup, TaskInstance,
+    WorkflowDefinition, WorkflowInstance,
+};
+use tracing::info;
+
+use crate::Shared;
+
+/// Why an operator's request was not carried out. The first three are the user's (fix the
+/// request); the others are Porpoise's or its surroundings'.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AppError {
+    /// The request itself is wrong (a bad name, a bad spec, options that exclude each other).
+    #[error("{0}")]
+    Invalid(String),
+    /// It names something that does not exist.
+    #[error("{0}")]
+    NotFound(String),
+    /// It makes no sense in the current state of what it names (resume a successful run).
+    #[error("{0}")]
+    WrongState(String),
+    /// The database or a worker cannot be reached now: the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Porpoise failed (unreadable stored data, a refused statement).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl AppError {
+    /// Whether the error is the user's to fix (exit 2 in the CLI) rather than Porpoise's.
+    pub fn is_users(&self) -> bool {
+        matches!(self, Self::Invalid(_) | Self::NotFound(_) | Self::WrongState(_))
+    }
+}
+
+impl From<StoreError> for AppError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound { .. } => Self::NotFound(e.to_string()),
+            StoreError::Conflict { .. } => Self::WrongState(format!("changed meanwhile: {e}")),
+            e if e.is_retryable() => Self::Unavailable(e.to_string()),
+            e => Self::Internal(e.to_string()),
+        }
+    }
+}
+
+type Result<T, E = AppError> = std::result::Result<T, E>;
+
+/// A workflow as stored by an apply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    pub name: String,
+    pub version: i32,
+    /// False when an identical spec was already the newest version.
+    pub changed: bool,
+}
+
+/// A run as an operator sees it.
+#[derive(Debug, Clone)]
+pub struct RunView {
+    pub run: WorkflowInstance,
+    /// The version of the workflow it runs (0 if the definition is gone).
+    pub version: i32,
+    /// Why the run is in its state: a stall first, else the stored reason.
+    pub reason: Option<String>,
+    /// Unfinished, and its owner is not a live master: it waits to be taken over.
+    pub awaiting_takeover: bool,
+}
+
+/// A run with its task instances.
+#[derive(Debug, Clone)]
+pub struct RunDetail {
+    pub view: RunView,
+    pub tasks: Vec<TaskInstance>,
+}
+
+/// A control request, recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Controlled {
+    /// The state of the run (or task) when the request was recorded.
+    pub state: ExecutionState,
+    /// What happens next, in one line.
+    pub message: String,
+}
+
+/// Which tasks a rerun starts again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RerunScope {
+    /// The failed, stopped and killed ones.
+    Failed,
+    /// This task and everything downstream of it.
+    From(String),
+}
+
+/// A piece of a task's log.
+#[derive(Debug, Clone)]
+pub struct LogChunk {
+    pub content: Vec<u8>,
+    pub next_offset: u64,
+    pub eof: bool,
+}
+
+/// The most runs a listing returns.
+pub const MAX_LIST: u32 = 1000;
+
+/// The application: operators' actions over one master's store and state.
+#[derive(Debug, Clone)]
+pub struct App(pub(crate) Arc<Shared>);
+
+impl App {
+    /// Validates `yaml` (named `file` in errors) and stores it as the newest version of its
+    /// workflow; the task groups it names must exist.
+    pub async fn apply(&self, file: &str, yaml: &str) -> Result<Applied> {
+        let spec = WorkflowSpec::parse(file, yaml).map_err(|e| AppError::Invalid(e.to_string()))?;
+        for task in &spec.tasks {
+            if let Some(group) = &task.task_group
+                && self.0.store.task_group(group).await?.is_none()
+            {
+                return Err(AppError::Invalid(format!(
+                    "{file}: task {}: task_group: no task group {group:?}; create it first with \
+                     `porpoise taskgroup create {group} --slots N`",
+                    task.name
+                )));
+            }
+        }
+        let outcome = self.0.store.apply_definition(&spec, yaml).await?;
+        let changed = !matches!(outcome, ApplyOutcome::Unchanged { .. });
+        info!(workflow = %spec.name, version = outcome.version(), changed, "workflow applied");
+        Ok(Applied { name: spec.name, version: outcome.version(), changed })
+    }
+
+    /// The newest version of every workflow.
+    pub async fn workflows(&self) -> Result<Vec<WorkflowDefinition>> {
+        Ok(self.0.store.list_definitions().await?)
+    }
+
+    /// Version `version` of workflow `name` (`None`: the newest).
+    pub async fn workflow(&self, name: &str, version: Option<i32>) -> Result<WorkflowDefinition> {
+        let def = match version {
+            None => self.0.store.latest_definition(name).await?,
+            Some(v) => self.0.store.definition_version(name, v).await?,
+        };
+        def.ok_or_else(|| match version {
+            None => AppError::NotFound(format!("no workflow named {name}")),
+            Some(v) => AppError::NotFound(format!("workflow {name} has no version {v}")),
+        })
+    }
+
+    /// Requests a run of the newest version of workflow `name`; returns its id.
+    pub async fn start_run(&self, name: &str, params: BTreeMap<String, String>) -> Result<i64> {
+        let def = self
+            .0
+            .store
+            .latest_definition(name)
+            .await?
+            .ok_or_else(|| AppError::NotFound(format!("no workflow named {name:?}; apply it first")))?;
+        let spec = spec_of(&def)?;
+        for key in params.keys() {
+            porpoise_core::spec::check_param_name(key).map_err(AppError::Invalid)?;
+        }
+        let run =
+            NewRun { workflow_definition_id: def.id, workflow_name: def.name.clone(), priority: spec.priority, params };
+        let (instance, _) = self.0.store.create_run(&run).await?;
+        self.0.wake_consumer();
+        info!(workflow = %def.name, run_id = instance.id, "run requested");
+        Ok(instance.id)
+    }
+
+    /// Run `id` with its task instances.
+    pub async fn run(&self, id: i64) -> Result<RunDetail> {
+        // a stalled run cannot reach the database: say why at once rather than time out on it
+        if let Some(reason) = self.0.stall(id) {
+            return Err(AppError::Unavailable(format!("run {id} is {reason}")));
+        }
+        let run = self.find_run(id).await?;
+        let tasks = self.0.store.task_instances_of(id).await?;
+        let version = self.version_of(run.workflow_definition_id).await;
+        Ok(RunDetail { view: self.view(run, version), tasks })
+    }
+
+    /// Runs of workflow `name` (or of all), in state `state` (or any), newest first; `limit`
+    /// 0 means 50.
+    pub async fn runs(&self, name: Option<&str>, state: Option<&str>, limit: u32) -> Result<Vec<RunView>> {
+        let limit = if limit == 0 { 50 } else { limit.min(MAX_LIST) };
+        let state = state
+            .map(|s| s.parse::<ExecutionState>().map_err(|e| AppError::Invalid(format!("--state: {e}"))))
+            .transpose()?;
+        let runs = self.0.store.list_workflow_instances(name, state, limit).await?;
+        let mut versions = HashMap::new();
+        let mut out = Vec::with_capacity(runs.len());
+        for r in runs {
+            let version = match versions.get(&r.workflow_definition_id) {
+                Some(&v) => v,
+                None => {
+                    let v = self.version_of(r.workflow_definition_id).await;
+                    versions.insert(r.workflow_definition_id, v);
+                    v
+                }
+            };
+            out.push(self.view(r, version));
+        }
+        Ok(out)
+    }
+
+    /// Records an operator's control of run `id` (durable first: the run's owner, or the master
+    /// that takes it over, carries it out), after checking that it makes sense for the run's
+    /// state. A resume of a stopped run reruns what did not succeed.
+    pub async fn control(&self, id: i64, action: Control) -> Result<Controlled> {
+        let run = self.find_run(id).await?;
+        let state = run.state;
+        if action == Control::Resume && state == ExecutionState::Stopped {
+            let picked = self
+                .rerun_pick(&run, |workflow, state| Ok(workflow.rerun_tasks(state, None).unwrap_or_default()))
+                .await?;
+            self.rerun_with(&run, &picked).await?;
+            let message = format!("run {id}: resumed; what did not succeed runs again, what succeeded does not");
+            return Ok(Controlled { state, message });
+        }
+        let allowed = match action {
+            Control::Stop => !state.is_terminal(),
+            Control::Pause => matches!(state, ExecutionState::Running | ExecutionState::Submitted),
+            Control::Resume => state == ExecutionState::Paused,
+            Control::KillTask | Control::MarkSuccess => false, // a task's, not a run's
+        };
+        if !allowed {
+            let which = match action {
+                Control::Stop => "a submitted, running or paused run can be stopped",
+                Control::Pause => "a submitted or running run can be paused",
+                Control::Resume => "a paused or stopped run can be resumed (rerun a failed one)",
+                Control::KillTask | Control::MarkSuccess => "a task instance can be",
+            };
+            return Err(AppError::WrongState(format!("run {id} is {state}: only {which}")));
+        }
+        self.command(&run, action, None).await?;
+        let message = match action {
+            Control::Stop => format!("run {id}: stop requested; its running tasks are killed and it ends stopped"),
+            Control::Pause => format!("run {id}: pause requested; its running tasks finish and it ends paused"),
+            _ => format!("run {id}: resume requested; it carries on where it was"),
+        };
+        Ok(Controlled { state, message })
+    }
+
+    /// Records an operator's kill of task instance `id` as a command on its run.
+    pub async fn kill_task(&self, id: i64) -> Result<Controlled> {
+        let (task, run) = self.find_task(id).await?;
+        if task.state.is_terminal() || run.state.is_terminal() {
+            return Err(AppError::WrongState(format!(
+                "task instance {id} is {} (its run is {}): only a task that has not ended can be killed",
+                task.state, run.state
+            )));
+        }
+        self.command(&run, Control::KillTask, Some(id)).await?;
+        let message =
+            format!("task instance {id} ({}): kill requested; it ends killed and run {} fails", task.task_name, run.id);
+        Ok(Controlled { state: task.state, message })
+    }
+
+    /// Marks task instance `id`, which ended without success, successful: the run goes on as
+    /// if it had succeeded. On a run that has ended, this reruns the run from there.
+    pub async fn mark_success(&self, id: i64) -> Result<Controlled> {
+        let (task, run) = self.find_task(id).await?;
+        if !task.state.is_unsuccessful() {
+            return Err(AppError::WrongState(format!(
+                "task instance {id} ({}) is {}: only a task that failed, was stopped or was killed can be marked \
+                 successful",
+                task.task_name, task.state
+            )));
+        }
+        let message = if run.state.is_terminal() {
+            let picked = self.rerun_pick(&run, |workflow, state| workflow.mark_success_tasks(state, id)).await?;
+            self.rerun_with(&run, &picked).await?;
+            format!("task instance {id} ({}): marked successful; run {} goes on from it", task.task_name, run.id)
+        } else {
+            self.command(&run, Control::MarkSuccess, Some(id)).await?;
+            format!(
+                "task instance {id} ({}): marked successful; run {} goes on as if it had succeeded",
+                task.task_name, run.id
+            )
+        };
+        Ok(Controlled { state: task.state, message })
+    }
+
+    /// Reruns run `id`, which has ended, keeping its id and history.
+    pub async fn rerun(&self, id: i64, scope: RerunScope) -> Result<()> {
+        let run = self.find_run(id).await?;
+        if !run.state.is_terminal() {
+            return Err(AppError::WrongState(format!(
+                "run {id} is {}: only a run that has ended can be rerun",
+                run.state
+            )));
+        }
+        let from = match &scope {
+            RerunScope::Failed => None,
+            RerunScope::From(task) => Some(task.as_str()),
+        };
+        let picked = self.rerun_pick(&run, |workflow, state| workflow.rerun_tasks(state, from)).await?;
+        self.rerun_with(&run, &picked).await?;
+        info!(run_id = id, tasks = picked.len(), from = from.unwrap_or("(the failed tasks)"), "rerun requested");
+        Ok(())
+    }
+
+    /// Up to `limit` bytes (0: the worker's default) of task instance `id`'s log from `offset`,
+    /// read from the worker that ran it.
+    pub async fn task_log(&self, id: i64, offset: u64) -> Result<LogChunk> {
+        let task = self.0.store.task_instance(id).await?;
+        let task = task.ok_or_else(|| AppError::NotFound(format!("no task instance {id}")))?;
+        let worker = task
+            .worker_addr
+            .ok_or_else(|| AppError::WrongState(format!("task instance {id} has not been dispatched yet")))?;
+        let mut client = self.0.workers.client(&worker).map_err(AppError::Internal)?;
+        let reply = client
+            .get_task_log(GetTaskLogRequest { task_instance_id: task.id, attempt: task.attempt, offset, limit: 0 })
+            .await
+            .map_err(|s| AppError::Unavailable(format!("cannot read the log from worker {worker}: {}", s.message())))?
+            .into_inner();
+        Ok(LogChunk { content: reply.content, next_offset: reply.next_offset, eof: reply.eof })
+    }
+
+    /// Creates task group `name` with `slots` slots.
+    pub async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup> {
+        porpoise_core::spec::check_name(name).map_err(|e| AppError::Invalid(format!("task group name: {e}")))?;
+        check_slots(slots)?;
+        if self.0.store.task_group(name).await?.is_some() {
+            return Err(AppError::WrongState(format!("task group {name} exists already (change it with update)")));
+        }
+        let group = self.0.store.create_task_group(name, slots, description).await?;
+        info!(task_group = name, slots, "task group created");
+        Ok(group)
+    }
+
+    /// Every task group, with the slots in use and the tasks waiting.
+    pub async fn task_groups(&self) -> Result<Vec<TaskGroup>> {
+        Ok(self.0.store.task_groups().await?)
+    }
+
+    /// Changes task group `name`'s slots and/or description. Fewer slots than are in use take
+    /// effect as tasks end: nothing running is stopped.
+    pub async fn update_task_group(
+        &self,
+        name: &str,
+        slots: Option<i32>,
+        description: Option<&str>,
+    ) -> Result<TaskGroup> {
+        if let Some(slots) = slots {
+            check_slots(slots)?;
+        }
+        if slots.is_none() && description.is_none() {
+            return Err(AppError::Invalid("nothing to change: give --slots or --description".into()));
+        }
+        let group = self.0.store.update_task_group(name, slots, description).await?;
+        self.0.slots_freed(name);
+        info!(task_group = name, slots = group.slots, "task group updated");
+        Ok(group)
+    }
+
+    /// Deletes task group `name`, unless a task instance not yet ended or the newest version of
+    /// a workflow names it.
+    pub async fn delete_task_group(&self, name: &str) -> Result<()> {
+        let group = self.0.store.task_group(name).await?;
+        let group = group.ok_or_else(|| AppError::NotFound(format!("no task group {name}")))?;
+        if group.used + group.waiting > 0 {
+            return Err(AppError::WrongState(format!(
+                "task group {name} is in use ({} running, {} waiting): delete it once they end",
+                group.used, group.waiting
+            )));
+        }
+        for def in self.0.store.list_definitions().await? {
+            if spec_of(&def)?.tasks.iter().any(|t| t.task_group.as_deref() == Some(name)) {
+                return Err(AppError::WrongState(format!(
+                    "task group {name} is named by workflow {} (version {}): change the workflow first",
+                    def.name, def.version
+                )));
+            }
+        }
+        self.0.store.delete_task_group(name).await?;
+        info!(task_group = name, "task group deleted");
+        Ok(())
+    }
+
+    async fn find_run(&self, id: i64) -> Result<WorkflowInstance> {
+        self.0.store.workflow_instance(id).await?.ok_or_else(|| AppError::NotFound(format!("no run {id}")))
+    }
+
+    async fn find_task(&self, id: i64) -> Result<(TaskInstance, WorkflowInstance)> {
+        let task = self.0.store.task_instance(id).await?;
+        let task = task.ok_or_else(|| AppError::NotFound(format!("no task instance {id}")))?;
+        let run = self.find_run(task.workflow_instance_id).await?;
+        Ok((task, run))
+    }
+
+    /// Stores control command `action` (about task instance `task`) for `run` and wakes the
+    /// consumer, which hands it to the run's runner.
+    async fn command(&self, run: &WorkflowInstance, action: Control, task: Option<i64>) -> Result<i64> {
+        let params = task.map(|t| (TASK_INSTANCE_PARAM.to_string(), t.to_string())).into_iter().collect();
+        let command = NewCommand {
+            kind: CommandKind::Control(action),
+            workflow_definition_id: run.workflow_definition_id,
+            workflow_instance_id: Some(run.id),
+            params,
+            priority: run.priority,
+        };
+        let command_id = self.0.store.insert_command(&command).await?;
+        info!(run_id = run.id, task_instance_id = ?task, action = action.as_str(), command_id, "control requested");
+        self.0.wake_consumer();
+        Ok(command_id)
+    }
+
+    /// The task instances of ended run `run` that `pick` chooses, from the run as the engine
+    /// rebuilds it.
+    async fn rerun_pick(
+        &self,
+        run: &WorkflowInstance,
+        pick: impl FnOnce(&Workflow, &RunState) -> Result<Vec<RerunTask>, String>,
+    ) -> Result<Vec<RerunTask>> {
+        let def = self.0.store.definition(run.workflow_definition_id).await?;
+        let def = def.ok_or_else(|| AppError::Internal(format!("the workflow of run {} is gone", run.id)))?;
+        let workflow = Workflow::new(spec_of(&def)?);
+        let rows = self.0.store.task_instances_of(run.id).await?;
+        let (state, _) = RunState::rebuild(&workflow, run.state, rows.iter().map(TaskInstance::engine_state));
+        pick(&workflow, &state).map_err(|why| AppError::WrongState(format!("run {}: {why}", run.id)))
+    }
+
+    /// Starts ended run `run` again with `tasks` as the engine picked them.
+    async fn rerun_with(&self, run: &WorkflowInstance, tasks: &[RerunTask]) -> Result<()> {
+        self.0.store.rerun(run.id, tasks).await.map_err(|e| match e {
+            StoreError::Conflict { .. } => AppError::WrongState(format!("run {} changed meanwhile: {e}", run.id)),
+            e => e.into(),
+        })?;
+        self.0.wake_consumer();
+        Ok(())
+    }
+
+    fn view(&self, run: WorkflowInstance, version: i32) -> RunView {
+        let reason = self.0.stall(run.id).or_else(|| run.state_reason.clone());
+        let awaiting_takeover =
+            !run.state.is_terminal() && run.owner.as_deref().is_some_and(|o| !self.0.masters.is_live(o));
+        RunView { run, version, reason, awaiting_takeover }
+    }
+
+    async fn version_of(&self, definition_id: i64) -> i32 {
+        match self.0.store.definition(definition_id).await {
+            Ok(Some(d)) => d.version,
+            _ => 0,
+        }
+    }
+}
+
+fn spec_of(def: &WorkflowDefinition) -> Result<WorkflowSpec> {
+    serde_json::from_str(&def.spec_json).map_err(|e| {
+        AppError::Internal(format!("the stored spec of {} version {} is unreadable: {e}", def.name, def.version))
+    })
+}
+
+fn check_slots(slots: i32) -> Result<()> {
+    if slots < 1 {
+        return Err(AppError::Invalid(format!("--slots must be at least 1, not {slots}")));
+    }
+    Ok(())
+}
