@@ -227,6 +227,26 @@ async fn a_task_marked_successful_lets_its_run_go_on() {
     assert!(err.contains("no task instance 999999"), "{err}");
 }
 
+/// A task whose worker group has no live worker waits for its `worker_group_wait`, then fails
+/// saying why; the run fails with it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_without_a_worker_of_its_group_fails_after_its_worker_group_wait() {
+    let mut d = Deployment::standalone().await;
+    let yaml =
+        "name: gpu\ntasks:\n  - name: train\n    command: 'true'\n    worker_group: gpu\n    worker_group_wait: 2s\n";
+    d.apply("gpu", yaml);
+    let id = d.start_run("gpu").await;
+    let run = d.finished_run(id).await;
+    let summary = run.run.clone().expect("the run");
+    assert_eq!(summary.state, "failure", "{run:?}");
+    let why = "no live worker in worker group gpu for 2s (worker_group_wait)";
+    assert_eq!(summary.state_reason, format!("task train failed: {why}"));
+    let train = run.tasks.iter().find(|t| t.task_name == "train").expect("train");
+    assert_eq!((train.state.as_str(), train.warning.as_str(), train.attempt), ("failure", why, 1));
+    let waited = summary.ended_at_ms - summary.started_at_ms;
+    assert!(waited >= 2000, "it waited its worker_group_wait first: {waited} ms");
+}
+
 /// The owner of the run is killed a moment before the stop is asked of the other master: the
 /// stop waits in the database, and the master that takes the run over carries it out.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -59,6 +59,8 @@ pub enum Event {
     /// A task waiting for a slot of its task group tries to take one (when a slot may have
     /// been freed, and now and then).
     SlotDue { at: AttemptRef },
+    /// The task waited for a worker of its group past its `worker_group_wait`: it fails.
+    NoWorker { at: AttemptRef, reason: String },
 }
 
 /// What an operator asks of a run.
@@ -112,9 +114,11 @@ impl Event {
     pub fn kind(&self) -> StateEventKind {
         match self {
             Self::Start => StateEventKind::WorkflowStateChange,
-            Self::Dispatched { .. } | Self::Requeue { .. } | Self::Running { .. } | Self::Ended(_) => {
-                StateEventKind::TaskStateChange
-            }
+            Self::Dispatched { .. }
+            | Self::Requeue { .. }
+            | Self::Running { .. }
+            | Self::Ended(_)
+            | Self::NoWorker { .. } => StateEventKind::TaskStateChange,
             Self::RetryDue { .. } => StateEventKind::TaskRetry,
             Self::TimeoutDue { .. } => StateEventKind::TaskTimeout,
             Self::WorkerLost { .. } => StateEventKind::WorkerLost,
@@ -134,7 +138,8 @@ impl Event {
             | Self::RetryDue { at }
             | Self::TimeoutDue { at }
             | Self::Failover { at, .. }
-            | Self::SlotDue { at } => Some(*at),
+            | Self::SlotDue { at }
+            | Self::NoWorker { at, .. } => Some(*at),
             Self::Ended(e) => Some(e.at),
             Self::Start | Self::WorkerLost { .. } | Self::Control { .. } | Self::WorkflowTimeoutDue => None,
         }
@@ -535,6 +540,7 @@ impl Workflow {
                 Ok(self.on_mark_success(run, *command, *task))
             }
             Event::SlotDue { at } => self.on_slot_due(run, *at),
+            Event::NoWorker { at, reason } => self.on_no_worker(run, *at, reason, now),
             Event::Control { command, action, .. } => Ok(self.on_control(run, *command, *action, now)),
             Event::WorkflowTimeoutDue => Ok(self.on_workflow_timeout(run, now)),
         }
@@ -691,6 +697,33 @@ impl Workflow {
             writes: vec![Write::TakeSlot(TaskWrite::new(cur, Submitted))],
             effects: vec![Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None }],
             advance: false,
+        }))
+    }
+
+    /// A task waited past its `worker_group_wait` for a worker of its group: it fails, without
+    /// a retry (the next attempt would wait for the same missing worker).
+    fn on_no_worker(
+        &self,
+        run: &RunState,
+        at: AttemptRef,
+        reason: &str,
+        now: DateTime<Utc>,
+    ) -> Result<Outcome, DropReason> {
+        let (idx, cur) = task_of(run, at)?;
+        if cur.state != Submitted || at.attempt != cur.attempt || run.control.is_some() || run.state != Running {
+            return Ok(Outcome::Ignored); // dispatched or moved on meanwhile, or the run holds still
+        }
+        let mut state = run.clone();
+        state.task_mut(idx).state = Failure;
+        state.task_mut(idx).ended_at = Some(now);
+        state.failing.get_or_insert_with(|| failure_reason(&self.task(idx).name, None, reason));
+        let write =
+            TaskWrite { ended_at: Some(now), warning: Some(reason.to_string()), ..TaskWrite::new(cur, Failure) };
+        Ok(Outcome::Changed(Transition {
+            state,
+            writes: vec![Write::Task(write)],
+            effects: vec![Effect::Note(Note::TaskFinished { task: idx, state: Failure })],
+            advance: true,
         }))
     }
 

@@ -40,6 +40,35 @@ pub(crate) async fn run(shared: Arc<Shared>) {
     }
 }
 
+/// How often parked tasks are checked against their `worker_group_wait`.
+const WORKER_WAIT_CHECK: Duration = Duration::from_secs(1);
+
+/// Runs forever: fails each parked task whose worker group has had no live worker for its
+/// `worker_group_wait` (counted from when it was queued or the group was last seen empty, the
+/// later), through its runner.
+pub(crate) async fn fail_tasks_without_workers(shared: Arc<Shared>) {
+    let mut empty_since: std::collections::HashMap<String, std::time::Instant> = Default::default();
+    loop {
+        tokio::select! {
+            () = shared.draining.cancelled() => return,
+            () = tokio::time::sleep(WORKER_WAIT_CHECK) => {}
+        }
+        let groups = shared.queue.parked_groups();
+        empty_since.retain(|g, _| groups.contains(g) && !shared.workers.has_group(g));
+        for group in groups.into_iter().filter(|g| !shared.workers.has_group(g)) {
+            let since = *empty_since.entry(group.clone()).or_insert_with(std::time::Instant::now);
+            let expired = shared.queue.take_parked(&group, |t| t.queued_at.max(since).elapsed() >= t.worker_group_wait);
+            for task in expired {
+                let wait = humantime::format_duration(task.worker_group_wait);
+                let why = format!("no live worker in worker group {group} for {wait} (worker_group_wait)");
+                warn!(task_instance_id = task.task_instance_id, task = %task.task_name, %group, "{why}; the task fails");
+                metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "no_worker").increment(1);
+                task.runner.post(Event::NoWorker { at: attempt_of(&task), reason: why });
+            }
+        }
+    }
+}
+
 /// The attempt `task` stands for.
 fn attempt_of(task: &QueuedTask) -> AttemptRef {
     AttemptRef { task_instance_id: task.task_instance_id, attempt: task.attempt }

@@ -296,6 +296,7 @@ impl MasterHandle {
             }
         });
         spawner.spawn(dispatch::run(shared.clone()));
+        spawner.spawn(dispatch::fail_tasks_without_workers(shared.clone()));
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
         let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())));

@@ -28,6 +28,8 @@ pub(crate) struct QueuedTask {
     pub workflow_priority: Priority,
     pub task_priority: Priority,
     pub queued_at: Instant,
+    /// How long the task may wait while its worker group has no live worker.
+    pub worker_group_wait: Duration,
     /// The worker that last refused this attempt: chosen again only if no other is free.
     pub avoid: Option<String>,
     pub runner: RunnerHandle,
@@ -105,6 +107,33 @@ impl DispatchQueue {
         let group = task.worker_group.clone();
         st.parked.entry(group).or_default().push(task.workflow_priority, task.task_priority, 0, task);
         st.parked.values().map(TaskPriorityQueue::len).sum()
+    }
+
+    /// The worker groups with parked tasks.
+    pub fn parked_groups(&self) -> Vec<String> {
+        self.state().parked.iter().filter(|(_, q)| !q.is_empty()).map(|(g, _)| g.clone()).collect()
+    }
+
+    /// Takes `group`'s parked tasks for which `expired` holds out of the queue (the others
+    /// keep their order).
+    pub fn take_parked(&self, group: &str, expired: impl Fn(&QueuedTask) -> bool) -> Vec<QueuedTask> {
+        let mut st = self.state();
+        let Some(queue) = st.parked.get_mut(group) else { return Vec::new() };
+        let mut keep = Vec::new();
+        let mut taken = Vec::new();
+        while let Some(t) = queue.pop() {
+            if expired(&t) { taken.push(t) } else { keep.push(t) }
+        }
+        for t in keep {
+            queue.push(t.workflow_priority, t.task_priority, 0, t);
+        }
+        for t in &taken {
+            st.present.remove(&(t.task_instance_id, t.attempt));
+        }
+        let parked = st.parked.values().map(TaskPriorityQueue::len).sum::<usize>();
+        drop(st);
+        metrics::gauge!(crate::metrics::TASKS_WAITING_FOR_WORKER).set(parked as f64);
+        taken
     }
 
     /// Moves up to `n` of `group`'s parked tasks (most urgent first) back to the ready queue.

@@ -641,6 +641,7 @@ impl Runner {
             workflow_priority: self.workflow.spec.priority,
             task_priority: task.priority,
             queued_at: Instant::now(),
+            worker_group_wait: task.worker_group_wait,
             avoid,
             runner: self.handle.clone(),
         }

@@ -171,6 +171,11 @@ impl WorkerDirectory {
         self.state().waiting_said.insert(group.to_string())
     }
 
+    /// Whether a live worker of `group` is registered (free or not).
+    pub fn has_group(&self, group: &str) -> bool {
+        self.state().workers.values().any(|w| w.group == group)
+    }
+
     pub fn contains(&self, addr: &str) -> bool {
         self.state().workers.contains_key(addr)
     }
