@@ -90,4 +90,34 @@ async fn fail_and_warnfail_kill_every_process_and_fail_the_task(d: Deployment) {
     }
 }
 
-common::both_modes!(warn_lets_the_task_run_on_and_says_so, fail_and_warnfail_kill_every_process_and_fail_the_task);
+/// A timeout with retries (DolphinScheduler's #11796 lost them): every attempt that times out
+/// is retried after its interval, until the retries run out.
+async fn each_timed_out_attempt_is_retried_after_its_interval(d: Deployment) {
+    let marks = d.path("marks");
+    let yaml = format!(
+        "name: stubborn\ntasks:\n  - name: stubborn\n    timeout: 1s\n    retries: 2\n    retry_interval: 1s\n    command: echo $(date +%s%N) >> {m}; sleep 300\n",
+        m = marks.display()
+    );
+    d.apply("stubborn", &yaml);
+    let out = d.porpoise(&["run", "stubborn", "--wait"]);
+    assert_eq!(out.status.code(), Some(1), "the run fails once the retries are used up");
+    let starts: Vec<u128> = lines(&marks).iter().map(|l| l.parse().expect("a timestamp")).collect();
+    assert_eq!(starts.len(), 3, "the first attempt and two retries: {starts:?}");
+    for pair in starts.windows(2) {
+        let gap_ms = (pair[1] - pair[0]) / 1_000_000;
+        assert!(gap_ms >= 2000, "each retry came after the timeout (1s) and the interval (1s): {gap_ms} ms");
+    }
+    let id = run_id(&out);
+    let out = d.porpoise(&["status", &id.to_string(), "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status --json");
+    assert_eq!(
+        (status["tasks"][0]["state"].as_str(), status["tasks"][0]["attempt"].as_i64()),
+        (Some("failure"), Some(3))
+    );
+}
+
+common::both_modes!(
+    warn_lets_the_task_run_on_and_says_so,
+    fail_and_warnfail_kill_every_process_and_fail_the_task,
+    each_timed_out_attempt_is_retried_after_its_interval
+);
