@@ -1155,6 +1155,14 @@ impl Workflow {
                 effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Failure }));
                 effects.push(Effect::Note(Note::RetryCalledOff { task: idx, attempt: t.attempt }));
             }
+            // what waits for a task-group slot never gets one: it is stopped, and leaves the line
+            for (idx, t) in run.tasks().filter(|(_, t)| t.state == Waiting && t.awaiting_slot) {
+                writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
+                let task = state.task_mut(idx);
+                task.state = Stopped;
+                task.awaiting_slot = false;
+                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
+            }
         }
         let mut creating = false;
         if run.failing.is_none() || !ends {
@@ -1187,9 +1195,10 @@ impl Workflow {
                 }
             }
         }
-        // what is about to be created is active too; what waits on a task that will never
-        // succeed is not
-        let active = creating || state.tasks().any(|(_, t)| !t.state.is_terminal() && t.state != Waiting);
+        // what is about to be created, and what waits for a slot, is active too; what waits
+        // on a task that will never succeed is not
+        let active =
+            creating || state.tasks().any(|(_, t)| !t.state.is_terminal() && (t.state != Waiting || t.awaiting_slot));
         let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state.is_success()));
         let end = match &state.failing {
             _ if active => None,

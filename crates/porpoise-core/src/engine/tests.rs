@@ -641,3 +641,20 @@ fn a_task_marked_successful_lets_its_run_go_on() {
         wf.mark_success_tasks(&done, 1).expect_err("it succeeded").contains("only a task that ended without success")
     );
 }
+
+#[test]
+fn a_failing_run_stops_its_slot_waiters_or_with_continue_waits_for_them() {
+    let yaml = "name: grouped\ntasks:\n  - { name: bad, command: 'true' }\n  - { name: queued, command: 'true', task_group: db }\n";
+    let waiting = TaskState { awaiting_slot: true, ..task(2, Waiting, 1, None) };
+    let rows = || [("bad".to_string(), task(1, Failure, 1, None)), ("queued".to_string(), waiting.clone())];
+    // end: the waiter never gets a slot; it is stopped and the run fails
+    let wf = workflow(yaml);
+    let (run, _) = RunState::rebuild(&wf, Running, rows());
+    let end = wf.advance(&run, t0()).expect("the run ends");
+    assert!(end.writes.iter().any(|w| matches!(w, Write::Task(t) if t.id == 2 && t.new == Stopped)));
+    assert_eq!(end.state.state, Failure);
+    // continue: the waiter is still to run, so the run goes on
+    let wf = workflow(&yaml.replace("name: grouped\n", "name: grouped\nfailure_strategy: continue\n"));
+    let (run, _) = RunState::rebuild(&wf, Running, rows());
+    assert_eq!(wf.advance(&run, t0()), None, "the run waits for the task in line");
+}
