@@ -21,6 +21,8 @@ CREATE TABLE task_instance_old (
 );
 INSERT INTO task_instance_old SELECT id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code,
     created_at, started_at, ended_at, updated_at, warning, failovers, rerun_base FROM task_instance;
+DELETE FROM sqlite_sequence WHERE name = 'task_instance_old';
+UPDATE sqlite_sequence SET name = 'task_instance_old' WHERE name = 'task_instance';
 DROP TABLE task_instance;
 ALTER TABLE task_instance_old RENAME TO task_instance;
 CREATE INDEX task_instance_worker ON task_instance (worker_addr, state);

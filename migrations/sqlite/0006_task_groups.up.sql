@@ -26,6 +26,9 @@ INSERT INTO task_instance_new (id, workflow_instance_id, task_name, state, attem
     created_at, started_at, ended_at, updated_at, warning, failovers, rerun_base)
 SELECT id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code,
     created_at, started_at, ended_at, updated_at, warning, failovers, rerun_base FROM task_instance;
+-- ids are never reused: the new table carries on the old one's sequence
+DELETE FROM sqlite_sequence WHERE name = 'task_instance_new';
+UPDATE sqlite_sequence SET name = 'task_instance_new' WHERE name = 'task_instance';
 DROP TABLE task_instance;
 ALTER TABLE task_instance_new RENAME TO task_instance;
 CREATE INDEX task_instance_worker ON task_instance (worker_addr, state);
