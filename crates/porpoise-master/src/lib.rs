@@ -355,6 +355,11 @@ impl MasterHandle {
     pub fn live_tasks(&self) -> usize {
         self.spawner.live()
     }
+
+    /// The application layer of this master: operators' actions as a Rust API.
+    pub fn app(&self) -> app::App {
+        app::App(self.shared.clone())
+    }
 }
 
 impl Drop for MasterHandle {

@@ -727,3 +727,46 @@ mod takeover {
         third.stop().await;
     }
 }
+
+mod application {
+    use porpoise_core::engine::Control;
+    use porpoise_master::app::AppError;
+
+    use super::*;
+
+    /// The application layer's errors say whose they are: a bad request, an unknown run or task
+    /// group, or a control that makes no sense for the run's state are the user's; a database
+    /// that cannot be reached is not.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn errors_say_whether_they_are_the_users() {
+        let cluster = Cluster::start(WorkerSelector::RoundRobin).await;
+        let app = cluster.master.app();
+        let users = [
+            app.apply("x.yaml", "name: [").await.expect_err("not a spec"),
+            app.run(424242).await.expect_err("no such run"),
+            app.create_task_group("a b", 1, "").await.expect_err("a bad name"),
+            app.create_task_group("db", 0, "").await.expect_err("no slots"),
+            app.delete_task_group("nope").await.expect_err("no such group"),
+            app.runs(None, Some("sideways"), 10).await.expect_err("no such state"),
+            app.start_run("absent", Default::default()).await.expect_err("no such workflow"),
+        ];
+        assert!(matches!(users[1], AppError::NotFound(_)), "{:?}", users[1]);
+        for e in &users {
+            assert!(e.is_users(), "the user's: {e:?}");
+        }
+        let _worker = cluster.auto_worker("default", 4, TaskOutcome::Success).await;
+        let id = cluster.run("name: quick\ntasks:\n  - { name: a, command: 'true' }\n").await;
+        assert_eq!(cluster.run_ends(id).await.state, Success);
+        let wrong = app.control(id, Control::Pause).await.expect_err("it has ended");
+        assert_eq!(
+            wrong,
+            AppError::WrongState(format!("run {id} is success: only a submitted or running run can be paused"))
+        );
+        assert!(wrong.is_users());
+        // the database goes away
+        cluster.store.close().await;
+        let down = app.runs(None, None, 10).await.expect_err("no database");
+        assert!(matches!(down, AppError::Unavailable(_)), "{down:?}");
+        assert!(!down.is_users());
+    }
+}
