@@ -6,12 +6,16 @@
 pub mod backoff;
 /// The task graph of a workflow: roots, topological order, ready sets, cycles.
 pub mod dag;
+/// Date parameters: DolphinScheduler's built-ins and time expressions.
+pub mod dateparams;
 /// A run's state, its typed events, and the pure transition function.
 pub mod engine;
 /// State event kinds and the typed errors of handling an event.
 pub mod event;
 /// Workflow and task priorities and the order of the task priority queue.
 pub mod priority;
+/// Schedules: cron expressions in a time zone, fire times and catch-up after downtime.
+pub mod schedule;
 /// The YAML workflow spec: parsing and validation.
 pub mod spec;
 /// Execution states and the legal transitions between them.
