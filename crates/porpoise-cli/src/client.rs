@@ -49,7 +49,7 @@ impl ClientError {
     }
 }
 
-fn from_status(s: tonic::Status) -> ClientError {
+pub(crate) fn from_status(s: tonic::Status) -> ClientError {
     match s.code() {
         Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => ClientError::invalid(s.message()),
         _ => ClientError::failed(s.message()),
@@ -92,9 +92,16 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
 pub async fn list(server: &str) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_workflows(ListWorkflowsRequest {}).await.map_err(from_status)?.into_inner();
-    outln!("{:<32} {:>7} {:>6}", "WORKFLOW", "VERSION", "TASKS")?;
+    outln!("{:<32} {:>7} {:>6}  {:<36} NEXT FIRE", "WORKFLOW", "VERSION", "TASKS", "SCHEDULE")?;
     for w in reply.workflows {
-        outln!("{:<32} {:>7} {:>6}", w.name, w.version, w.task_count)?;
+        let (schedule, next) = match &w.schedule {
+            None => ("-".to_string(), "-".to_string()),
+            Some(s) => {
+                let paused = if s.paused { " (paused)" } else { "" };
+                (format!("{} {}{paused}", s.cron, s.timezone), time(s.next_fire_ms))
+            }
+        };
+        outln!("{:<32} {:>7} {:>6}  {:<36} {}", w.name, w.version, w.task_count, schedule, next)?;
     }
     Ok(())
 }
@@ -150,7 +157,7 @@ async fn get_run(client: &mut AdminServiceClient<Channel>, run_id: i64) -> Resul
 }
 
 /// RFC 3339 in UTC to the millisecond, or "-" for a time not reached.
-fn time(ms: i64) -> String {
+pub(crate) fn time(ms: i64) -> String {
     match chrono::DateTime::from_timestamp_millis(ms) {
         Some(t) if ms != 0 => t.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string(),
         _ => "-".into(),
@@ -191,6 +198,9 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
             "owner": run.owner,
             "epoch": run.epoch,
             "awaiting_takeover": run.awaiting_takeover,
+            "schedule_time_ms": (run.schedule_time_ms != 0).then_some(run.schedule_time_ms),
+            "timezone": run.timezone,
+            "kind": run.kind,
             "created_at_ms": run.created_at_ms,
             "started_at_ms": (run.started_at_ms != 0).then_some(run.started_at_ms),
             "ended_at_ms": (run.ended_at_ms != 0).then_some(run.ended_at_ms),
@@ -204,6 +214,9 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
         outln!("  reason: {}", run.state_reason)?;
     }
     outln!("  started {}  ended {}", time(run.started_at_ms), time(run.ended_at_ms))?;
+    if run.schedule_time_ms != 0 {
+        outln!("  {} run, schedule time {} ({})", run.kind, time(run.schedule_time_ms), run.timezone)?;
+    }
     if !run.owner.is_empty() {
         outln!("  owner {} (epoch {})", run.owner, run.epoch)?;
     }
@@ -387,6 +400,8 @@ pub async fn runs(
                     "created_at_ms": r.created_at_ms,
                     "started_at_ms": (r.started_at_ms != 0).then_some(r.started_at_ms),
                     "ended_at_ms": (r.ended_at_ms != 0).then_some(r.ended_at_ms),
+                    "schedule_time_ms": (r.schedule_time_ms != 0).then_some(r.schedule_time_ms),
+                    "kind": r.kind,
                 })
             })
             .collect();

@@ -5,6 +5,8 @@
 pub mod client;
 /// What commands print, ending quietly when standard output's reader has gone.
 pub mod output;
+/// `porpoise schedule …` subcommands.
+pub mod schedule;
 /// `porpoise standalone`: a master and a worker in one process on SQLite.
 pub mod standalone;
 

@@ -81,6 +81,11 @@ enum Command {
         #[command(subcommand)]
         command: TaskGroupCommand,
     },
+    /// Work with schedules: when a workflow runs by itself.
+    Schedule {
+        #[command(subcommand)]
+        command: ScheduleCommand,
+    },
     /// Runs a master and a worker in this process, on SQLite, with no other service.
     Standalone {
         /// Where the database and task logs live.
@@ -126,6 +131,45 @@ enum TaskCommand {
     /// Marks a task instance that failed, was stopped or was killed successful
     /// (`forced-success`): its run goes on as if it had succeeded.
     MarkSuccess { task_instance_id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum ScheduleCommand {
+    /// Gives a workflow a schedule (one its spec does not set).
+    Create {
+        /// The workflow's name.
+        name: String,
+        /// A cron expression: 5 fields (minute first) or 6 (second first); `L`, `W`, `#`,
+        /// names and @daily-style nicknames.
+        #[arg(long)]
+        cron: String,
+        /// The IANA time zone the expression is read in (default UTC).
+        #[arg(long)]
+        timezone: Option<String>,
+        /// No fire time before this (RFC 3339, or a date or date and time in the time zone).
+        #[arg(long)]
+        start: Option<String>,
+        /// No fire time after this.
+        #[arg(long)]
+        end: Option<String>,
+        /// What happens to fire times missed while no master was up: none, latest (default), all.
+        #[arg(long)]
+        catchup: Option<String>,
+    },
+    /// Lists the schedules with their next fire time.
+    List {
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Prints a workflow's schedule as JSON.
+    Show { name: String },
+    /// Stops a schedule from firing until it is resumed.
+    Pause { name: String },
+    /// Lets a paused schedule fire again, from now on.
+    Resume { name: String },
+    /// Deletes a workflow's schedule.
+    Delete { name: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -215,6 +259,17 @@ async fn async_main(cli: Cli) -> ExitCode {
             }
             TaskGroupCommand::List { json } => client::task_groups(server, json).await,
             TaskGroupCommand::Delete { name } => client::task_group_delete(server, &name).await,
+        },
+        Command::Schedule { command } => match command {
+            ScheduleCommand::Create { name, cron, timezone, start, end, catchup } => {
+                let new = porpoise_cli::schedule::NewSchedule { cron, timezone, start, end, catchup };
+                porpoise_cli::schedule::create(server, &name, new).await
+            }
+            ScheduleCommand::List { json } => porpoise_cli::schedule::list(server, json).await,
+            ScheduleCommand::Show { name } => porpoise_cli::schedule::show(server, &name).await,
+            ScheduleCommand::Pause { name } => porpoise_cli::schedule::pause(server, &name, true).await,
+            ScheduleCommand::Resume { name } => porpoise_cli::schedule::pause(server, &name, false).await,
+            ScheduleCommand::Delete { name } => porpoise_cli::schedule::delete(server, &name).await,
         },
         Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
             client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await

@@ -96,6 +96,16 @@ const INVALID: &[(&str, &str, &str)] = &[
         ":5: task \"a\", field \"task_group\": task group \"ware/house\" has '/'",
     ),
     (
+        "schedule-cron",
+        "name: x\nschedule:\n  cron: '61 * * * *'\ntasks:\n  - name: a\n    command: echo\n",
+        ":3: field \"schedule.cron\": bad cron expression \"61 * * * *\"",
+    ),
+    (
+        "time-expression",
+        "name: x\ntasks:\n  - name: a\n    command: echo $[next_day(yyyyMMdd)]\n",
+        ":4: task \"a\", field \"command\": bad time expression \"$[next_day(yyyyMMdd)]\": unknown function next_day()",
+    ),
+    (
         "self-dependency",
         "name: x\ntasks:\n  - name: a\n    command: echo\n    depends_on: [a]\n",
         "task \"a\", field \"depends_on\": the task depends on itself",

@@ -25,5 +25,5 @@ pub use backoff::Backoff;
 pub use dag::Dag;
 pub use event::{DropReason, HandlerError, StateEventKind};
 pub use priority::{Priority, QueueKey, TaskPriorityQueue};
-pub use spec::{FailureStrategy, SpecError, SpecProblem, TaskSpec, TaskType, TimeoutStrategy, WorkflowSpec};
+pub use spec::{Execution, FailureStrategy, SpecError, SpecProblem, TaskSpec, TaskType, TimeoutStrategy, WorkflowSpec};
 pub use state::ExecutionState;

@@ -104,6 +104,28 @@ pub fn parse_timezone(name: &str) -> Result<Tz, String> {
         .map_err(|_| format!("unknown time zone {name:?} (use an IANA name such as Europe/Berlin or UTC)"))
 }
 
+/// Parses an instant: RFC 3339 (`2026-01-31T02:00:00Z`), or a local date or date and time
+/// (`2026-01-31`, `2026-01-31 02:00`, `2026-01-31T02:00:00`) in time zone `tz` (the earliest
+/// instant when the local time occurs twice, the next valid one when it does not occur).
+pub fn parse_instant(text: &str, tz: Tz) -> Result<DateTime<Utc>, String> {
+    use chrono::{NaiveDate, NaiveDateTime, TimeZone};
+    let text = text.trim();
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    let local = ["%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .or_else(|| NaiveDate::parse_from_str(text, "%Y-%m-%d").ok().and_then(|d| d.and_hms_opt(0, 0, 0)))
+        .ok_or_else(|| format!("bad time {text:?} (write 2026-01-31, 2026-01-31 02:00 or 2026-01-31T02:00:00Z)"))?;
+    // a local time in a spring-forward gap is taken one hour later, as the clock reads then
+    let resolved = tz
+        .from_local_datetime(&local)
+        .earliest()
+        .or_else(|| tz.from_local_datetime(&(local + chrono::Duration::hours(1))).earliest());
+    resolved.map(|t| t.with_timezone(&Utc)).ok_or_else(|| format!("{text} does not exist in {tz}"))
+}
+
 /// What one look at a schedule decides.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FirePlan {

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::schedule::{Catchup, Schedule, ScheduleSpec};
 use crate::{Dag, Priority};
 
 /// A validated workflow: what `porpoise workflow apply` stores and a run executes.
@@ -24,6 +25,12 @@ pub struct WorkflowSpec {
     /// What a failed task does to the rest of the run.
     #[serde(default)]
     pub failure_strategy: FailureStrategy,
+    /// Whether runs of the workflow may overlap.
+    #[serde(default)]
+    pub execution: Execution,
+    /// When the workflow runs by itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<ScheduleSpec>,
     pub params: BTreeMap<String, String>,
     pub tasks: Vec<TaskSpec>,
 }
@@ -134,6 +141,38 @@ impl FailureStrategy {
     }
 }
 
+/// Whether runs of one workflow may overlap (DolphinScheduler's execution types).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    /// Runs overlap freely.
+    #[default]
+    Parallel,
+    /// A new run waits (`waiting`) until the runs before it have ended; waiters start in order.
+    SerialWait,
+    /// A new run that would overlap an active one is discarded (it ends `discarded`).
+    SerialDiscard,
+    /// As `serial_wait`, but the waiter of highest priority starts next.
+    SerialPriority,
+}
+
+impl Execution {
+    pub const ALL: [Execution; 4] = [Self::Parallel, Self::SerialWait, Self::SerialDiscard, Self::SerialPriority];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Parallel => "parallel",
+            Self::SerialWait => "serial_wait",
+            Self::SerialDiscard => "serial_discard",
+            Self::SerialPriority => "serial_priority",
+        }
+    }
+
+    fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|e| e.as_str() == s)
+    }
+}
+
 /// The default pause between two attempts of a task, as in DolphinScheduler.
 pub const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_secs(60);
 /// The worker group a task runs in when its spec names none.
@@ -208,10 +247,22 @@ struct RawWorkflow {
     timeout: Option<Scalar>,
     timeout_strategy: Option<Scalar>,
     failure_strategy: Option<Scalar>,
+    execution: Option<Scalar>,
+    schedule: Option<RawSchedule>,
     #[serde(default)]
     params: BTreeMap<String, Scalar>,
     #[serde(default)]
     tasks: Vec<RawTask>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSchedule {
+    cron: Option<Scalar>,
+    timezone: Option<Scalar>,
+    start: Option<Scalar>,
+    end: Option<Scalar>,
+    catchup: Option<Scalar>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -315,12 +366,27 @@ impl Validator<'_> {
                 FailureStrategy::default()
             }),
         };
+        let execution = match raw.execution.map(|s| s.to_string()) {
+            None => Execution::default(),
+            Some(s) => Execution::parse(&s).unwrap_or_else(|| {
+                let m = format!(
+                    "unknown execution type {s:?} (expected parallel, serial_wait, serial_discard or serial_priority)"
+                );
+                self.problem(None, Some("execution"), m);
+                Execution::default()
+            }),
+        };
+        let schedule = raw.schedule.and_then(|r| self.schedule(r));
         let mut params = BTreeMap::new();
         for (k, v) in raw.params {
             if let Err(m) = check_param_name(&k) {
                 self.problem(None, Some("params"), m);
             }
-            params.insert(k, v.to_string());
+            let v = v.to_string();
+            if let Err(e) = crate::dateparams::check(&v) {
+                self.problem(None, Some("params"), format!("param {k}: {e}"));
+            }
+            params.insert(k, v);
         }
         if raw.tasks.is_empty() {
             self.problem(None, Some("tasks"), "the workflow has no tasks".into());
@@ -334,8 +400,56 @@ impl Validator<'_> {
             timeout,
             timeout_strategy,
             failure_strategy,
+            execution,
+            schedule,
             params,
             tasks,
+        }
+    }
+
+    /// The workflow's `schedule:`; `None` (with the problems said) when it is invalid.
+    fn schedule(&mut self, raw: RawSchedule) -> Option<ScheduleSpec> {
+        let Some(cron) = raw.cron.map(|c| c.to_string()) else {
+            self.problem(None, Some("schedule.cron"), "the schedule has no cron expression".into());
+            return None;
+        };
+        let timezone = raw.timezone.map_or_else(|| "UTC".to_string(), |t| t.to_string());
+        let tz = match crate::schedule::parse_timezone(&timezone) {
+            Ok(tz) => Some(tz),
+            Err(m) => {
+                self.problem(None, Some("schedule.timezone"), m);
+                None
+            }
+        };
+        let mut instant = |field: &str, raw: Option<Scalar>| {
+            let text = raw?.to_string();
+            match crate::schedule::parse_instant(&text, tz.unwrap_or(chrono_tz::UTC)) {
+                Ok(t) => Some(t),
+                Err(m) => {
+                    self.problem(None, Some(field), m);
+                    None
+                }
+            }
+        };
+        let start = instant("schedule.start", raw.start);
+        let end = instant("schedule.end", raw.end);
+        let catchup = match raw.catchup.map(|c| c.to_string()) {
+            None => Catchup::default(),
+            Some(c) => c.parse().unwrap_or_else(|m| {
+                self.problem(None, Some("schedule.catchup"), m);
+                Catchup::default()
+            }),
+        };
+        let spec = ScheduleSpec { cron, timezone, start, end, catchup };
+        match Schedule::new(spec.clone()) {
+            Ok(_) => Some(spec),
+            Err(e) => {
+                // a bad time zone was said already
+                if e.field != "timezone" {
+                    self.problem(None, Some(&format!("schedule.{}", e.field)), e.message);
+                }
+                None
+            }
         }
     }
 
@@ -368,6 +482,9 @@ impl Validator<'_> {
         let command = raw.command.unwrap_or_default();
         if command.trim().is_empty() {
             self.problem(t, Some("command"), "the command is empty".into());
+        }
+        if let Err(e) = crate::dateparams::check(&command) {
+            self.problem(t, Some("command"), e.to_string());
         }
         let mut depends_on: Vec<String> = Vec::new();
         for d in raw.depends_on.iter().map(Scalar::to_string) {
@@ -607,8 +724,20 @@ fn locate(source: &str, task: Option<&str>, field: Option<&str>) -> Option<usize
     match field {
         None => Some(start + 1),
         Some(f) => {
+            // `schedule.cron`: the key `cron` after the key `schedule` (or that line)
+            let (start, f) = match f.split_once('.') {
+                Some((parent, child)) => {
+                    let p = lines[start..end].iter().position(|l| matches!(key_of(l), Some((_, k, _)) if k == parent));
+                    match p {
+                        Some(p) => (start + p, child),
+                        None => return None,
+                    }
+                }
+                None => (start, f),
+            };
             let found = lines[start..end].iter().position(|l| matches!(key_of(l), Some((_, k, _)) if k == f));
-            Some(found.map_or(start, |p| start + p) + 1).filter(|_| found.is_some() || task.is_some())
+            let dotted = field.is_some_and(|f| f.contains('.'));
+            Some(found.map_or(start, |p| start + p) + 1).filter(|_| found.is_some() || task.is_some() || dotted)
         }
     }
 }

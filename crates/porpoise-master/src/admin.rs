@@ -4,18 +4,20 @@
 
 use porpoise_core::ExecutionState;
 use porpoise_core::engine::Control;
+use porpoise_core::schedule::{Catchup, ScheduleSpec};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
-    ApplyWorkflowReply, ApplyWorkflowRequest, DeleteTaskGroupReply, DeleteTaskGroupRequest, GetRunReply, GetRunRequest,
-    GetTaskInstanceLogReply, GetTaskInstanceLogRequest, GetWorkflowReply, GetWorkflowRequest, ListRunsReply,
-    ListRunsRequest, ListTaskGroupsReply, ListTaskGroupsRequest, ListWorkflowsReply, ListWorkflowsRequest,
-    RerunRunRequest, RunControlReply, RunControlRequest, RunSummary, StartRunReply, StartRunRequest,
+    ApplyWorkflowReply, ApplyWorkflowRequest, DeleteScheduleReply, DeleteTaskGroupReply, DeleteTaskGroupRequest,
+    GetRunReply, GetRunRequest, GetTaskInstanceLogReply, GetTaskInstanceLogRequest, GetWorkflowReply,
+    GetWorkflowRequest, ListRunsReply, ListRunsRequest, ListSchedulesReply, ListSchedulesRequest, ListTaskGroupsReply,
+    ListTaskGroupsRequest, ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply,
+    RunControlRequest, RunSummary, ScheduleInfo, ScheduleName, ScheduleRequest, StartRunReply, StartRunRequest,
     TaskControlRequest, TaskGroupInfo, TaskGroupRequest, TaskInstanceInfo, WorkflowSummary,
 };
 use porpoise_store::{TaskGroup, TaskInstance};
 use tonic::{Request, Response, Status};
 
-use crate::app::{App, AppError, Controlled, RerunScope, RunView};
+use crate::app::{App, AppError, Controlled, RerunScope, RunView, ScheduleView};
 
 /// The AdminService over the application layer.
 #[derive(Debug, Clone)]
@@ -49,7 +51,49 @@ fn summary(v: RunView) -> RunSummary {
         ended_at_ms: ms(w.ended_at),
         epoch: w.epoch,
         awaiting_takeover: v.awaiting_takeover,
+        schedule_time_ms: ms(w.schedule_time),
+        timezone: w.timezone,
+        kind: w.kind.as_str().to_string(),
     }
+}
+
+fn schedule_info(v: ScheduleView) -> ScheduleInfo {
+    let r = v.row;
+    ScheduleInfo {
+        workflow_name: r.workflow_name,
+        cron: r.spec.cron,
+        timezone: r.spec.timezone,
+        start_ms: ms(r.spec.start),
+        end_ms: ms(r.spec.end),
+        catchup: r.spec.catchup.as_str().to_string(),
+        paused: r.paused,
+        from_spec: r.from_spec,
+        next_fire_ms: ms(v.next_fire),
+    }
+}
+
+/// A schedule request as the domain has it; a bad field is the user's error, naming it.
+fn schedule_spec(req: ScheduleRequest) -> Result<ScheduleSpec, Status> {
+    let timezone = if req.timezone.is_empty() { "UTC".to_string() } else { req.timezone };
+    let tz = porpoise_core::schedule::parse_timezone(&timezone)
+        .map_err(|e| Status::invalid_argument(format!("--timezone: {e}")))?;
+    let instant = |flag: &str, text: &str| {
+        (!text.is_empty())
+            .then(|| porpoise_core::schedule::parse_instant(text, tz))
+            .transpose()
+            .map_err(|e| Status::invalid_argument(format!("{flag}: {e}")))
+    };
+    let catchup = match req.catchup.as_str() {
+        "" => Catchup::default(),
+        c => c.parse().map_err(|e: String| Status::invalid_argument(format!("--catchup: {e}")))?,
+    };
+    Ok(ScheduleSpec {
+        cron: req.cron,
+        timezone,
+        start: instant("--start", &req.start)?,
+        end: instant("--end", &req.end)?,
+        catchup,
+    })
 }
 
 fn task_info(t: TaskInstance) -> TaskInstanceInfo {
@@ -101,11 +145,12 @@ impl AdminService for Admin {
             .await
             .map_err(status)?
             .into_iter()
-            .map(|d| WorkflowSummary {
+            .map(|(d, schedule)| WorkflowSummary {
                 name: d.name,
                 version: d.version,
                 task_count: d.task_count as u32,
                 updated_at_ms: d.created_at.timestamp_millis(),
+                schedule: schedule.map(schedule_info),
             })
             .collect();
         Ok(Response::new(ListWorkflowsReply { workflows }))
@@ -200,6 +245,38 @@ impl AdminService for Admin {
     ) -> Result<Response<DeleteTaskGroupReply>, Status> {
         self.0.delete_task_group(&request.into_inner().name).await.map_err(status)?;
         Ok(Response::new(DeleteTaskGroupReply {}))
+    }
+
+    async fn create_schedule(&self, request: Request<ScheduleRequest>) -> Result<Response<ScheduleInfo>, Status> {
+        let req = request.into_inner();
+        let name = req.workflow_name.clone();
+        let spec = schedule_spec(req)?;
+        Ok(Response::new(schedule_info(self.0.create_schedule(&name, spec).await.map_err(status)?)))
+    }
+
+    async fn list_schedules(&self, _: Request<ListSchedulesRequest>) -> Result<Response<ListSchedulesReply>, Status> {
+        let schedules = self.0.schedules().await.map_err(status)?;
+        Ok(Response::new(ListSchedulesReply { schedules: schedules.into_iter().map(schedule_info).collect() }))
+    }
+
+    async fn get_schedule(&self, request: Request<ScheduleName>) -> Result<Response<ScheduleInfo>, Status> {
+        let v = self.0.schedule(&request.into_inner().workflow_name).await.map_err(status)?;
+        Ok(Response::new(schedule_info(v)))
+    }
+
+    async fn pause_schedule(&self, request: Request<ScheduleName>) -> Result<Response<ScheduleInfo>, Status> {
+        let v = self.0.pause_schedule(&request.into_inner().workflow_name, true).await.map_err(status)?;
+        Ok(Response::new(schedule_info(v)))
+    }
+
+    async fn resume_schedule(&self, request: Request<ScheduleName>) -> Result<Response<ScheduleInfo>, Status> {
+        let v = self.0.pause_schedule(&request.into_inner().workflow_name, false).await.map_err(status)?;
+        Ok(Response::new(schedule_info(v)))
+    }
+
+    async fn delete_schedule(&self, request: Request<ScheduleName>) -> Result<Response<DeleteScheduleReply>, Status> {
+        self.0.delete_schedule(&request.into_inner().workflow_name).await.map_err(status)?;
+        Ok(Response::new(DeleteScheduleReply {}))
     }
 
     async fn get_task_log(

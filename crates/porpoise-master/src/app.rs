@@ -8,11 +8,12 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use porpoise_core::engine::{Control, RerunTask, RunState, Workflow};
+use porpoise_core::schedule::{Schedule, ScheduleSpec};
 use porpoise_core::{ExecutionState, WorkflowSpec};
 use porpoise_proto::v1::GetTaskLogRequest;
 use porpoise_store::{
-    ApplyOutcome, CommandKind, NewCommand, NewRun, StoreError, TASK_INSTANCE_PARAM, TaskGroup, TaskInstance,
-    WorkflowDefinition, WorkflowInstance,
+    ApplyOutcome, CommandKind, NewCommand, NewRun, RunKind, ScheduleRow, StoreError, TASK_INSTANCE_PARAM, TaskGroup,
+    TaskInstance, WorkflowDefinition, WorkflowInstance,
 };
 use tracing::info;
 
@@ -136,15 +137,40 @@ impl App {
                 )));
             }
         }
+        let existing = self.0.store.schedule(&spec.name).await?;
+        if spec.schedule.is_some() && existing.as_ref().is_some_and(|s| !s.from_spec) {
+            return Err(AppError::WrongState(format!(
+                "{file}: schedule: workflow {} has a schedule made by `porpoise schedule create`; delete it first \
+                 (porpoise schedule delete {})",
+                spec.name, spec.name
+            )));
+        }
         let outcome = self.0.store.apply_definition(&spec, yaml).await?;
+        // the spec's schedule replaces the one an earlier version of the spec set
+        match &spec.schedule {
+            Some(schedule) => {
+                self.0.store.put_schedule(&spec.name, schedule, true).await?;
+            }
+            None if existing.is_some_and(|s| s.from_spec) => self.0.store.delete_schedule(&spec.name).await?,
+            None => {}
+        }
         let changed = !matches!(outcome, ApplyOutcome::Unchanged { .. });
         info!(workflow = %spec.name, version = outcome.version(), changed, "workflow applied");
         Ok(Applied { name: spec.name, version: outcome.version(), changed })
     }
 
-    /// The newest version of every workflow.
-    pub async fn workflows(&self) -> Result<Vec<WorkflowDefinition>> {
-        Ok(self.0.store.list_definitions().await?)
+    /// The newest version of every workflow, with its schedule.
+    pub async fn workflows(&self) -> Result<Vec<(WorkflowDefinition, Option<ScheduleView>)>> {
+        let mut schedules: HashMap<String, ScheduleRow> =
+            self.0.store.schedules().await?.into_iter().map(|s| (s.workflow_name.clone(), s)).collect();
+        let defs = self.0.store.list_definitions().await?;
+        Ok(defs
+            .into_iter()
+            .map(|d| {
+                let schedule = schedules.remove(&d.name).map(schedule_view);
+                (d, schedule)
+            })
+            .collect())
     }
 
     /// Version `version` of workflow `name` (`None`: the newest).
@@ -168,11 +194,22 @@ impl App {
             .await?
             .ok_or_else(|| AppError::NotFound(format!("no workflow named {name:?}; apply it first")))?;
         let spec = spec_of(&def)?;
-        for key in params.keys() {
+        for (key, value) in &params {
             porpoise_core::spec::check_param_name(key).map_err(AppError::Invalid)?;
+            porpoise_core::dateparams::check(value).map_err(|e| AppError::Invalid(format!("param {key}: {e}")))?;
         }
-        let run =
-            NewRun { workflow_definition_id: def.id, workflow_name: def.name.clone(), priority: spec.priority, params };
+        // its date parameters count from now, in the time zone of the workflow's schedule
+        let schedule = self.0.store.schedule(&def.name).await?;
+        let timezone = schedule.map(|s| s.spec.timezone).unwrap_or_else(|| "UTC".to_string());
+        let run = NewRun {
+            workflow_definition_id: def.id,
+            workflow_name: def.name.clone(),
+            priority: spec.priority,
+            params,
+            schedule_time: chrono::Utc::now(),
+            timezone,
+            kind: RunKind::Manual,
+        };
         let (instance, _) = self.0.store.create_run(&run).await?;
         self.0.wake_consumer();
         info!(workflow = %def.name, run_id = instance.id, "run requested");
@@ -390,6 +427,62 @@ impl App {
         Ok(())
     }
 
+    /// Gives workflow `name` a schedule (one its spec does not set).
+    pub async fn create_schedule(&self, name: &str, spec: ScheduleSpec) -> Result<ScheduleView> {
+        if self.0.store.latest_definition(name).await?.is_none() {
+            return Err(AppError::NotFound(format!("no workflow named {name:?}; apply it first")));
+        }
+        Schedule::new(spec.clone()).map_err(|e| AppError::Invalid(format!("--{}: {}", e.field, e.message)))?;
+        match self.0.store.schedule(name).await? {
+            Some(s) if s.from_spec => {
+                return Err(AppError::WrongState(format!(
+                    "workflow {name}'s schedule is set by its spec: change the spec's schedule: and apply it"
+                )));
+            }
+            Some(_) => {
+                return Err(AppError::WrongState(format!(
+                    "workflow {name} has a schedule already (delete it first to make another)"
+                )));
+            }
+            None => {}
+        }
+        let row = self.0.store.put_schedule(name, &spec, false).await?;
+        info!(workflow = name, cron = %spec.cron, timezone = %spec.timezone, "schedule created");
+        Ok(schedule_view(row))
+    }
+
+    /// Every schedule, with its next fire time.
+    pub async fn schedules(&self) -> Result<Vec<ScheduleView>> {
+        Ok(self.0.store.schedules().await?.into_iter().map(schedule_view).collect())
+    }
+
+    /// Workflow `name`'s schedule.
+    pub async fn schedule(&self, name: &str) -> Result<ScheduleView> {
+        let row = self.0.store.schedule(name).await?;
+        row.map(schedule_view).ok_or_else(|| AppError::NotFound(format!("workflow {name} has no schedule")))
+    }
+
+    /// Pauses (`true`) or resumes workflow `name`'s schedule; a resumed schedule fires from now
+    /// on, nothing for the time it was paused.
+    pub async fn pause_schedule(&self, name: &str, paused: bool) -> Result<ScheduleView> {
+        let current = self.schedule(name).await?;
+        if current.row.paused == paused {
+            let state = if paused { "paused" } else { "not paused" };
+            return Err(AppError::WrongState(format!("workflow {name}'s schedule is {state} already")));
+        }
+        let row = self.0.store.set_schedule_paused(name, paused).await?;
+        info!(workflow = name, paused, "schedule paused or resumed");
+        Ok(schedule_view(row))
+    }
+
+    /// Deletes workflow `name`'s schedule (one its spec sets comes back with the next apply).
+    pub async fn delete_schedule(&self, name: &str) -> Result<()> {
+        self.schedule(name).await?;
+        self.0.store.delete_schedule(name).await?;
+        info!(workflow = name, "schedule deleted");
+        Ok(())
+    }
+
     async fn find_run(&self, id: i64) -> Result<WorkflowInstance> {
         self.0.store.workflow_instance(id).await?.ok_or_else(|| AppError::NotFound(format!("no run {id}")))
     }
@@ -462,6 +555,22 @@ fn spec_of(def: &WorkflowDefinition) -> Result<WorkflowSpec> {
     serde_json::from_str(&def.spec_json).map_err(|e| {
         AppError::Internal(format!("the stored spec of {} version {} is unreadable: {e}", def.name, def.version))
     })
+}
+
+/// A schedule with its next fire time.
+#[derive(Debug, Clone)]
+pub struct ScheduleView {
+    pub row: ScheduleRow,
+    /// `None` when paused or past its end.
+    pub next_fire: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn schedule_view(row: ScheduleRow) -> ScheduleView {
+    let next_fire = match Schedule::new(row.spec.clone()) {
+        Ok(s) if !row.paused => s.next_fire(row.done_until.max(chrono::Utc::now())),
+        _ => None,
+    };
+    ScheduleView { row, next_fire }
 }
 
 fn check_slots(slots: i32) -> Result<()> {

@@ -20,6 +20,8 @@ pub mod metrics;
 mod queue;
 /// Workflow runners and their state-event handlers.
 mod runner;
+/// Schedules firing, shared by every master.
+mod scheduler;
 /// The live workers and the worker selector.
 pub mod workers;
 
@@ -297,6 +299,7 @@ impl MasterHandle {
         });
         spawner.spawn(dispatch::run(shared.clone()));
         spawner.spawn(dispatch::fail_tasks_without_workers(shared.clone()));
+        spawner.spawn(scheduler::run(shared.clone()));
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
         let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())));

@@ -15,6 +15,7 @@ pub const TASKS_RETRIED: &str = "porpoise_tasks_retried_total";
 pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
 pub const WORKFLOWS_TIMED_OUT: &str = "porpoise_workflow_instances_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
+pub const SCHEDULE_FIRES: &str = "porpoise_schedule_fires_total";
 pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
@@ -46,6 +47,7 @@ pub fn describe() {
     describe_counter!(TASKS_TIMED_OUT, "Task attempts that ran past their timeout, by timeout strategy");
     describe_counter!(WORKFLOWS_TIMED_OUT, "Workflow instances that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
+    describe_counter!(SCHEDULE_FIRES, "Runs this master started at a schedule's fire time");
     describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
     describe_counter!(
         FAILOVERS,
@@ -78,6 +80,7 @@ fn register_at_zero() {
         TASKS_SUBMITTED,
         TASKS_DISPATCHED,
         TASKS_RETRIED,
+        SCHEDULE_FIRES,
         TASK_EVENTS_REJECTED,
         TASKS_FAILED_OVER,
         REGISTRATIONS_LOST,

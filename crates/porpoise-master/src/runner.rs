@@ -119,6 +119,8 @@ pub(crate) struct Runner {
     shared: Arc<Shared>,
     workflow: Workflow,
     params: HashMap<String, String>,
+    /// The run's schedule time in its time zone, for the date parameters of its commands.
+    clock: chrono::DateTime<chrono_tz::Tz>,
     instance: WorkflowInstance,
     run: RunState,
     handle: RunnerHandle,
@@ -142,14 +144,20 @@ impl Runner {
     pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, spec: WorkflowSpec) -> Option<RunnerHandle> {
         let (tx, inbox) = mpsc::unbounded_channel();
         let handle = RunnerHandle { tx };
+        let clock = schedule_clock(&instance);
         let mut params: HashMap<String, String> = spec.params.clone().into_iter().collect();
         params.extend(instance.params.clone());
+        // params may be time expressions: computed once, from the run's schedule time
+        for (name, value) in params.iter_mut() {
+            *value = render(value, clock, instance.id, &format!("param {name}"));
+        }
         let id = instance.id;
         let workflow = Workflow::new(spec);
         let run = RunState::rebuild(&workflow, instance.state, Vec::new()).0;
         let runner = Runner {
             shared: shared.clone(),
             params,
+            clock,
             instance,
             run,
             workflow,
@@ -630,7 +638,7 @@ impl Runner {
             workflow_name: self.workflow.spec.name.clone(),
             task_name: task.name.clone(),
             task_type: task.task_type.as_str().to_string(),
-            command: task.command.clone(),
+            command: render(&task.command, self.clock, self.instance.id, &format!("task {}", task.name)),
             params: self.params.clone(),
             // the worker kills at a fail or warnfail timeout; a warn timeout is the master's
             timeout_ms: match (task.timeout, task.timeout_strategy) {
@@ -725,6 +733,22 @@ impl Runner {
         }
         Ok(created)
     }
+}
+
+/// The run's schedule time (its request time for a run from before schedules) in its time zone.
+fn schedule_clock(instance: &WorkflowInstance) -> chrono::DateTime<chrono_tz::Tz> {
+    let tz = porpoise_core::schedule::parse_timezone(&instance.timezone).unwrap_or(chrono_tz::UTC);
+    instance.schedule_time.unwrap_or(instance.created_at).with_timezone(&tz)
+}
+
+/// `text` with its date parameters computed for schedule time `clock`. They were checked when
+/// the spec was applied and the run requested; one that still fails is left as written, and
+/// said.
+fn render(text: &str, clock: chrono::DateTime<chrono_tz::Tz>, run: i64, what: &str) -> String {
+    porpoise_core::dateparams::render(text, clock).unwrap_or_else(|e| {
+        warn!(workflow_instance_id = run, what, error = %e, "date parameter left as written");
+        text.to_string()
+    })
 }
 
 /// Maps a store failure to a handler error: an outage is retryable, anything else drops.

@@ -300,6 +300,9 @@ mod commands {
             workflow_name: def.name.clone(),
             priority: Default::default(),
             params: Default::default(),
+            schedule_time: chrono::Utc::now(),
+            timezone: "UTC".into(),
+            kind: Default::default(),
         };
         store.create_run(&run).await.expect("request a run").0.id
     }

@@ -136,6 +136,36 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// found.
     async fn update_task_state(&self, owner: &str, write: &porpoise_core::engine::TaskWrite) -> Result<TaskInstance>;
 
+    /// Stores `spec` as workflow `name`'s schedule (`from_spec`: set by the workflow's spec, and
+    /// replaced by the next apply). A new or changed schedule fires from now on; a paused one
+    /// stays paused.
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: &porpoise_core::schedule::ScheduleSpec,
+        from_spec: bool,
+    ) -> Result<ScheduleRow>;
+    /// Workflow `name`'s schedule.
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>>;
+    /// Every schedule, by workflow name.
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>>;
+    /// Pauses or resumes workflow `name`'s schedule ([`StoreError::NotFound`] if none). A
+    /// resumed schedule fires from now on: nothing for the time it was paused.
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<ScheduleRow>;
+    /// Deletes workflow `name`'s schedule ([`StoreError::NotFound`] if none).
+    async fn delete_schedule(&self, name: &str) -> Result<()>;
+    /// One look at the schedules at `now`, in one transaction that masters take in turn. The
+    /// fire times due were missed when no master looked for longer than `max_gap`. For each
+    /// schedule not paused, `plan` says what to fire; each fire time fires once — a run of the
+    /// workflow's newest version with the fire time as its schedule time, and its start command —
+    /// recorded under a unique (workflow, fire time) key. Returns the runs fired.
+    async fn fire_schedules(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        max_gap: std::time::Duration,
+        plan: &PlanFires<'_>,
+    ) -> Result<Vec<FiredRun>>;
+
     /// Creates task group `name` with `slots` slots.
     async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup>;
     /// Task group `name`, with its slots in use and its waiters.

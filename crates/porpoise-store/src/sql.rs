@@ -12,7 +12,7 @@ pub(crate) const DEFINITION_COLUMNS: &str = "id, name, version, spec_yaml, spec_
 pub(crate) const COMMAND_COLUMNS: &str =
     "id, kind, workflow_definition_id, workflow_instance_id, params, priority, created_at, claimed_by, claimed_at";
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
-     owner, epoch, priority, params, created_at, started_at, ended_at, updated_at";
+     owner, epoch, priority, params, created_at, started_at, ended_at, updated_at, schedule_time, timezone, run_kind";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
      warning, failovers, rerun_base, task_group, task_group_priority, group_waiting_since, created_at, started_at, \
      ended_at, updated_at";
@@ -117,6 +117,9 @@ pub(crate) struct WorkflowRow {
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
     updated_at: DateTime<Utc>,
+    schedule_time: Option<DateTime<Utc>>,
+    timezone: String,
+    run_kind: String,
 }
 
 impl TryFrom<WorkflowRow> for WorkflowInstance {
@@ -136,6 +139,48 @@ impl TryFrom<WorkflowRow> for WorkflowInstance {
             created_at: r.created_at,
             started_at: r.started_at,
             ended_at: r.ended_at,
+            updated_at: r.updated_at,
+            schedule_time: r.schedule_time,
+            timezone: r.timezone,
+            kind: crate::RunKind::parse(&r.run_kind).ok_or_else(|| StoreError::corrupt("run kind", &r.run_kind))?,
+        })
+    }
+}
+
+pub(crate) const SCHEDULE_COLUMNS: &str =
+    "workflow_name, cron, timezone, start_at, end_at, catchup, from_spec, paused, done_until, created_at, updated_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ScheduleDbRow {
+    workflow_name: String,
+    cron: String,
+    timezone: String,
+    start_at: Option<DateTime<Utc>>,
+    end_at: Option<DateTime<Utc>>,
+    catchup: String,
+    from_spec: bool,
+    paused: bool,
+    done_until: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<ScheduleDbRow> for crate::ScheduleRow {
+    type Error = StoreError;
+    fn try_from(r: ScheduleDbRow) -> Result<Self, StoreError> {
+        Ok(crate::ScheduleRow {
+            workflow_name: r.workflow_name,
+            spec: porpoise_core::schedule::ScheduleSpec {
+                cron: r.cron,
+                timezone: r.timezone,
+                start: r.start_at,
+                end: r.end_at,
+                catchup: r.catchup.parse().map_err(|e| StoreError::corrupt("catchup", e))?,
+            },
+            from_spec: r.from_spec,
+            paused: r.paused,
+            done_until: r.done_until,
+            created_at: r.created_at,
             updated_at: r.updated_at,
         })
     }
@@ -435,44 +480,11 @@ macro_rules! impl_store {
             }
 
             async fn create_run(&self, run: &$crate::NewRun) -> $crate::Result<($crate::WorkflowInstance, i64)> {
-                use $crate::sql::*;
-                let t = now();
-                let params = params_json(&run.params);
                 let mut tx = self.pool.begin().await?;
-                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
-                    "INSERT INTO workflow_instance (workflow_definition_id, workflow_name, state, epoch, priority, \
-                     params, created_at, updated_at) VALUES ($1, $2, 'submitted', 0, $3, $4, $5, $5) \
-                     RETURNING {WORKFLOW_COLUMNS}"
-                )))
-                .bind(run.workflow_definition_id)
-                .bind(&run.workflow_name)
-                .bind(run.priority.rank())
-                .bind(&params)
-                .bind(t)
-                .fetch_one(&mut *tx)
-                .await?;
-                let (command_id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
-                    "INSERT INTO command (kind, workflow_definition_id, workflow_instance_id, params, priority, \
-                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
-                )
-                .bind($crate::CommandKind::StartWorkflow.as_str())
-                .bind(run.workflow_definition_id)
-                .bind(row.id)
-                .bind(&params)
-                .bind(run.priority.rank())
-                .bind(t)
-                .fetch_one(&mut *tx)
-                .await?;
-                sqlx::query::<$db>("UPDATE workflow_instance SET command_id = $1 WHERE id = $2")
-                    .bind(command_id)
-                    .bind(row.id)
-                    .execute(&mut *tx)
-                    .await?;
+                let created = Self::create_run_on(&mut tx, run).await?;
                 tx.commit().await?;
                 self.command_queued();
-                let mut instance: $crate::WorkflowInstance = row.try_into()?;
-                instance.command_id = Some(command_id);
-                Ok((instance, command_id))
+                Ok(created)
             }
 
             async fn list_workflow_instances(
@@ -898,6 +910,195 @@ macro_rules! impl_store {
                 Ok(id)
             }
 
+            async fn put_schedule(
+                &self,
+                name: &str,
+                spec: &porpoise_core::schedule::ScheduleSpec,
+                from_spec: bool,
+            ) -> $crate::Result<$crate::ScheduleRow> {
+                use $crate::sql::*;
+                let t = now();
+                let mut tx = self.pool.begin().await?;
+                let old = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedule WHERE workflow_name = $1"
+                )))
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?
+                .map($crate::ScheduleRow::try_from)
+                .transpose()?;
+                // unchanged, it goes on where it was; new or changed, it fires from now on
+                let (done_until, paused) = match &old {
+                    Some(o) if o.spec == *spec => (o.done_until, o.paused),
+                    Some(o) => (t, o.paused),
+                    None => (t, false),
+                };
+                let row = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO schedule ({SCHEDULE_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $10) \
+                     ON CONFLICT (workflow_name) DO UPDATE SET cron = $2, timezone = $3, start_at = $4, end_at = $5, \
+                     catchup = $6, from_spec = $7, paused = $8, done_until = $9, updated_at = $10 \
+                     RETURNING {SCHEDULE_COLUMNS}"
+                )))
+                .bind(name)
+                .bind(&spec.cron)
+                .bind(&spec.timezone)
+                .bind(spec.start)
+                .bind(spec.end)
+                .bind(spec.catchup.as_str())
+                .bind(from_spec)
+                .bind(paused)
+                .bind(done_until)
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                tx.commit().await?;
+                row.try_into()
+            }
+
+            async fn schedule(&self, name: &str) -> $crate::Result<Option<$crate::ScheduleRow>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedule WHERE workflow_name = $1"
+                )))
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.map(TryInto::try_into).transpose()
+            }
+
+            async fn schedules(&self) -> $crate::Result<Vec<$crate::ScheduleRow>> {
+                use $crate::sql::*;
+                let rows = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedule ORDER BY workflow_name"
+                )))
+                .fetch_all(&self.pool)
+                .await?;
+                rows.into_iter().map(TryInto::try_into).collect()
+            }
+
+            async fn set_schedule_paused(&self, name: &str, paused: bool) -> $crate::Result<$crate::ScheduleRow> {
+                use $crate::sql::*;
+                let t = now();
+                // resumed, it fires from now on
+                let row = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "UPDATE schedule SET paused = $1, updated_at = $2, \
+                     done_until = CASE WHEN paused AND NOT $1 THEN $2 ELSE done_until END \
+                     WHERE workflow_name = $3 RETURNING {SCHEDULE_COLUMNS}"
+                )))
+                .bind(paused)
+                .bind(t)
+                .bind(name)
+                .fetch_optional(&self.pool)
+                .await?;
+                row.ok_or_else(|| $crate::StoreError::NotFound { entity: "schedule of workflow", key: name.to_string() })?
+                    .try_into()
+            }
+
+            async fn delete_schedule(&self, name: &str) -> $crate::Result<()> {
+                let done = sqlx::query::<$db>("DELETE FROM schedule WHERE workflow_name = $1")
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::NotFound { entity: "schedule of workflow", key: name.to_string() });
+                }
+                Ok(())
+            }
+
+            async fn fire_schedules(
+                &self,
+                at: chrono::DateTime<chrono::Utc>,
+                max_gap: std::time::Duration,
+                plan: &$crate::PlanFires<'_>,
+            ) -> $crate::Result<Vec<$crate::FiredRun>> {
+                use $crate::sql::*;
+                let mut tx = self.pool.begin().await?;
+                // masters look in turn: the clock row is locked until this look commits
+                sqlx::query::<$db>("UPDATE scheduler_clock SET id = id WHERE id = 1").execute(&mut *tx).await?;
+                let (checked_at,): (Option<chrono::DateTime<chrono::Utc>>,) =
+                    sqlx::query_as::<$db, (Option<chrono::DateTime<chrono::Utc>>,)>(
+                        "SELECT checked_at FROM scheduler_clock WHERE id = 1",
+                    )
+                    .fetch_one(&mut *tx)
+                    .await?;
+                let missed = checked_at.is_some_and(|c| (at - c).to_std().is_ok_and(|gap| gap > max_gap));
+                sqlx::query::<$db>("UPDATE scheduler_clock SET checked_at = $1 WHERE id = 1")
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                let rows = sqlx::query_as::<$db, ScheduleDbRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {SCHEDULE_COLUMNS} FROM schedule WHERE NOT paused ORDER BY workflow_name"
+                )))
+                .fetch_all(&mut *tx)
+                .await?;
+                let mut fired = Vec::new();
+                for row in rows {
+                    let row: $crate::ScheduleRow = row.try_into()?;
+                    let decided = plan(&row, missed);
+                    if decided.done_until <= row.done_until && decided.fire.is_empty() {
+                        continue;
+                    }
+                    let def = sqlx::query_as::<$db, DefinitionRow>(sqlx::AssertSqlSafe(format!(
+                        "SELECT {DEFINITION_COLUMNS} FROM workflow_definition WHERE name = $1 ORDER BY version DESC LIMIT 1"
+                    )))
+                    .bind(&row.workflow_name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    for fire_time in decided.fire {
+                        let Some(def) = &def else { break }; // the workflow is gone: nothing to run
+                        let done: Option<(i64,)> = sqlx::query_as::<$db, (i64,)>(
+                            "SELECT workflow_instance_id FROM schedule_fire WHERE workflow_name = $1 AND fire_time = $2",
+                        )
+                        .bind(&row.workflow_name)
+                        .bind(fire_time)
+                        .fetch_optional(&mut *tx)
+                        .await?;
+                        if done.is_some() {
+                            continue; // fired already
+                        }
+                        let spec: porpoise_core::WorkflowSpec = serde_json::from_str(&def.spec_json)
+                            .map_err(|e| $crate::StoreError::corrupt("workflow spec", e))?;
+                        let run = $crate::NewRun {
+                            workflow_definition_id: def.id,
+                            workflow_name: row.workflow_name.clone(),
+                            priority: spec.priority,
+                            params: Default::default(),
+                            schedule_time: fire_time,
+                            timezone: row.spec.timezone.clone(),
+                            kind: $crate::RunKind::Schedule,
+                        };
+                        let (instance, _) = Self::create_run_on(&mut tx, &run).await?;
+                        sqlx::query::<$db>(
+                            "INSERT INTO schedule_fire (workflow_name, fire_time, workflow_instance_id, created_at) \
+                             VALUES ($1, $2, $3, $4)",
+                        )
+                        .bind(&row.workflow_name)
+                        .bind(fire_time)
+                        .bind(instance.id)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                        fired.push($crate::FiredRun {
+                            workflow_name: row.workflow_name.clone(),
+                            fire_time,
+                            run_id: instance.id,
+                        });
+                    }
+                    sqlx::query::<$db>(
+                        "UPDATE schedule SET done_until = $1 WHERE workflow_name = $2 AND done_until < $1",
+                    )
+                    .bind(decided.done_until)
+                    .bind(&row.workflow_name)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                tx.commit().await?;
+                if !fired.is_empty() {
+                    self.command_queued();
+                }
+                Ok(fired)
+            }
+
             async fn create_task_group(
                 &self,
                 name: &str,
@@ -981,6 +1182,51 @@ macro_rules! impl_store {
         }
 
         impl $store {
+            /// Creates an unowned run in `submitted` and the start command naming it, on `conn`.
+            async fn create_run_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                run: &$crate::NewRun,
+            ) -> $crate::Result<($crate::WorkflowInstance, i64)> {
+                use $crate::sql::*;
+                let t = now();
+                let params = params_json(&run.params);
+                let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO workflow_instance (workflow_definition_id, workflow_name, state, epoch, priority, \
+                     params, created_at, updated_at, schedule_time, timezone, run_kind) \
+                     VALUES ($1, $2, 'submitted', 0, $3, $4, $5, $5, $6, $7, $8) RETURNING {WORKFLOW_COLUMNS}"
+                )))
+                .bind(run.workflow_definition_id)
+                .bind(&run.workflow_name)
+                .bind(run.priority.rank())
+                .bind(&params)
+                .bind(t)
+                .bind(run.schedule_time)
+                .bind(&run.timezone)
+                .bind(run.kind.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+                let (command_id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
+                    "INSERT INTO command (kind, workflow_definition_id, workflow_instance_id, params, priority, \
+                     created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
+                )
+                .bind($crate::CommandKind::StartWorkflow.as_str())
+                .bind(run.workflow_definition_id)
+                .bind(row.id)
+                .bind(&params)
+                .bind(run.priority.rank())
+                .bind(t)
+                .fetch_one(&mut *conn)
+                .await?;
+                sqlx::query::<$db>("UPDATE workflow_instance SET command_id = $1 WHERE id = $2")
+                    .bind(command_id)
+                    .bind(row.id)
+                    .execute(&mut *conn)
+                    .await?;
+                let mut instance: $crate::WorkflowInstance = row.try_into()?;
+                instance.command_id = Some(command_id);
+                Ok((instance, command_id))
+            }
+
             /// Moves a workflow instance to a new state on `conn` if it is still in the expected
             /// state and owned by the expected owner; `None` when the write was refused.
             async fn update_workflow_on(

@@ -148,7 +148,63 @@ pub struct NewRun {
     pub workflow_name: String,
     pub priority: Priority,
     pub params: BTreeMap<String, String>,
+    /// The time its date parameters are computed from, in `timezone`.
+    pub schedule_time: DateTime<Utc>,
+    pub timezone: String,
+    pub kind: RunKind,
 }
+
+/// How a run was started.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RunKind {
+    /// `porpoise run` (or the API): its schedule time is when it was requested.
+    #[default]
+    Manual,
+    /// A fire time of its workflow's schedule.
+    Schedule,
+    /// One date of a backfill.
+    Backfill,
+}
+
+impl RunKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Manual => "manual",
+            Self::Schedule => "schedule",
+            Self::Backfill => "backfill",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Self> {
+        [Self::Manual, Self::Schedule, Self::Backfill].into_iter().find(|k| k.as_str() == s)
+    }
+}
+
+/// A workflow's schedule as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScheduleRow {
+    pub workflow_name: String,
+    pub spec: porpoise_core::schedule::ScheduleSpec,
+    /// Set by the workflow's spec (an apply replaces it), not by `porpoise schedule create`.
+    pub from_spec: bool,
+    pub paused: bool,
+    /// Every fire time up to here is done with (fired or skipped).
+    pub done_until: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A run a schedule fired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FiredRun {
+    pub workflow_name: String,
+    pub fire_time: DateTime<Utc>,
+    pub run_id: i64,
+}
+
+/// What a look at the schedules decides for one of them: given the row and whether its due
+/// fire times were missed (no master was up), the plan.
+pub type PlanFires<'a> = dyn Fn(&ScheduleRow, bool) -> porpoise_core::schedule::FirePlan + Send + Sync + 'a;
 
 /// A workflow instance to create.
 #[derive(Debug, Clone, PartialEq)]
@@ -181,6 +237,10 @@ pub struct WorkflowInstance {
     pub started_at: Option<DateTime<Utc>>,
     pub ended_at: Option<DateTime<Utc>>,
     pub updated_at: DateTime<Utc>,
+    /// The time its date parameters are computed from (runs from before schedules: none).
+    pub schedule_time: Option<DateTime<Utc>>,
+    pub timezone: String,
+    pub kind: RunKind,
 }
 
 /// A task instance to create.

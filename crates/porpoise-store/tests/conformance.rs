@@ -266,6 +266,9 @@ async fn a_run_is_requested_then_adopted(store: Arc<dyn Store>) {
         workflow_name: "wf".into(),
         priority: Priority::High,
         params: BTreeMap::from([("day".into(), "d1".into())]),
+        schedule_time: chrono::Utc::now(),
+        timezone: "UTC".into(),
+        kind: porpoise_store::RunKind::Manual,
     };
     let (instance, command_id) = store.create_run(&run).await.expect("create run");
     assert_eq!((instance.state, instance.owner.as_deref(), instance.command_id), (Submitted, None, Some(command_id)));
@@ -367,6 +370,9 @@ async fn a_queued_command_wakes_the_command_feed(store: Arc<dyn Store>) {
         workflow_name: "wf".into(),
         priority: Priority::Medium,
         params: BTreeMap::new(),
+        schedule_time: chrono::Utc::now(),
+        timezone: "UTC".into(),
+        kind: porpoise_store::RunKind::Manual,
     };
     store.create_run(&run).await.expect("request a run");
     tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())
@@ -474,7 +480,57 @@ async fn task_group_slots_are_taken_by_priority_and_given_back(store: Arc<dyn St
     assert_eq!(row.warning.as_deref(), Some("marked successful by an operator; attempt 1 had ended failure"));
 }
 
+/// Each fire time fires one run, whatever plans say twice; missed fire times follow the catchup
+/// policy; a paused schedule fires nothing.
+async fn schedules_fire_each_time_once(store: Arc<dyn Store>) {
+    use porpoise_core::schedule::{Catchup, FirePlan, Schedule, ScheduleSpec};
+    use std::time::Duration;
+    definition(&*store, "wf").await;
+    let spec = ScheduleSpec {
+        cron: "* * * * * *".into(),
+        timezone: "Europe/Berlin".into(),
+        start: None,
+        end: None,
+        catchup: Catchup::Latest,
+    };
+    let row = store.put_schedule("wf", &spec, false).await.expect("put");
+    assert_eq!((row.paused, row.from_spec), (false, false));
+    let again = store.put_schedule("wf", &spec, false).await.expect("put the same");
+    assert_eq!(again.done_until, row.done_until, "an unchanged schedule goes on where it was");
+    let schedule = Schedule::new(spec.clone()).expect("valid");
+    let t0 = row.done_until;
+    let by_schedule = |at| {
+        let schedule = schedule.clone();
+        move |r: &porpoise_store::ScheduleRow, missed: bool| schedule.plan(r.done_until, at, missed)
+    };
+    let at = t0 + chrono::Duration::milliseconds(3500);
+    let fired = store.fire_schedules(at, Duration::from_secs(5), &by_schedule(at)).await.expect("fire");
+    assert!((3..=4).contains(&fired.len()), "every second up to 3.5 s: {fired:?}");
+    let run = store.workflow_instance(fired[0].run_id).await.expect("read").expect("the run");
+    assert_eq!(
+        (run.schedule_time, run.timezone.as_str(), run.kind),
+        (Some(fired[0].fire_time), "Europe/Berlin", porpoise_store::RunKind::Schedule)
+    );
+    // a plan that says the same fire times again (another master, a lost answer) fires nothing
+    let same: Vec<_> = fired.iter().map(|f| f.fire_time).collect();
+    let replay =
+        move |_: &porpoise_store::ScheduleRow, _: bool| FirePlan { fire: same.clone(), done_until: at, skipped: 0 };
+    assert_eq!(store.fire_schedules(at, Duration::from_secs(5), &replay).await.expect("fire").len(), 0);
+    // no look for ten seconds: missed, and `latest` fires only the last one
+    let later = at + chrono::Duration::seconds(10);
+    let fired = store.fire_schedules(later, Duration::from_secs(5), &by_schedule(later)).await.expect("fire");
+    assert_eq!(fired.len(), 1, "{fired:?}");
+    assert!(fired[0].fire_time > later - chrono::Duration::seconds(1));
+    // paused: nothing
+    store.set_schedule_paused("wf", true).await.expect("pause");
+    let paused = later + chrono::Duration::seconds(3);
+    assert!(store.fire_schedules(paused, Duration::from_secs(5), &by_schedule(paused)).await.expect("fire").is_empty());
+    store.delete_schedule("wf").await.expect("delete");
+    assert!(matches!(store.delete_schedule("wf").await, Err(StoreError::NotFound { .. })));
+}
+
 suites!(
+    schedules_fire_each_time_once,
     task_group_slots_are_taken_by_priority_and_given_back,
     an_engine_transition_is_persisted_all_or_nothing,
     a_queued_command_wakes_the_command_feed,

@@ -253,3 +253,58 @@ fn timeout_strategy_names_round_trip() {
     }
     assert_eq!(TimeoutStrategy::parse("ignore"), None);
 }
+
+#[test]
+fn a_schedule_and_an_execution_type_parse_with_defaults() {
+    let spec = WorkflowSpec::parse(
+        "x.yaml",
+        "name: x\nexecution: serial_wait\nschedule:\n  cron: '0 30 2 * * *'\n  timezone: Europe/Berlin\n  start: 2026-01-01\n  catchup: all\ntasks:\n  - { name: a, command: echo }\n",
+    )
+    .expect("valid");
+    assert_eq!(spec.execution, Execution::SerialWait);
+    let s = spec.schedule.expect("a schedule");
+    assert_eq!((s.cron.as_str(), s.timezone.as_str(), s.catchup), ("0 30 2 * * *", "Europe/Berlin", Catchup::All));
+    assert_eq!(s.start.map(|t| t.to_rfc3339()).as_deref(), Some("2025-12-31T23:00:00+00:00"), "midnight in Berlin");
+    let plain = WorkflowSpec::parse(
+        "x.yaml",
+        "name: x\nschedule: { cron: '@daily' }\ntasks:\n  - { name: a, command: echo }\n",
+    )
+    .expect("valid");
+    let s = plain.schedule.expect("a schedule");
+    assert_eq!((s.timezone.as_str(), s.catchup), ("UTC", Catchup::Latest));
+    assert_eq!(plain.execution, Execution::Parallel);
+}
+
+#[test]
+fn a_bad_schedule_names_its_field_and_line() {
+    let p = single("name: x\nschedule:\n  cron: 'every day'\ntasks:\n  - { name: a, command: echo }\n");
+    assert_eq!((p.field.as_deref(), p.line), (Some("schedule.cron"), Some(3)));
+    assert!(p.message.contains("bad cron expression"), "{}", p.message);
+    let p = single(
+        "name: x\nschedule:\n  cron: '@daily'\n  timezone: Mars/Olympus\ntasks:\n  - { name: a, command: echo }\n",
+    );
+    assert_eq!((p.field.as_deref(), p.line), (Some("schedule.timezone"), Some(4)));
+    let p =
+        single("name: x\nschedule:\n  cron: '@daily'\n  catchup: sometimes\ntasks:\n  - { name: a, command: echo }\n");
+    assert_eq!(p.field.as_deref(), Some("schedule.catchup"));
+    let p =
+        single("name: x\nschedule:\n  cron: '@daily'\n  start: yesterday\ntasks:\n  - { name: a, command: echo }\n");
+    assert_eq!(p.field.as_deref(), Some("schedule.start"));
+    let p = single("name: x\nexecution: queued\ntasks:\n  - { name: a, command: echo }\n");
+    assert_eq!((p.field.as_deref(), p.line), (Some("execution"), Some(2)));
+}
+
+#[test]
+fn time_expressions_are_checked_in_commands_and_params() {
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo $[next_day(yyyyMMdd)]\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("command"), Some(4)));
+    assert!(p.message.contains("unknown function next_day()"), "{}", p.message);
+    let p = single("name: x\nparams: { day: '$[yyyyMMddQ]' }\ntasks:\n  - { name: a, command: echo }\n");
+    assert_eq!(p.field.as_deref(), Some("params"));
+    assert!(p.message.contains("param day:"), "{}", p.message);
+    WorkflowSpec::parse(
+        "x.yaml",
+        "name: x\nparams: { day: '$[yyyy-MM-dd-1]' }\ntasks:\n  - { name: a, command: 'echo ${day} ${system.biz.date} $[add_months(yyyyMMdd,-1)]' }\n",
+    )
+    .expect("valid expressions");
+}

@@ -217,6 +217,34 @@ impl Store for FaultyStore {
             None => self.inner.persist(owner, run, writes).await,
         }
     }
+    async fn put_schedule(
+        &self,
+        name: &str,
+        spec: &porpoise_core::schedule::ScheduleSpec,
+        from_spec: bool,
+    ) -> Result<ScheduleRow> {
+        self.inner.put_schedule(name, spec, from_spec).await
+    }
+    async fn schedule(&self, name: &str) -> Result<Option<ScheduleRow>> {
+        self.inner.schedule(name).await
+    }
+    async fn schedules(&self) -> Result<Vec<ScheduleRow>> {
+        self.inner.schedules().await
+    }
+    async fn set_schedule_paused(&self, name: &str, paused: bool) -> Result<ScheduleRow> {
+        self.inner.set_schedule_paused(name, paused).await
+    }
+    async fn delete_schedule(&self, name: &str) -> Result<()> {
+        self.inner.delete_schedule(name).await
+    }
+    async fn fire_schedules(
+        &self,
+        now: chrono::DateTime<chrono::Utc>,
+        max_gap: std::time::Duration,
+        plan: &PlanFires<'_>,
+    ) -> Result<Vec<FiredRun>> {
+        self.inner.fire_schedules(now, max_gap, plan).await
+    }
     async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup> {
         self.inner.create_task_group(name, slots, description).await
     }
