@@ -119,11 +119,18 @@ pub fn parse_params(raw: &[String]) -> Result<HashMap<String, String>, ClientErr
 
 /// `porpoise run NAME [--param k=v]... [--wait]`: prints the run id; with `wait`, waits for the
 /// run to end and fails unless it succeeded.
-pub async fn run(server: &str, name: &str, params: &[String], wait: bool) -> Result<(), ClientError> {
+pub async fn run(
+    server: &str,
+    name: &str,
+    params: &[String],
+    wait: bool,
+    priority: Option<&str>,
+) -> Result<(), ClientError> {
     let params = parse_params(params)?;
     let mut client = connect(server).await?;
+    let priority = priority.unwrap_or_default().to_string();
     let reply = client
-        .start_run(StartRunRequest { workflow_name: name.to_string(), params })
+        .start_run(StartRunRequest { workflow_name: name.to_string(), params, priority })
         .await
         .map_err(from_status)?
         .into_inner();
@@ -140,7 +147,7 @@ pub async fn run(server: &str, name: &str, params: &[String], wait: bool) -> Res
                 errln!("run {} succeeded", reply.run_id);
                 return Ok(());
             }
-            "failure" | "stopped" => {
+            "failure" | "stopped" | "discarded" => {
                 let why =
                     if summary.state_reason.is_empty() { String::new() } else { format!(": {}", summary.state_reason) };
                 return Err(ClientError::failed(format!("run {} ended in {}{why}", reply.run_id, summary.state)));

@@ -39,6 +39,40 @@ enum Command {
         /// Waits for the run to end: exit 0 if it succeeded, 1 otherwise.
         #[arg(long)]
         wait: bool,
+        /// The run's priority (highest, high, medium, low, lowest) instead of the workflow's.
+        #[arg(long)]
+        priority: Option<String>,
+    },
+    /// Runs a workflow once per date of a range (backfill), in order, one at a time unless
+    /// --parallel; prints each run's id and date. `backfill status ID` shows its progress.
+    #[command(args_conflicts_with_subcommands = true, subcommand_negates_reqs = true)]
+    Backfill {
+        #[command(subcommand)]
+        status: Option<BackfillCommand>,
+        /// The workflow's name.
+        #[arg(required = true)]
+        name: Option<String>,
+        /// The first date, YYYY-MM-DD.
+        #[arg(long, required = true)]
+        from: Option<String>,
+        /// The last date, YYYY-MM-DD (included).
+        #[arg(long, required = true)]
+        to: Option<String>,
+        /// One run a day at 00:00 even when the workflow has a schedule (else its fire times).
+        #[arg(long)]
+        daily: bool,
+        /// How many dates run at once.
+        #[arg(long, default_value_t = 1)]
+        parallel: u32,
+        /// Newest date first.
+        #[arg(long)]
+        reverse: bool,
+        /// Go on after a date fails (otherwise the dates not started are stopped).
+        #[arg(long)]
+        keep_going: bool,
+        /// A run parameter, name=value; repeatable.
+        #[arg(long = "param", value_name = "NAME=VALUE")]
+        params: Vec<String>,
     },
     /// Shows a run and every task instance in it.
     Status {
@@ -131,6 +165,17 @@ enum TaskCommand {
     /// Marks a task instance that failed, was stopped or was killed successful
     /// (`forced-success`): its run goes on as if it had succeeded.
     MarkSuccess { task_instance_id: i64 },
+}
+
+#[derive(Debug, Subcommand)]
+enum BackfillCommand {
+    /// Shows a backfill's state and each of its runs.
+    Status {
+        backfill_id: i64,
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -237,7 +282,25 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
         Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
         Command::Workflow { command: WorkflowCommand::List } => client::list(server).await,
-        Command::Run { name, params, wait } => client::run(server, &name, &params, wait).await,
+        Command::Run { name, params, wait, priority } => {
+            client::run(server, &name, &params, wait, priority.as_deref()).await
+        }
+        Command::Backfill { status: Some(BackfillCommand::Status { backfill_id, json }), .. } => {
+            porpoise_cli::schedule::backfill_status(server, backfill_id, json).await
+        }
+        Command::Backfill { status: None, name, from, to, daily, parallel, reverse, keep_going, params } => {
+            let request = porpoise_cli::schedule::NewBackfill {
+                name: name.unwrap_or_default(),
+                from: from.unwrap_or_default(),
+                to: to.unwrap_or_default(),
+                daily,
+                parallel,
+                reverse,
+                keep_going,
+                params,
+            };
+            porpoise_cli::schedule::backfill(server, request).await
+        }
         Command::Status { run_id, json } => client::status(server, run_id, json).await,
         Command::Logs { task_instance_id } => client::logs(server, task_instance_id).await,
         Command::Stop { run_id } => client::control(server, run_id, client::Control::Stop).await,

@@ -1,9 +1,12 @@
-//! `porpoise schedule …`: a workflow's schedule, made, listed, paused, resumed and deleted
-//! through the master's AdminService.
+//! `porpoise schedule …` and `porpoise backfill`: when a workflow runs by itself, and runs of it
+//! for past dates, through the master's AdminService.
 
-use porpoise_proto::v1::{ListSchedulesRequest, ScheduleInfo, ScheduleName, ScheduleRequest};
+use porpoise_proto::v1::{
+    BackfillReply, BackfillRequest, GetBackfillRequest, ListSchedulesRequest, ScheduleInfo, ScheduleName,
+    ScheduleRequest,
+};
 
-use crate::client::{ClientError, connect, from_status, time};
+use crate::client::{ClientError, connect, from_status, parse_params, time};
 use crate::outln;
 
 /// What `schedule create` is given.
@@ -103,5 +106,86 @@ pub fn to_json(s: &ScheduleInfo) -> serde_json::Value {
         "paused": s.paused,
         "from_spec": s.from_spec,
         "next_fire_ms": ms(s.next_fire_ms),
+    })
+}
+
+/// What `porpoise backfill` is given.
+#[derive(Debug, Clone, Default)]
+pub struct NewBackfill {
+    pub name: String,
+    pub from: String,
+    pub to: String,
+    pub daily: bool,
+    pub parallel: u32,
+    pub reverse: bool,
+    pub keep_going: bool,
+    pub params: Vec<String>,
+}
+
+/// `porpoise backfill NAME --from DATE --to DATE …`: starts it; prints its id, then each run's
+/// id and schedule time.
+pub async fn backfill(server: &str, new: NewBackfill) -> Result<(), ClientError> {
+    let params = parse_params(&new.params)?;
+    if new.parallel == 0 {
+        return Err(ClientError::invalid("--parallel must be at least 1"));
+    }
+    let mut client = connect(server).await?;
+    let request = BackfillRequest {
+        workflow_name: new.name,
+        from: new.from,
+        to: new.to,
+        daily: new.daily,
+        parallel: new.parallel,
+        reverse: new.reverse,
+        keep_going: new.keep_going,
+        params: params.into_iter().collect(),
+    };
+    let b = client.start_backfill(request).await.map_err(from_status)?.into_inner();
+    let width = if b.parallel == 1 { "one at a time".to_string() } else { format!("{} at a time", b.parallel) };
+    outln!("backfill {}: {} runs of {}, {width}", b.backfill_id, b.runs.len(), b.workflow_name)?;
+    for r in &b.runs {
+        outln!("{} {}", r.run_id, time(r.schedule_time_ms))?;
+    }
+    Ok(())
+}
+
+/// `porpoise backfill status ID [--json]`
+pub async fn backfill_status(server: &str, id: i64, json: bool) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let b = client.get_backfill(GetBackfillRequest { backfill_id: id }).await.map_err(from_status)?.into_inner();
+    if json {
+        outln!("{:#}", backfill_json(&b))?;
+        return Ok(());
+    }
+    let reason = if b.state_reason.is_empty() { String::new() } else { format!(": {}", b.state_reason) };
+    outln!("backfill {} of {}: {}{reason}", b.backfill_id, b.workflow_name, b.state)?;
+    outln!("{:>8}  {:<24} {:<10} REASON", "RUN", "SCHEDULE TIME", "STATE")?;
+    for r in &b.runs {
+        outln!("{:>8}  {:<24} {:<10} {}", r.run_id, time(r.schedule_time_ms), r.state, r.state_reason)?;
+    }
+    Ok(())
+}
+
+fn backfill_json(b: &BackfillReply) -> serde_json::Value {
+    let runs: Vec<serde_json::Value> = b
+        .runs
+        .iter()
+        .map(|r| {
+            serde_json::json!({
+                "run_id": r.run_id,
+                "schedule_time_ms": r.schedule_time_ms,
+                "state": r.state,
+                "reason": (!r.state_reason.is_empty()).then_some(&r.state_reason),
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "backfill_id": b.backfill_id,
+        "workflow": b.workflow_name,
+        "state": b.state,
+        "reason": (!b.state_reason.is_empty()).then_some(&b.state_reason),
+        "parallel": b.parallel,
+        "keep_going": b.keep_going,
+        "runs": runs,
     })
 }

@@ -131,7 +131,11 @@ async fn two_hundred_concurrent_runs_each_task_once(mut d: Deployment) {
         let mut admin = admin.clone();
         starts.push(tokio::spawn(async move {
             admin
-                .start_run(StartRunRequest { workflow_name: "ten".into(), params: Default::default() })
+                .start_run(StartRunRequest {
+                    workflow_name: "ten".into(),
+                    params: Default::default(),
+                    priority: String::new(),
+                })
                 .await
                 .expect("start run")
                 .into_inner()

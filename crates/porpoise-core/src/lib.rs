@@ -14,6 +14,8 @@ pub mod engine;
 pub mod event;
 /// Workflow and task priorities and the order of the task priority queue.
 pub mod priority;
+/// Held runs: serial workflows and backfills, who goes next.
+pub mod release;
 /// Schedules: cron expressions in a time zone, fire times and catch-up after downtime.
 pub mod schedule;
 /// The YAML workflow spec: parsing and validation.

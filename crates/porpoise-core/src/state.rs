@@ -48,11 +48,14 @@ pub enum ExecutionState {
     /// Ended without success, then marked successful by an operator: what depends on it runs.
     /// Terminal. Tasks only.
     ForcedSuccess,
+    /// A run of a `serial_discard` workflow that would have overlapped an active one. Terminal.
+    /// Workflows only.
+    Discarded,
 }
 
 impl ExecutionState {
     /// Every state, for listings and exhaustive tests.
-    pub const ALL: [ExecutionState; 12] = [
+    pub const ALL: [ExecutionState; 13] = [
         Self::Submitted,
         Self::Dispatched,
         Self::Running,
@@ -65,6 +68,7 @@ impl ExecutionState {
         Self::Waiting,
         Self::Killed,
         Self::ForcedSuccess,
+        Self::Discarded,
     ];
 
     /// The name used in the database, the CLI and the API.
@@ -82,12 +86,16 @@ impl ExecutionState {
             Self::Waiting => "waiting",
             Self::Killed => "killed",
             Self::ForcedSuccess => "forced-success",
+            Self::Discarded => "discarded",
         }
     }
 
     /// No transition leaves a terminal state; a rerun makes a new instance.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Success | Self::Failure | Self::Stopped | Self::Killed | Self::ForcedSuccess)
+        matches!(
+            self,
+            Self::Success | Self::Failure | Self::Stopped | Self::Killed | Self::ForcedSuccess | Self::Discarded
+        )
     }
 
     /// A task instance in this state holds a slot of its task group: it is on its way to a
@@ -164,7 +172,7 @@ mod tests {
 
     #[test]
     fn terminal_states_have_no_way_out() {
-        for from in [Success, Failure, Stopped, Killed, ForcedSuccess] {
+        for from in [Success, Failure, Stopped, Killed, ForcedSuccess, Discarded] {
             for to in ExecutionState::ALL {
                 assert!(!from.can_transition_to(to), "{from} -> {to}");
             }

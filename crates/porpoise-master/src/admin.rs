@@ -2,22 +2,23 @@
 //! application layer, and translates the answer or the error (the user's errors become
 //! INVALID_ARGUMENT, NOT_FOUND or FAILED_PRECONDITION, which the CLI turns into exit 2).
 
-use porpoise_core::ExecutionState;
 use porpoise_core::engine::Control;
 use porpoise_core::schedule::{Catchup, ScheduleSpec};
+use porpoise_core::{ExecutionState, Priority};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
-    ApplyWorkflowReply, ApplyWorkflowRequest, DeleteScheduleReply, DeleteTaskGroupReply, DeleteTaskGroupRequest,
-    GetRunReply, GetRunRequest, GetTaskInstanceLogReply, GetTaskInstanceLogRequest, GetWorkflowReply,
-    GetWorkflowRequest, ListRunsReply, ListRunsRequest, ListSchedulesReply, ListSchedulesRequest, ListTaskGroupsReply,
-    ListTaskGroupsRequest, ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply,
-    RunControlRequest, RunSummary, ScheduleInfo, ScheduleName, ScheduleRequest, StartRunReply, StartRunRequest,
-    TaskControlRequest, TaskGroupInfo, TaskGroupRequest, TaskInstanceInfo, WorkflowSummary,
+    ApplyWorkflowReply, ApplyWorkflowRequest, BackfillReply, BackfillRequest, DeleteScheduleReply,
+    DeleteTaskGroupReply, DeleteTaskGroupRequest, GetBackfillRequest, GetRunReply, GetRunRequest,
+    GetTaskInstanceLogReply, GetTaskInstanceLogRequest, GetWorkflowReply, GetWorkflowRequest, ListRunsReply,
+    ListRunsRequest, ListSchedulesReply, ListSchedulesRequest, ListTaskGroupsReply, ListTaskGroupsRequest,
+    ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary,
+    ScheduleInfo, ScheduleName, ScheduleRequest, StartRunReply, StartRunRequest, TaskControlRequest, TaskGroupInfo,
+    TaskGroupRequest, TaskInstanceInfo, WorkflowSummary,
 };
-use porpoise_store::{TaskGroup, TaskInstance};
+use porpoise_store::{BackfillRow, TaskGroup, TaskInstance, WorkflowInstance};
 use tonic::{Request, Response, Status};
 
-use crate::app::{App, AppError, Controlled, RerunScope, RunView, ScheduleView};
+use crate::app::{self, App, AppError, Controlled, RerunScope, RunView, ScheduleView};
 
 /// The AdminService over the application layer.
 #[derive(Debug, Clone)]
@@ -54,6 +55,22 @@ fn summary(v: RunView) -> RunSummary {
         schedule_time_ms: ms(w.schedule_time),
         timezone: w.timezone,
         kind: w.kind.as_str().to_string(),
+    }
+}
+
+fn backfill_reply(row: BackfillRow, runs: Vec<WorkflowInstance>) -> BackfillReply {
+    let runs = runs
+        .into_iter()
+        .map(|run| summary(RunView { reason: run.state_reason.clone(), awaiting_takeover: false, version: 0, run }))
+        .collect();
+    BackfillReply {
+        backfill_id: row.id,
+        workflow_name: row.workflow_name,
+        state: row.state,
+        state_reason: row.state_reason.unwrap_or_default(),
+        parallel: row.parallel,
+        keep_going: row.keep_going,
+        runs,
     }
 }
 
@@ -165,7 +182,12 @@ impl AdminService for Admin {
 
     async fn start_run(&self, request: Request<StartRunRequest>) -> Result<Response<StartRunReply>, Status> {
         let req = request.into_inner();
-        let run_id = self.0.start_run(&req.workflow_name, req.params.into_iter().collect()).await.map_err(status)?;
+        let priority = match req.priority.as_str() {
+            "" => None,
+            p => Some(p.parse::<Priority>().map_err(|e| Status::invalid_argument(format!("--priority: {e}")))?),
+        };
+        let params = req.params.into_iter().collect();
+        let run_id = self.0.start_run(&req.workflow_name, params, priority).await.map_err(status)?;
         Ok(Response::new(StartRunReply { run_id }))
     }
 
@@ -277,6 +299,27 @@ impl AdminService for Admin {
     async fn delete_schedule(&self, request: Request<ScheduleName>) -> Result<Response<DeleteScheduleReply>, Status> {
         self.0.delete_schedule(&request.into_inner().workflow_name).await.map_err(status)?;
         Ok(Response::new(DeleteScheduleReply {}))
+    }
+
+    async fn start_backfill(&self, request: Request<BackfillRequest>) -> Result<Response<BackfillReply>, Status> {
+        let req = request.into_inner();
+        let b = app::BackfillRequest {
+            workflow: req.workflow_name,
+            from: req.from,
+            to: req.to,
+            daily: req.daily,
+            parallel: req.parallel.max(1),
+            reverse: req.reverse,
+            keep_going: req.keep_going,
+            params: req.params.into_iter().collect(),
+        };
+        let (row, runs) = self.0.backfill(b).await.map_err(status)?;
+        Ok(Response::new(backfill_reply(row, runs)))
+    }
+
+    async fn get_backfill(&self, request: Request<GetBackfillRequest>) -> Result<Response<BackfillReply>, Status> {
+        let (row, runs) = self.0.backfill_status(request.into_inner().backfill_id).await.map_err(status)?;
+        Ok(Response::new(backfill_reply(row, runs)))
     }
 
     async fn get_task_log(

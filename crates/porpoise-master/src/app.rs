@@ -9,11 +9,11 @@ use std::sync::Arc;
 
 use porpoise_core::engine::{Control, RerunTask, RunState, Workflow};
 use porpoise_core::schedule::{Schedule, ScheduleSpec};
-use porpoise_core::{ExecutionState, WorkflowSpec};
+use porpoise_core::{ExecutionState, Priority, WorkflowSpec};
 use porpoise_proto::v1::GetTaskLogRequest;
 use porpoise_store::{
-    ApplyOutcome, CommandKind, NewCommand, NewRun, RunKind, ScheduleRow, StoreError, TASK_INSTANCE_PARAM, TaskGroup,
-    TaskInstance, WorkflowDefinition, WorkflowInstance,
+    ApplyOutcome, BackfillRow, CommandKind, NewBackfill, NewCommand, NewRun, RunKind, ScheduleRow, StoreError,
+    TASK_INSTANCE_PARAM, TaskGroup, TaskInstance, WorkflowDefinition, WorkflowInstance,
 };
 use tracing::info;
 
@@ -185,8 +185,14 @@ impl App {
         })
     }
 
-    /// Requests a run of the newest version of workflow `name`; returns its id.
-    pub async fn start_run(&self, name: &str, params: BTreeMap<String, String>) -> Result<i64> {
+    /// Requests a run of the newest version of workflow `name` (at `priority`, else the
+    /// workflow's); returns its id. A run of a serial workflow waits for its turn.
+    pub async fn start_run(
+        &self,
+        name: &str,
+        params: BTreeMap<String, String>,
+        priority: Option<Priority>,
+    ) -> Result<i64> {
         let def = self
             .0
             .store
@@ -204,11 +210,13 @@ impl App {
         let run = NewRun {
             workflow_definition_id: def.id,
             workflow_name: def.name.clone(),
-            priority: spec.priority,
+            priority: priority.unwrap_or(spec.priority),
             params,
             schedule_time: chrono::Utc::now(),
             timezone,
             kind: RunKind::Manual,
+            execution: spec.execution,
+            backfill: None,
         };
         let (instance, _) = self.0.store.create_run(&run).await?;
         self.0.wake_consumer();
@@ -258,6 +266,14 @@ impl App {
     pub async fn control(&self, id: i64, action: Control) -> Result<Controlled> {
         let run = self.find_run(id).await?;
         let state = run.state;
+        if action == Control::Stop && state == ExecutionState::Waiting && run.owner.is_none() {
+            // held for its turn: no master has it, so it is stopped here
+            if self.0.store.stop_waiting_run(id, "stopped by an operator before its turn").await? {
+                let message = format!("run {id}: stopped before its turn came");
+                return Ok(Controlled { state, message });
+            }
+            return Err(AppError::WrongState(format!("run {id} changed meanwhile: look again")));
+        }
         if action == Control::Resume && state == ExecutionState::Stopped {
             let picked = self
                 .rerun_pick(&run, |workflow, state| Ok(workflow.rerun_tasks(state, None).unwrap_or_default()))
@@ -333,9 +349,9 @@ impl App {
     /// Reruns run `id`, which has ended, keeping its id and history.
     pub async fn rerun(&self, id: i64, scope: RerunScope) -> Result<()> {
         let run = self.find_run(id).await?;
-        if !run.state.is_terminal() {
+        if !run.state.is_terminal() || run.state == ExecutionState::Discarded {
             return Err(AppError::WrongState(format!(
-                "run {id} is {}: only a run that has ended can be rerun",
+                "run {id} is {}: only a run that has ended (not discarded) can be rerun",
                 run.state
             )));
         }
@@ -425,6 +441,87 @@ impl App {
         self.0.store.delete_task_group(name).await?;
         info!(task_group = name, "task group deleted");
         Ok(())
+    }
+
+    /// Starts a backfill of workflow `name`: one run per date from `req.from` to `req.to` — the
+    /// schedule's fire times in the range, or one a day at 00:00 in the workflow's time zone
+    /// when it has no schedule or `req.daily` — each with that time as its schedule time, run
+    /// `req.parallel` at a time in date order (newest first with `req.reverse`). Returns the
+    /// backfill and its runs.
+    pub async fn backfill(&self, req: BackfillRequest) -> Result<(BackfillRow, Vec<WorkflowInstance>)> {
+        let name = req.workflow.as_str();
+        let def = self.0.store.latest_definition(name).await?;
+        let def = def.ok_or_else(|| AppError::NotFound(format!("no workflow named {name:?}; apply it first")))?;
+        let spec = spec_of(&def)?;
+        let date = |flag: &str, text: &str| {
+            chrono::NaiveDate::parse_from_str(text.trim(), "%Y-%m-%d")
+                .map_err(|_| AppError::Invalid(format!("{flag}: bad date {text:?} (write 2026-01-31)")))
+        };
+        let (from, to) = (date("--from", &req.from)?, date("--to", &req.to)?);
+        if to < from {
+            return Err(AppError::Invalid(format!("--to {to} is before --from {from}")));
+        }
+        if req.parallel == 0 {
+            return Err(AppError::Invalid("--parallel must be at least 1".into()));
+        }
+        for (key, value) in &req.params {
+            porpoise_core::spec::check_param_name(key).map_err(AppError::Invalid)?;
+            porpoise_core::dateparams::check(value).map_err(|e| AppError::Invalid(format!("param {key}: {e}")))?;
+        }
+        let schedule = self.0.store.schedule(name).await?;
+        let timezone = schedule.as_ref().map_or_else(|| "UTC".to_string(), |s| s.spec.timezone.clone());
+        let tz = porpoise_core::schedule::parse_timezone(&timezone).map_err(AppError::Internal)?;
+        let midnight = |d: chrono::NaiveDate| porpoise_core::schedule::parse_instant(&d.to_string(), tz);
+        let start = midnight(from).map_err(AppError::Internal)?;
+        let end = midnight(to + chrono::Days::new(1)).map_err(AppError::Internal)?;
+        let mut times: Vec<chrono::DateTime<chrono::Utc>> = match schedule.filter(|_| !req.daily) {
+            Some(s) => {
+                // the schedule's fire times in the range, whatever its own window says
+                let spec = ScheduleSpec { start: None, end: None, ..s.spec };
+                let schedule = Schedule::new(spec).map_err(|e| AppError::Internal(e.to_string()))?;
+                let limit = MAX_BACKFILL_RUNS + 1;
+                schedule.fire_times(start - chrono::Duration::seconds(1), end - chrono::Duration::seconds(1), limit)
+            }
+            None => {
+                let days = from.iter_days().take_while(|d| *d <= to).take(MAX_BACKFILL_RUNS + 1);
+                days.map(midnight).collect::<Result<_, String>>().map_err(AppError::Internal)?
+            }
+        };
+        if times.len() > MAX_BACKFILL_RUNS {
+            return Err(AppError::Invalid(format!(
+                "the range has more than {MAX_BACKFILL_RUNS} dates: backfill it in parts"
+            )));
+        }
+        if times.is_empty() {
+            return Err(AppError::Invalid(format!("no fire time of the schedule falls from {from} to {to}")));
+        }
+        if req.reverse {
+            times.reverse();
+        }
+        let runs = times
+            .into_iter()
+            .map(|t| NewRun {
+                workflow_definition_id: def.id,
+                workflow_name: def.name.clone(),
+                priority: spec.priority,
+                params: req.params.clone(),
+                schedule_time: t,
+                timezone: timezone.clone(),
+                kind: RunKind::Backfill,
+                execution: spec.execution,
+                backfill: None,
+            })
+            .collect();
+        let new =
+            NewBackfill { workflow_name: def.name.clone(), parallel: req.parallel, keep_going: req.keep_going, runs };
+        let (row, runs) = self.0.store.create_backfill(&new).await?;
+        info!(backfill_id = row.id, workflow = name, runs = runs.len(), parallel = req.parallel, "backfill started");
+        Ok((row, runs))
+    }
+
+    /// Backfill `id` and its runs, in order.
+    pub async fn backfill_status(&self, id: i64) -> Result<(BackfillRow, Vec<WorkflowInstance>)> {
+        self.0.store.backfill(id).await?.ok_or_else(|| AppError::NotFound(format!("no backfill {id}")))
     }
 
     /// Gives workflow `name` a schedule (one its spec does not set).
@@ -555,6 +652,27 @@ fn spec_of(def: &WorkflowDefinition) -> Result<WorkflowSpec> {
     serde_json::from_str(&def.spec_json).map_err(|e| {
         AppError::Internal(format!("the stored spec of {} version {} is unreadable: {e}", def.name, def.version))
     })
+}
+
+/// The most runs one backfill makes.
+pub const MAX_BACKFILL_RUNS: usize = 1000;
+
+/// What `porpoise backfill` asks for.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillRequest {
+    pub workflow: String,
+    /// `YYYY-MM-DD`, both included.
+    pub from: String,
+    pub to: String,
+    /// One run a day at 00:00, even when the workflow has a schedule.
+    pub daily: bool,
+    /// How many dates run at once.
+    pub parallel: u32,
+    /// Newest date first.
+    pub reverse: bool,
+    /// Go on after a date fails (otherwise the dates not started are stopped).
+    pub keep_going: bool,
+    pub params: BTreeMap<String, String>,
 }
 
 /// A schedule with its next fire time.

@@ -93,10 +93,12 @@ fn register_at_zero() {
     for name in [WORKFLOWS_RUNNING, WORKFLOWS_STALLED, TASKS_WAITING_FOR_WORKER, WORKFLOWS_WITHOUT_OWNER] {
         gauge!(name).increment(0.0);
     }
-    for state in ["success", "failure", "stopped"] {
+    for state in ["success", "failure", "stopped", "discarded"] {
         counter!(WORKFLOWS_FINISHED, "state" => state).increment(0);
     }
-    for state in porpoise_core::ExecutionState::ALL.into_iter().filter(|s| s.is_terminal()) {
+    let task_end =
+        |s: &porpoise_core::ExecutionState| s.is_terminal() && *s != porpoise_core::ExecutionState::Discarded;
+    for state in porpoise_core::ExecutionState::ALL.into_iter().filter(task_end) {
         counter!(TASKS_FINISHED, "state" => state.as_str()).increment(0);
     }
     gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);

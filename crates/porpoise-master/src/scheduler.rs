@@ -1,4 +1,5 @@
-//! The scheduler: every master looks at the schedules twice a second and fires what is due.
+//! The scheduler: every master looks at the schedules twice a second and fires what is due,
+//! and at the held runs (serial workflows, backfills) and releases those whose turn came.
 //! The store makes each look one transaction that masters take in turn, and each fire time fire
 //! once, so any number of masters share the firing and none is special.
 
@@ -42,6 +43,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 Err(_) => FirePlan { fire: Vec::new(), done_until: row.done_until, skipped: 0 },
             }
         };
+        release_held_runs(&shared).await;
         match shared.store.fire_schedules(now, MISSED_AFTER, &plan).await {
             Ok(fired) => {
                 failures = 0;
@@ -61,6 +63,33 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 }
             }
         }
+    }
+}
+
+/// Releases the held runs whose turn has come (serial workflows, backfills), and ends what
+/// must end; a failure is tried again at the next tick.
+async fn release_held_runs(shared: &Shared) {
+    match shared.store.release_waiting(&porpoise_core::release::decide).await {
+        Ok(r) => {
+            for id in &r.released {
+                info!(run_id = id, "held run released: its turn came");
+            }
+            for id in &r.discarded {
+                metrics::counter!(m::WORKFLOWS_FINISHED, "state" => "discarded").increment(1);
+                info!(run_id = id, "run discarded: another run of its serial_discard workflow was active");
+            }
+            for id in &r.stopped {
+                metrics::counter!(m::WORKFLOWS_FINISHED, "state" => "stopped").increment(1);
+                info!(run_id = id, "held run stopped: its backfill stopped at a failure");
+            }
+            for (id, succeeded) in &r.backfills_ended {
+                info!(backfill_id = id, succeeded, "backfill ended");
+            }
+            if !r.released.is_empty() {
+                shared.wake_consumer();
+            }
+        }
+        Err(e) => warn!(error = %e, "cannot look at the held runs; trying again"),
     }
 }
 

@@ -303,6 +303,8 @@ mod commands {
             schedule_time: chrono::Utc::now(),
             timezone: "UTC".into(),
             kind: Default::default(),
+            execution: Default::default(),
+            backfill: None,
         };
         store.create_run(&run).await.expect("request a run").0.id
     }
@@ -751,7 +753,7 @@ mod application {
             app.create_task_group("db", 0, "").await.expect_err("no slots"),
             app.delete_task_group("nope").await.expect_err("no such group"),
             app.runs(None, Some("sideways"), 10).await.expect_err("no such state"),
-            app.start_run("absent", Default::default()).await.expect_err("no such workflow"),
+            app.start_run("absent", Default::default(), None).await.expect_err("no such workflow"),
         ];
         assert!(matches!(users[1], AppError::NotFound(_)), "{:?}", users[1]);
         for e in &users {

@@ -166,6 +166,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         plan: &PlanFires<'_>,
     ) -> Result<Vec<FiredRun>>;
 
+    /// One look at the held runs (`waiting`, unowned: runs of serial workflows and backfill
+    /// dates), in one transaction masters take in turn: `decide` says, from a snapshot, which
+    /// are released (submitted, with their start command), discarded or stopped, and which
+    /// backfills are over.
+    async fn release_waiting(&self, decide: &DecideReleases<'_>) -> Result<Released>;
+    /// Creates a backfill and its runs, held until their turn, in one transaction.
+    async fn create_backfill(&self, new: &NewBackfill) -> Result<(BackfillRow, Vec<WorkflowInstance>)>;
+    /// Backfill `id` and its runs, in order.
+    async fn backfill(&self, id: i64) -> Result<Option<(BackfillRow, Vec<WorkflowInstance>)>>;
+    /// Stops run `id` if it is still held (`waiting`, unowned); `false` if it is not.
+    async fn stop_waiting_run(&self, id: i64, reason: &str) -> Result<bool>;
+
     /// Creates task group `name` with `slots` slots.
     async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup>;
     /// Task group `name`, with its slots in use and its waiters.

@@ -12,7 +12,8 @@ pub(crate) const DEFINITION_COLUMNS: &str = "id, name, version, spec_yaml, spec_
 pub(crate) const COMMAND_COLUMNS: &str =
     "id, kind, workflow_definition_id, workflow_instance_id, params, priority, created_at, claimed_by, claimed_at";
 pub(crate) const WORKFLOW_COLUMNS: &str = "id, workflow_definition_id, command_id, workflow_name, state, state_reason, \
-     owner, epoch, priority, params, created_at, started_at, ended_at, updated_at, schedule_time, timezone, run_kind";
+     owner, epoch, priority, params, created_at, started_at, ended_at, updated_at, schedule_time, timezone, run_kind, \
+     execution, backfill_id";
 pub(crate) const TASK_COLUMNS: &str = "id, workflow_instance_id, task_name, state, attempt, worker_addr, exit_code, \
      warning, failovers, rerun_base, task_group, task_group_priority, group_waiting_since, created_at, started_at, \
      ended_at, updated_at";
@@ -120,6 +121,8 @@ pub(crate) struct WorkflowRow {
     schedule_time: Option<DateTime<Utc>>,
     timezone: String,
     run_kind: String,
+    execution: String,
+    backfill_id: Option<i64>,
 }
 
 impl TryFrom<WorkflowRow> for WorkflowInstance {
@@ -143,8 +146,51 @@ impl TryFrom<WorkflowRow> for WorkflowInstance {
             schedule_time: r.schedule_time,
             timezone: r.timezone,
             kind: crate::RunKind::parse(&r.run_kind).ok_or_else(|| StoreError::corrupt("run kind", &r.run_kind))?,
+            execution: porpoise_core::Execution::parse(&r.execution)
+                .ok_or_else(|| StoreError::corrupt("execution", &r.execution))?,
+            backfill_id: r.backfill_id,
         })
     }
+}
+
+pub(crate) const BACKFILL_COLUMNS: &str =
+    "id, workflow_name, parallel, keep_going, state, state_reason, created_at, updated_at";
+
+#[derive(Debug, sqlx::FromRow)]
+pub(crate) struct BackfillDbRow {
+    pub(crate) id: i64,
+    workflow_name: String,
+    parallel: i32,
+    keep_going: bool,
+    state: String,
+    state_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl From<BackfillDbRow> for crate::BackfillRow {
+    fn from(r: BackfillDbRow) -> Self {
+        crate::BackfillRow {
+            id: r.id,
+            workflow_name: r.workflow_name,
+            parallel: r.parallel.max(1) as u32,
+            keep_going: r.keep_going,
+            state: r.state,
+            state_reason: r.state_reason,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        }
+    }
+}
+
+/// The states of a run released and not ended, as an SQL list.
+pub(crate) fn active_run_states() -> String {
+    ExecutionState::ALL
+        .into_iter()
+        .filter(|s| !s.is_terminal() && *s != ExecutionState::Waiting)
+        .map(|s| format!("'{}'", s.as_str()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub(crate) const SCHEDULE_COLUMNS: &str =
@@ -1066,6 +1112,8 @@ macro_rules! impl_store {
                             schedule_time: fire_time,
                             timezone: row.spec.timezone.clone(),
                             kind: $crate::RunKind::Schedule,
+                            execution: spec.execution,
+                            backfill: None,
                         };
                         let (instance, _) = Self::create_run_on(&mut tx, &run).await?;
                         sqlx::query::<$db>(
@@ -1097,6 +1145,214 @@ macro_rules! impl_store {
                     self.command_queued();
                 }
                 Ok(fired)
+            }
+
+            async fn release_waiting(
+                &self,
+                decide: &$crate::DecideReleases<'_>,
+            ) -> $crate::Result<$crate::Released> {
+                use $crate::sql::*;
+                use porpoise_core::release::{Backfill, Decision, Snapshot, Waiter};
+                // nothing held (the usual case): no transaction, no lock
+                let any: Option<(i64,)> =
+                    sqlx::query_as::<$db, (i64,)>("SELECT id FROM workflow_instance WHERE state = 'waiting' LIMIT 1")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                let running: Option<(i64,)> =
+                    sqlx::query_as::<$db, (i64,)>("SELECT id FROM backfill WHERE state = 'running' LIMIT 1")
+                        .fetch_optional(&self.pool)
+                        .await?;
+                if any.is_none() && running.is_none() {
+                    return Ok($crate::Released::default());
+                }
+                let t = now();
+                let mut tx = self.pool.begin().await?;
+                // masters decide in turn: the clock row is locked until this look commits
+                sqlx::query::<$db>("UPDATE scheduler_clock SET id = id WHERE id = 1").execute(&mut *tx).await?;
+                let rows: Vec<(i64, String, String, i32, Option<i64>, Option<i32>)> =
+                    sqlx::query_as::<$db, (i64, String, String, i32, Option<i64>, Option<i32>)>(
+                        "SELECT id, workflow_name, execution, priority, backfill_id, backfill_seq FROM workflow_instance \
+                         WHERE state = 'waiting' AND owner IS NULL ORDER BY id LIMIT 10000",
+                    )
+                    .fetch_all(&mut *tx)
+                    .await?;
+                let mut snapshot = Snapshot::default();
+                for (id, workflow, execution, priority, backfill, seq) in rows {
+                    snapshot.waiters.push(Waiter {
+                        id,
+                        workflow,
+                        execution: porpoise_core::Execution::parse(&execution)
+                            .ok_or_else(|| $crate::StoreError::corrupt("execution", &execution))?,
+                        priority: $crate::sql::priority(priority)?,
+                        backfill: backfill.map(|b| (b, seq.unwrap_or(0))),
+                    });
+                }
+                let active = active_run_states();
+                let serial: std::collections::BTreeSet<String> = snapshot
+                    .waiters
+                    .iter()
+                    .filter(|w| w.execution != porpoise_core::Execution::Parallel)
+                    .map(|w| w.workflow.clone())
+                    .collect();
+                for name in serial {
+                    let busy: Option<(i64,)> = sqlx::query_as::<$db, (i64,)>(sqlx::AssertSqlSafe(format!(
+                        "SELECT id FROM workflow_instance WHERE workflow_name = $1 AND state IN ({active}) \
+                         ORDER BY id DESC LIMIT 1"
+                    )))
+                    .bind(&name)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    if let Some((id,)) = busy {
+                        snapshot.active.insert(name, id);
+                    }
+                }
+                let backfills: Vec<(i64, i32, bool)> = sqlx::query_as::<$db, (i64, i32, bool)>(
+                    "SELECT id, parallel, keep_going FROM backfill WHERE state = 'running' ORDER BY id",
+                )
+                .fetch_all(&mut *tx)
+                .await?;
+                for (id, parallel, keep_going) in backfills {
+                    let (n,): (i64,) = sqlx::query_as::<$db, (i64,)>(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM workflow_instance WHERE backfill_id = $1 AND state IN ({active})"
+                    )))
+                    .bind(id)
+                    .fetch_one(&mut *tx)
+                    .await?;
+                    let failed: Option<(i64,)> = sqlx::query_as::<$db, (i64,)>(
+                        "SELECT id FROM workflow_instance WHERE backfill_id = $1 \
+                         AND state IN ('failure', 'stopped', 'discarded') ORDER BY backfill_seq LIMIT 1",
+                    )
+                    .bind(id)
+                    .fetch_optional(&mut *tx)
+                    .await?;
+                    snapshot.backfills.push(Backfill {
+                        id,
+                        parallel: parallel.max(1) as u32,
+                        keep_going,
+                        active: n as usize,
+                        failed: failed.map(|f| f.0),
+                    });
+                }
+                let decisions = decide(&snapshot);
+                let mut out = $crate::Released::default();
+                for d in decisions.runs {
+                    let (d, ended) = match d {
+                        Decision::Discard { run, reason } => (Decision::Stop { run, reason }, "discarded"),
+                        other => (other, "stopped"),
+                    };
+                    match d {
+                        Decision::Release(id) => {
+                            let done = sqlx::query::<$db>(
+                                "UPDATE workflow_instance SET state = 'submitted', updated_at = $1 \
+                                 WHERE id = $2 AND state = 'waiting'",
+                            )
+                            .bind(t)
+                            .bind(id)
+                            .execute(&mut *tx)
+                            .await?;
+                            if done.rows_affected() == 1 {
+                                Self::start_command_on(&mut tx, id).await?;
+                                out.released.push(id);
+                            }
+                        }
+                        Decision::Discard { run, reason } | Decision::Stop { run, reason } => {
+                            let discard = ended == "discarded";
+                            let done = sqlx::query::<$db>(
+                                "UPDATE workflow_instance SET state = $1, state_reason = $2, ended_at = $3, \
+                                 updated_at = $3 WHERE id = $4 AND state = 'waiting'",
+                            )
+                            .bind(ended)
+                            .bind(&reason)
+                            .bind(t)
+                            .bind(run)
+                            .execute(&mut *tx)
+                            .await?;
+                            if done.rows_affected() == 1 {
+                                if discard { out.discarded.push(run) } else { out.stopped.push(run) }
+                            }
+                        }
+                    }
+                }
+                for end in decisions.backfills {
+                    sqlx::query::<$db>(
+                        "UPDATE backfill SET state = $1, state_reason = $2, updated_at = $3 \
+                         WHERE id = $4 AND state = 'running'",
+                    )
+                    .bind(if end.succeeded { "success" } else { "failure" })
+                    .bind(&end.reason)
+                    .bind(t)
+                    .bind(end.id)
+                    .execute(&mut *tx)
+                    .await?;
+                    out.backfills_ended.push((end.id, end.succeeded));
+                }
+                tx.commit().await?;
+                if !out.released.is_empty() {
+                    self.command_queued();
+                }
+                Ok(out)
+            }
+
+            async fn create_backfill(
+                &self,
+                new: &$crate::NewBackfill,
+            ) -> $crate::Result<($crate::BackfillRow, Vec<$crate::WorkflowInstance>)> {
+                use $crate::sql::*;
+                let t = now();
+                let mut tx = self.pool.begin().await?;
+                let row = sqlx::query_as::<$db, BackfillDbRow>(sqlx::AssertSqlSafe(format!(
+                    "INSERT INTO backfill (workflow_name, parallel, keep_going, state, created_at, updated_at) \
+                     VALUES ($1, $2, $3, 'running', $4, $4) RETURNING {BACKFILL_COLUMNS}"
+                )))
+                .bind(&new.workflow_name)
+                .bind(new.parallel as i32)
+                .bind(new.keep_going)
+                .bind(t)
+                .fetch_one(&mut *tx)
+                .await?;
+                let mut runs = Vec::with_capacity(new.runs.len());
+                for (seq, run) in new.runs.iter().enumerate() {
+                    let run = $crate::NewRun { backfill: Some((row.id, seq as i32)), ..run.clone() };
+                    runs.push(Self::create_run_on(&mut tx, &run).await?.0);
+                }
+                tx.commit().await?;
+                Ok((row.into(), runs))
+            }
+
+            async fn backfill(
+                &self,
+                id: i64,
+            ) -> $crate::Result<Option<($crate::BackfillRow, Vec<$crate::WorkflowInstance>)>> {
+                use $crate::sql::*;
+                let row = sqlx::query_as::<$db, BackfillDbRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {BACKFILL_COLUMNS} FROM backfill WHERE id = $1"
+                )))
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+                let Some(row) = row else { return Ok(None) };
+                let runs = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
+                    "SELECT {WORKFLOW_COLUMNS} FROM workflow_instance WHERE backfill_id = $1 ORDER BY backfill_seq"
+                )))
+                .bind(id)
+                .fetch_all(&self.pool)
+                .await?;
+                let runs = runs.into_iter().map(TryInto::try_into).collect::<$crate::Result<Vec<_>>>()?;
+                Ok(Some((row.into(), runs)))
+            }
+
+            async fn stop_waiting_run(&self, id: i64, reason: &str) -> $crate::Result<bool> {
+                let t = $crate::sql::now();
+                let done = sqlx::query::<$db>(
+                    "UPDATE workflow_instance SET state = 'stopped', state_reason = $1, ended_at = $2, updated_at = $2 \
+                     WHERE id = $3 AND state = 'waiting' AND owner IS NULL",
+                )
+                .bind(reason)
+                .bind(t)
+                .bind(id)
+                .execute(&self.pool)
+                .await?;
+                Ok(done.rows_affected() == 1)
             }
 
             async fn create_task_group(
@@ -1190,10 +1446,12 @@ macro_rules! impl_store {
                 use $crate::sql::*;
                 let t = now();
                 let params = params_json(&run.params);
+                let held = run.held();
                 let row = sqlx::query_as::<$db, WorkflowRow>(sqlx::AssertSqlSafe(format!(
                     "INSERT INTO workflow_instance (workflow_definition_id, workflow_name, state, epoch, priority, \
-                     params, created_at, updated_at, schedule_time, timezone, run_kind) \
-                     VALUES ($1, $2, 'submitted', 0, $3, $4, $5, $5, $6, $7, $8) RETURNING {WORKFLOW_COLUMNS}"
+                     params, created_at, updated_at, schedule_time, timezone, run_kind, execution, backfill_id, \
+                     backfill_seq) VALUES ($1, $2, $9, 0, $3, $4, $5, $5, $6, $7, $8, $10, $11, $12) \
+                     RETURNING {WORKFLOW_COLUMNS}"
                 )))
                 .bind(run.workflow_definition_id)
                 .bind(&run.workflow_name)
@@ -1203,6 +1461,32 @@ macro_rules! impl_store {
                 .bind(run.schedule_time)
                 .bind(&run.timezone)
                 .bind(run.kind.as_str())
+                .bind(if held { "waiting" } else { "submitted" })
+                .bind(run.execution.as_str())
+                .bind(run.backfill.map(|b| b.0))
+                .bind(run.backfill.map(|b| b.1))
+                .fetch_one(&mut *conn)
+                .await?;
+                if held {
+                    // started when its turn comes (release_waiting)
+                    return Ok((row.try_into()?, 0));
+                }
+                let command_id = Self::start_command_on(conn, row.id).await?;
+                let mut instance: $crate::WorkflowInstance = row.try_into()?;
+                instance.command_id = Some(command_id);
+                Ok((instance, command_id))
+            }
+
+            /// Queues the start command of run `id` (unowned, `submitted`) on `conn`.
+            async fn start_command_on(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                id: i64,
+            ) -> $crate::Result<i64> {
+                let t = $crate::sql::now();
+                let (def, params, priority): (i64, String, i32) = sqlx::query_as::<$db, (i64, String, i32)>(
+                    "SELECT workflow_definition_id, params, priority FROM workflow_instance WHERE id = $1",
+                )
+                .bind(id)
                 .fetch_one(&mut *conn)
                 .await?;
                 let (command_id,): (i64,) = sqlx::query_as::<$db, (i64,)>(
@@ -1210,21 +1494,19 @@ macro_rules! impl_store {
                      created_at) VALUES ($1, $2, $3, $4, $5, $6) RETURNING id",
                 )
                 .bind($crate::CommandKind::StartWorkflow.as_str())
-                .bind(run.workflow_definition_id)
-                .bind(row.id)
+                .bind(def)
+                .bind(id)
                 .bind(&params)
-                .bind(run.priority.rank())
+                .bind(priority)
                 .bind(t)
                 .fetch_one(&mut *conn)
                 .await?;
                 sqlx::query::<$db>("UPDATE workflow_instance SET command_id = $1 WHERE id = $2")
                     .bind(command_id)
-                    .bind(row.id)
+                    .bind(id)
                     .execute(&mut *conn)
                     .await?;
-                let mut instance: $crate::WorkflowInstance = row.try_into()?;
-                instance.command_id = Some(command_id);
-                Ok((instance, command_id))
+                Ok(command_id)
             }
 
             /// Moves a workflow instance to a new state on `conn` if it is still in the expected

@@ -152,7 +152,57 @@ pub struct NewRun {
     pub schedule_time: DateTime<Utc>,
     pub timezone: String,
     pub kind: RunKind,
+    /// The workflow's execution type: a run of a serial workflow is held `waiting` until its
+    /// turn.
+    pub execution: porpoise_core::Execution,
+    /// Its backfill and its place there: held `waiting` until its turn too.
+    pub backfill: Option<(i64, i32)>,
 }
+
+impl NewRun {
+    /// Whether the run waits for its turn rather than starting at once.
+    pub fn held(&self) -> bool {
+        self.execution != porpoise_core::Execution::Parallel || self.backfill.is_some()
+    }
+}
+
+/// A backfill to create: one run per date, held until their turn.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewBackfill {
+    pub workflow_name: String,
+    pub parallel: u32,
+    pub keep_going: bool,
+    /// In the order they run; their `backfill` is set by the store.
+    pub runs: Vec<NewRun>,
+}
+
+/// A stored backfill.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BackfillRow {
+    pub id: i64,
+    pub workflow_name: String,
+    pub parallel: u32,
+    pub keep_going: bool,
+    /// running, success, failure or stopped.
+    pub state: String,
+    pub state_reason: Option<String>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// What one look at the held runs did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Released {
+    pub released: Vec<i64>,
+    pub discarded: Vec<i64>,
+    pub stopped: Vec<i64>,
+    /// Backfills that ended, with whether they succeeded.
+    pub backfills_ended: Vec<(i64, bool)>,
+}
+
+/// Decides, from a snapshot of the held runs, what happens to them.
+pub type DecideReleases<'a> =
+    dyn Fn(&porpoise_core::release::Snapshot) -> porpoise_core::release::Decisions + Send + Sync + 'a;
 
 /// How a run was started.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -241,6 +291,9 @@ pub struct WorkflowInstance {
     pub schedule_time: Option<DateTime<Utc>>,
     pub timezone: String,
     pub kind: RunKind,
+    pub execution: porpoise_core::Execution,
+    /// The backfill it is a date of.
+    pub backfill_id: Option<i64>,
 }
 
 /// A task instance to create.

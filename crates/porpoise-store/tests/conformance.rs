@@ -269,6 +269,8 @@ async fn a_run_is_requested_then_adopted(store: Arc<dyn Store>) {
         schedule_time: chrono::Utc::now(),
         timezone: "UTC".into(),
         kind: porpoise_store::RunKind::Manual,
+        execution: Default::default(),
+        backfill: None,
     };
     let (instance, command_id) = store.create_run(&run).await.expect("create run");
     assert_eq!((instance.state, instance.owner.as_deref(), instance.command_id), (Submitted, None, Some(command_id)));
@@ -373,6 +375,8 @@ async fn a_queued_command_wakes_the_command_feed(store: Arc<dyn Store>) {
         schedule_time: chrono::Utc::now(),
         timezone: "UTC".into(),
         kind: porpoise_store::RunKind::Manual,
+        execution: Default::default(),
+        backfill: None,
     };
     store.create_run(&run).await.expect("request a run");
     tokio::time::timeout(std::time::Duration::from_secs(10), feed.next())

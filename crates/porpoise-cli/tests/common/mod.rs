@@ -405,7 +405,11 @@ impl Deployment {
 
     /// Starts a run of workflow `name` through the API and returns its id.
     pub async fn start_run(&self, name: &str) -> i64 {
-        let request = porpoise_proto::v1::StartRunRequest { workflow_name: name.into(), params: Default::default() };
+        let request = porpoise_proto::v1::StartRunRequest {
+            workflow_name: name.into(),
+            params: Default::default(),
+            priority: String::new(),
+        };
         self.admin().await.start_run(request).await.expect("start run").into_inner().run_id
     }
 

@@ -245,6 +245,18 @@ impl Store for FaultyStore {
     ) -> Result<Vec<FiredRun>> {
         self.inner.fire_schedules(now, max_gap, plan).await
     }
+    async fn release_waiting(&self, decide: &DecideReleases<'_>) -> Result<Released> {
+        self.inner.release_waiting(decide).await
+    }
+    async fn create_backfill(&self, new: &NewBackfill) -> Result<(BackfillRow, Vec<WorkflowInstance>)> {
+        self.inner.create_backfill(new).await
+    }
+    async fn backfill(&self, id: i64) -> Result<Option<(BackfillRow, Vec<WorkflowInstance>)>> {
+        self.inner.backfill(id).await
+    }
+    async fn stop_waiting_run(&self, id: i64, reason: &str) -> Result<bool> {
+        self.inner.stop_waiting_run(id, reason).await
+    }
     async fn create_task_group(&self, name: &str, slots: i32, description: &str) -> Result<TaskGroup> {
         self.inner.create_task_group(name, slots, description).await
     }

@@ -138,7 +138,11 @@ impl Cluster {
             .expect("apply the workflow")
             .into_inner();
         admin
-            .start_run(StartRunRequest { workflow_name: applied.name, params: Default::default() })
+            .start_run(StartRunRequest {
+                workflow_name: applied.name,
+                params: Default::default(),
+                priority: String::new(),
+            })
             .await
             .expect("start a run")
             .into_inner()
