@@ -132,7 +132,7 @@ impl TaskEvents {
         let Some(task) = task else {
             let reason = DropReason::UnknownTaskInstance(ti).to_string();
             metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
-            warn!(task_instance_id = ti, workflow_instance_id = event.run, %reason, "state event dropped");
+            warn!(task_instance_id = ti, run_id = event.run, %reason, "state event dropped");
             record_dead_letter(shared, event.run, Some(ti), kind, event.json(), &reason).await;
             return Ack::Dropped(reason);
         };

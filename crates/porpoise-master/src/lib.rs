@@ -250,6 +250,38 @@ pub struct MasterHandle {
     registration: Arc<Registration>,
     spawner: Spawner,
     shared: Arc<Shared>,
+    lease_ttl: Duration,
+}
+
+/// Whether a master can do its work: its database answers, and its registration in etcd is
+/// current (renewed within one lease).
+#[derive(Debug, Clone)]
+pub struct ReadyProbe {
+    shared: Arc<Shared>,
+    registration: Arc<Registration>,
+    lease_ttl: Duration,
+}
+
+/// How long a readiness check waits for the database.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl ReadyProbe {
+    /// `Err` says why the master is not ready.
+    pub async fn check(&self) -> Result<(), String> {
+        if self.shared.draining.is_cancelled() {
+            return Err("the master is stopping".into());
+        }
+        match tokio::time::timeout(READY_TIMEOUT, self.shared.store.ping()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("the database does not answer: {e}")),
+            Err(_) => return Err(format!("the database did not answer within {READY_TIMEOUT:?}")),
+        }
+        let since = self.registration.last_renewed().elapsed();
+        if since > self.lease_ttl {
+            return Err(format!("the etcd registration was last renewed {}s ago", since.as_secs()));
+        }
+        Ok(())
+    }
 }
 
 /// How long a stopping master waits for its runners to finish the events in hand.
@@ -328,7 +360,7 @@ impl MasterHandle {
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
         spawner.spawn(consumer::run(shared.clone()));
         info!(%addr, "master started");
-        Ok(MasterHandle { addr, registration, spawner, shared })
+        Ok(MasterHandle { addr, registration, spawner, shared, lease_ttl: config.lease_ttl })
     }
 
     /// Stops the master: it claims and dispatches nothing more, each runner finishes the event
@@ -357,6 +389,11 @@ impl MasterHandle {
     /// Tasks the master started that have not ended: none once [`MasterHandle::stop`] returned.
     pub fn live_tasks(&self) -> usize {
         self.spawner.live()
+    }
+
+    /// What `/readyz` asks: whether this master can do its work now.
+    pub fn ready_probe(&self) -> ReadyProbe {
+        ReadyProbe { shared: self.shared.clone(), registration: self.registration.clone(), lease_ttl: self.lease_ttl }
     }
 
     /// The application layer of this master: operators' actions as a Rust API.

@@ -208,7 +208,7 @@ impl Runner {
                 let _ = tx.send(late.clone());
             }
         }
-        debug!(workflow_instance_id = id, "runner finished");
+        debug!(run_id = id, "runner finished");
     }
 
     /// Loads the run and its task instances, retrying until the database answers. `false` when
@@ -228,7 +228,7 @@ impl Runner {
                 Ok(loaded) => break loaded,
                 Err(e) => {
                     failures += 1;
-                    error!(workflow_instance_id = id, error = %e, failures, "cannot load the run; retrying");
+                    error!(run_id = id, error = %e, failures, "cannot load the run; retrying");
                     if failures == STALL_AFTER {
                         self.shared.set_stall(id, format!("stalled loading the run: {e}"));
                     }
@@ -244,25 +244,25 @@ impl Runner {
             self.shared.clear_stall(id);
         }
         let Some((instance, rows, commands)) = loaded else {
-            warn!(workflow_instance_id = id, "run to start is gone");
+            warn!(run_id = id, "run to start is gone");
             self.finished = true;
             return false;
         };
         if instance.owner.as_deref() != Some(self.shared.addr.as_str()) {
-            info!(workflow_instance_id = id, owner = ?instance.owner, "run is owned by another master; not started");
+            info!(run_id = id, owner = ?instance.owner, "run is owned by another master; not started");
             self.moved_to = Some(instance.owner);
             self.finished = true;
             return false;
         }
         if instance.state.is_terminal() {
-            debug!(workflow_instance_id = id, state = %instance.state, "run has finished; not started");
+            debug!(run_id = id, state = %instance.state, "run has finished; not started");
             self.finished = true;
             return false;
         }
         let (mut run, unknown) =
             RunState::rebuild(&self.workflow, instance.state, rows.iter().map(TaskInstance::engine_state));
         for name in unknown {
-            warn!(workflow_instance_id = id, task = %name, "task instance of no task in the workflow; left alone");
+            warn!(run_id = id, task = %name, "task instance of no task in the workflow; left alone");
         }
         // control commands carried out before are done; those pending are applied again, in order
         for c in commands {
@@ -283,7 +283,7 @@ impl Runner {
     /// Carries on a run rebuilt from the database (after a restart or a takeover).
     async fn resume(&mut self) {
         self.shared.workers.listed().await;
-        info!(workflow_instance_id = self.instance.id, workflow = %self.workflow.spec.name, "run resumed");
+        info!(run_id = self.instance.id, workflow = %self.workflow.spec.name, "run resumed");
         let effects = self.workflow.resume(&self.run, Utc::now(), |w| self.shared.workers.contains(w));
         self.carry_out(effects);
         self.advance_pending = true;
@@ -318,7 +318,7 @@ impl Runner {
                     let counter = if applied { m::STATE_EVENTS_HANDLED } else { m::STATE_EVENTS_IGNORED };
                     metrics::counter!(counter, "kind" => kind).increment(1);
                     if !applied {
-                        debug!(workflow_instance_id = self.instance.id, ?event, "event with nothing to do ignored");
+                        debug!(run_id = self.instance.id, ?event, "event with nothing to do ignored");
                     }
                     if let Some(tx) = reply.take() {
                         let _ = tx.send(if applied { Ack::Handled } else { Ack::Ignored });
@@ -342,7 +342,7 @@ impl Runner {
                 }
                 Err(HandlerError::Wait { reason }) => {
                     metrics::counter!(m::STATE_EVENTS_IGNORED, "kind" => kind).increment(1);
-                    debug!(workflow_instance_id = self.instance.id, %reason, "task waits for a task-group slot");
+                    debug!(run_id = self.instance.id, %reason, "task waits for a task-group slot");
                     self.wait_for_slot(&event);
                     if let Some(tx) = reply.take() {
                         let _ = tx.send(Ack::Ignored);
@@ -498,20 +498,20 @@ impl Runner {
         let id = self.instance.id;
         let workflow = &self.workflow.spec.name;
         match note {
-            Note::RunStarted => info!(workflow_instance_id = id, %workflow, "run started"),
+            Note::RunStarted => info!(run_id = id, %workflow, "run started"),
             Note::RunFinished { state, reason } => {
                 metrics::counter!(m::WORKFLOWS_FINISHED, "state" => state.as_str()).increment(1);
-                info!(workflow_instance_id = id, %workflow, %state, reason = reason.unwrap_or_default(), "run finished");
+                info!(run_id = id, %workflow, %state, reason = reason.unwrap_or_default(), "run finished");
             }
             Note::TaskFinished { state, .. } => {
                 metrics::counter!(m::TASKS_FINISHED, "state" => state.as_str()).increment(1);
             }
             Note::RetryScheduled { .. } => metrics::counter!(m::TASKS_RETRIED).increment(1),
             Note::Retried { task, attempt } => {
-                info!(workflow_instance_id = id, task = %self.workflow.dag.name(task), attempt, "task retried");
+                info!(run_id = id, task = %self.workflow.dag.name(task), attempt, "task retried");
             }
             Note::RetryCalledOff { task, attempt } => {
-                info!(workflow_instance_id = id, task = %self.workflow.dag.name(task), attempt, "retry called off: the run is failing");
+                info!(run_id = id, task = %self.workflow.dag.name(task), attempt, "retry called off: the run is failing");
             }
             Note::TimedOut { task, attempt, warned } => {
                 let spec = &self.workflow.spec.tasks[task];
@@ -530,17 +530,17 @@ impl Runner {
                 }
             }
             Note::Controlling { action } => {
-                info!(workflow_instance_id = id, %workflow, action = action.as_str(), "an operator's {} is under way", action.as_str());
+                info!(run_id = id, %workflow, action = action.as_str(), "an operator's {} is under way", action.as_str());
             }
-            Note::RunResumed => info!(workflow_instance_id = id, %workflow, "run resumed by an operator"),
+            Note::RunResumed => info!(run_id = id, %workflow, "run resumed by an operator"),
             Note::RunTimedOut { warned } => {
                 let strategy = self.workflow.spec.timeout_strategy.as_str();
                 metrics::counter!(m::WORKFLOWS_TIMED_OUT, "strategy" => strategy).increment(1);
                 let timeout = humantime::format_duration(self.workflow.spec.timeout.unwrap_or_default());
                 if warned {
-                    warn!(workflow_instance_id = id, %workflow, %timeout, timeout_strategy = strategy, "run ran past its timeout");
+                    warn!(run_id = id, %workflow, %timeout, timeout_strategy = strategy, "run ran past its timeout");
                 } else {
-                    info!(workflow_instance_id = id, %workflow, %timeout, "run ran past its timeout; stopping it");
+                    info!(run_id = id, %workflow, %timeout, "run ran past its timeout; stopping it");
                 }
             }
             Note::FailedOver { task, attempt, worker } => {
@@ -591,7 +591,7 @@ impl Runner {
         metrics::counter!(m::STATE_EVENTS_RETRIED, "kind" => kind).increment(1);
         let delay = after.unwrap_or_else(|| self.shared.event_backoff.delay(failures - 1));
         error!(
-            workflow_instance_id = self.instance.id,
+            run_id = self.instance.id,
             kind,
             failures,
             retry_in = ?delay,
@@ -612,7 +612,7 @@ impl Runner {
         let kind = event.kind();
         let task_instance_id = event.attempt().map(|a| a.task_instance_id);
         metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
-        warn!(workflow_instance_id = self.instance.id, task_instance_id = ?task_instance_id, kind = kind.as_str(), %reason, "state event dropped");
+        warn!(run_id = self.instance.id, task_instance_id = ?task_instance_id, kind = kind.as_str(), %reason, "state event dropped");
         let json = serde_json::to_string(event).unwrap_or_else(|e| format!("unserialisable event: {e}"));
         record_dead_letter(&self.shared, self.instance.id, task_instance_id, kind, json, reason).await;
     }
@@ -746,7 +746,7 @@ fn schedule_clock(instance: &WorkflowInstance) -> chrono::DateTime<chrono_tz::Tz
 /// said.
 fn render(text: &str, clock: chrono::DateTime<chrono_tz::Tz>, run: i64, what: &str) -> String {
     porpoise_core::dateparams::render(text, clock).unwrap_or_else(|e| {
-        warn!(workflow_instance_id = run, what, error = %e, "date parameter left as written");
+        warn!(run_id = run, what, error = %e, "date parameter left as written");
         text.to_string()
     })
 }

@@ -48,6 +48,18 @@ impl EtcdRegistry {
         Ok(EtcdRegistry { client, endpoints: endpoints.to_vec(), root: root.trim_end_matches('/').to_string() })
     }
 
+    /// Connects to `endpoints` and checks that etcd answers (a connection is made lazily, so
+    /// [`EtcdRegistry::connect`] alone may succeed while etcd is down).
+    pub async fn connect_checked(endpoints: &[String], root: &str) -> Result<EtcdRegistry> {
+        let registry = Self::connect(endpoints, root).await?;
+        registry
+            .client
+            .clone()
+            .get(registry.key("workers/"), Some(GetOptions::new().with_keys_only().with_limit(1)))
+            .await?;
+        Ok(registry)
+    }
+
     fn key(&self, path: &str) -> String {
         format!("{}/{path}", self.root)
     }

@@ -47,6 +47,8 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     async fn command_feed(&self) -> Result<Box<dyn CommandFeed>>;
     /// Closes the store's connections, after those in use are given back.
     async fn close(&self);
+    /// Whether the database answers a trivial query now.
+    async fn ping(&self) -> Result<()>;
 
     /// Stores `spec` as the newest version of its workflow, unless the newest version is
     /// identical, in which case nothing changes.

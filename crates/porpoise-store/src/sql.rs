@@ -369,6 +369,11 @@ macro_rules! impl_store {
                 self.pool.close().await;
             }
 
+            async fn ping(&self) -> $crate::Result<()> {
+                sqlx::query::<$db>("SELECT 1").execute(&self.pool).await?;
+                Ok(())
+            }
+
             async fn apply_definition(
                 &self,
                 spec: &porpoise_core::WorkflowSpec,

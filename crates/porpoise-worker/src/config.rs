@@ -39,6 +39,15 @@ pub struct Args {
     /// On SIGTERM, how long running tasks may go on before they are killed (and failed over).
     #[arg(long, env = "PORPOISE_WORKER_SHUTDOWN_GRACE", default_value = "60s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Where to serve /metrics (Prometheus), /healthz and /readyz; none when unset.
+    #[arg(long, env = "PORPOISE_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// How long to wait at start for etcd, trying again with backoff.
+    #[arg(long, env = "PORPOISE_STARTUP_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub startup_timeout: Duration,
+    /// Log lines as text or as one JSON object per line (text, json).
+    #[arg(long, env = "PORPOISE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
 }
 
 /// A setting that cannot work, named.

@@ -108,6 +108,31 @@ pub struct WorkerHandle {
     spawner: Spawner,
     grace: Duration,
     watchdog: Option<watchdog::Watchdog>,
+    lease_ttl: Duration,
+}
+
+/// Whether a worker can take tasks: it is registered (renewed within one lease) and not
+/// draining.
+#[derive(Debug, Clone)]
+pub struct ReadyProbe {
+    server: Arc<WorkerServer>,
+    registration: Option<Arc<Registration>>,
+    lease_ttl: Duration,
+}
+
+impl ReadyProbe {
+    /// `Err` says why the worker is not ready.
+    pub fn check(&self) -> Result<(), String> {
+        if self.server.is_draining() {
+            return Err("the worker is draining: it takes no more tasks".into());
+        }
+        let Some(registration) = &self.registration else { return Err("the worker is stopping".into()) };
+        let since = registration.last_renewed().elapsed();
+        if since > self.lease_ttl {
+            return Err(format!("the etcd registration was last renewed {}s ago", since.as_secs()));
+        }
+        Ok(())
+    }
 }
 
 impl WorkerHandle {
@@ -168,7 +193,13 @@ impl WorkerHandle {
             spawner,
             grace: config.shutdown_grace,
             watchdog: Some(watchdog),
+            lease_ttl: config.lease_ttl,
         })
+    }
+
+    /// What `/readyz` asks: whether this worker can take tasks now.
+    pub fn ready_probe(&self) -> ReadyProbe {
+        ReadyProbe { server: self.server.clone(), registration: self.registration.clone(), lease_ttl: self.lease_ttl }
     }
 
     /// Events not yet ACKed by a master.

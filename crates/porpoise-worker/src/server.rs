@@ -93,6 +93,11 @@ impl WorkerServer {
     }
 
     /// Takes no more tasks: dispatches are answered DRAINING from now on.
+    /// Whether the worker has stopped taking dispatches.
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     pub fn drain(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
     }

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Parser;
-use porpoise_cli::{EXIT_INVALID, fail, init_tracing, outln, shutdown_signal};
+use porpoise_cli::{EXIT_INVALID, LogFormat, fail, init_logs, ops, outln, shutdown_signal, wait_for};
 use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
 use porpoise_registry::EtcdRegistry;
 use porpoise_store::{PgStore, Store};
@@ -41,15 +41,21 @@ struct Args {
     /// Registry lease TTL in seconds.
     #[arg(long, env = "PORPOISE_LEASE_TTL_SECS", default_value_t = 10)]
     lease_ttl_secs: u64,
-    /// Where to serve Prometheus metrics (/metrics); none when unset.
+    /// Where to serve /metrics (Prometheus), /healthz and /readyz; none when unset.
     #[arg(long, env = "PORPOISE_METRICS_LISTEN")]
     metrics_listen: Option<SocketAddr>,
+    /// How long to wait at start for Postgres and etcd, trying again with backoff.
+    #[arg(long, env = "PORPOISE_STARTUP_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    startup_timeout: Duration,
+    /// Log lines as text or as one JSON object per line.
+    #[arg(long, env = "PORPOISE_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    init_tracing();
     let args = Args::parse();
+    init_logs(args.log_format);
     let selector: WorkerSelector = match args.selector.parse() {
         Ok(s) => s,
         Err(e) => return fail(EXIT_INVALID, format!("invalid setting --selector: {e}")),
@@ -63,18 +69,27 @@ async fn main() -> ExitCode {
             format!("invalid setting --advertise: listening on {} needs an address workers can reach", args.listen),
         );
     }
-    if let Some(addr) = args.metrics_listen
-        && let Err(e) = metrics_exporter_prometheus::PrometheusBuilder::new().with_http_listener(addr).install()
-    {
-        return fail(1, format!("cannot serve metrics on {addr}: {e}"));
-    }
-    let store = match PgStore::connect(&args.database_url, args.database_max_connections).await {
+    let ops = match args.metrics_listen {
+        Some(addr) => match ops::serve(addr).await {
+            Ok(ops) => Some(ops),
+            Err(e) => return fail(1, format!("cannot serve metrics on {addr}: {e}")),
+        },
+        None => None,
+    };
+    let timeout = args.startup_timeout;
+    let connect = || PgStore::connect(&args.database_url, args.database_max_connections);
+    let store = match wait_for("the database", timeout, connect).await {
         Ok(s) => s,
         Err(e) => return fail(1, format!("cannot open the database: {e}")),
     };
-    let registry = match EtcdRegistry::connect(&args.etcd, &args.etcd_root).await {
+    let etcd = args.etcd.join(",");
+    let registry = match wait_for(&format!("etcd at {etcd}"), timeout, || {
+        EtcdRegistry::connect_checked(&args.etcd, &args.etcd_root)
+    })
+    .await
+    {
         Ok(r) => r,
-        Err(e) => return fail(1, format!("cannot connect to etcd at {}: {e}", args.etcd.join(","))),
+        Err(e) => return fail(1, format!("cannot connect to etcd: {e}")),
     };
     let config = MasterConfig {
         listen: args.listen,
@@ -88,6 +103,13 @@ async fn main() -> ExitCode {
         Ok(m) => m,
         Err(e) => return fail(1, e),
     };
+    if let Some(ops) = ops {
+        let probe = master.ready_probe();
+        ops.set_ready(Arc::new(move || {
+            let probe = probe.clone();
+            Box::pin(async move { probe.check().await })
+        }));
+    }
     let _ = outln!("porpoise-master listening on {}", master.addr);
     shutdown_signal().await;
     master.stop().await;

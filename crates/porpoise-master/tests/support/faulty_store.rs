@@ -245,6 +245,9 @@ impl Store for FaultyStore {
     ) -> Result<Vec<FiredRun>> {
         self.inner.fire_schedules(now, max_gap, plan).await
     }
+    async fn ping(&self) -> Result<()> {
+        self.inner.ping().await
+    }
     async fn release_waiting(&self, decide: &DecideReleases<'_>) -> Result<Released> {
         self.inner.release_waiting(decide).await
     }

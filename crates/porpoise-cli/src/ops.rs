@@ -1,0 +1,78 @@
+//! A daemon's operations listener (`--metrics-listen`): `GET /metrics` (Prometheus text),
+//! `GET /healthz` (the process is up: always 200), `GET /readyz` (it can do its work: 200, or
+//! 503 with the reason in the body); every other path is 404. It serves from the start, so
+//! `/readyz` says "starting" while the daemon still waits for the database or etcd.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, RwLock};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tracing::warn;
+
+/// Whether the daemon can do its work now; `Err` says why not.
+pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
+
+#[derive(Clone)]
+struct Ops {
+    metrics: PrometheusHandle,
+    ready: Arc<RwLock<Option<Readiness>>>,
+}
+
+/// The running operations listener.
+#[derive(Clone)]
+pub struct OpsHandle {
+    ready: Arc<RwLock<Option<Readiness>>>,
+}
+
+impl std::fmt::Debug for OpsHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpsHandle").finish_non_exhaustive()
+    }
+}
+
+impl OpsHandle {
+    /// From now on `/readyz` asks `ready`.
+    pub fn set_ready(&self, ready: Readiness) {
+        *self.ready.write().unwrap_or_else(|p| p.into_inner()) = Some(ready);
+    }
+}
+
+/// Installs the Prometheus recorder (so the daemon's metrics are recorded from its start) and
+/// serves on `addr` in the background.
+pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
+    let metrics = PrometheusBuilder::new().install_recorder().map_err(|e| format!("cannot record metrics: {e}"))?;
+    let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+    let ready: Arc<RwLock<Option<Readiness>>> = Arc::default();
+    let app = Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(Ops { metrics, ready: ready.clone() });
+    tokio::spawn(async move {
+        if let Err(e) = axum::serve(listener, app).await {
+            warn!(error = %e, "the operations listener stopped");
+        }
+    });
+    Ok(OpsHandle { ready })
+}
+
+async fn metrics_text(State(ops): State<Ops>) -> String {
+    ops.metrics.render()
+}
+
+async fn readyz(State(ops): State<Ops>) -> (StatusCode, String) {
+    let ready = ops.ready.read().unwrap_or_else(|p| p.into_inner()).clone();
+    let Some(ready) = ready else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting (waiting for the database and etcd)\n".into());
+    };
+    match ready().await {
+        Ok(()) => (StatusCode::OK, "ready\n".into()),
+        Err(why) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {why}\n")),
+    }
+}

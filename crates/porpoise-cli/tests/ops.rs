@@ -1,0 +1,179 @@
+//! Operating the daemons: start-up before etcd is up, `/healthz` and `/readyz` through an etcd
+//! and a Postgres outage, `/metrics`, and JSON log lines that carry the run's fields.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use porpoise_testkit::{TestEtcd, TestPostgres, free_port};
+
+/// A daemon started by the test, its stderr in a file; killed when dropped.
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Daemon {
+    fn start(binary: &str, args: &[String], log: PathBuf) -> Daemon {
+        let file = std::fs::File::create(&log).expect("a log file");
+        let child = Command::new(binary)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {binary}: {e}"));
+        Daemon { child, log }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `GET path` on `addr`: (status, body); (0, "") when nothing answers.
+async fn get(addr: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr)).await else {
+        return (0, String::new());
+    };
+    if s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes()).await.is_err() {
+        return (0, String::new());
+    }
+    let mut out = String::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_string(&mut out)).await;
+    let status = out.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
+/// Waits until `GET path` on `addr` answers `status`, for at most a minute; returns the body.
+async fn until_status(addr: &str, path: &str, status: u16, what: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (code, body) = get(addr, path).await;
+        if code == status {
+            return body;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting until {what}: last answer {code} {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn until_logged(daemon: &Daemon, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !daemon.log().contains(text) {
+        assert!(Instant::now() < deadline, "{text:?} was never logged: {}", daemon.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn porpoise(server: &str, dir: &Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_porpoise"))
+        .args(["--server", server])
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run porpoise")
+}
+
+/// A master and a worker started while etcd is down wait for it (saying so) and join once it
+/// is up; `/healthz` answers throughout, `/readyz` only once they can work, and turns false
+/// while Postgres is stopped and true again after; other paths are 404; the JSON log lines parse
+/// and carry the run's fields.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
+    let pg = TestPostgres::start();
+    let url = pg.fresh_database().await;
+    let etcd = TestEtcd::start();
+    etcd.kill();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let master_addr = format!("127.0.0.1:{}", free_port());
+    let master_ops = format!("127.0.0.1:{}", free_port());
+    let worker_ops = format!("127.0.0.1:{}", free_port());
+    let common = [
+        "--etcd".to_string(),
+        etcd.endpoint(),
+        "--lease-ttl-secs".into(),
+        "3".into(),
+        "--log-format".into(),
+        "json".into(),
+    ];
+    let mut master_args = vec![
+        "--listen".to_string(),
+        master_addr.clone(),
+        "--database-url".into(),
+        url,
+        "--metrics-listen".into(),
+        master_ops.clone(),
+    ];
+    master_args.extend(common.iter().cloned());
+    let master = Daemon::start(env!("CARGO_BIN_EXE_porpoise-master"), &master_args, dir.path().join("master.log"));
+    let mut worker_args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", free_port()),
+        "--data-dir".into(),
+        dir.path().join("worker").display().to_string(),
+        "--metrics-listen".into(),
+        worker_ops.clone(),
+    ];
+    worker_args.extend(common.iter().cloned());
+    let worker = Daemon::start(env!("CARGO_BIN_EXE_porpoise-worker"), &worker_args, dir.path().join("worker.log"));
+
+    // etcd is down: both wait, alive but not ready
+    until_logged(&master, "not reachable yet; waiting").await;
+    until_logged(&worker, "not reachable yet; waiting").await;
+    for ops in [&master_ops, &worker_ops] {
+        assert_eq!(get(ops, "/healthz").await.0, 200);
+        let (code, body) = get(ops, "/readyz").await;
+        assert_eq!(code, 503, "{body}");
+        assert!(body.contains("starting"), "{body}");
+    }
+    etcd.restart();
+    until_status(&master_ops, "/readyz", 200, "the master is ready once etcd is up").await;
+    until_status(&worker_ops, "/readyz", 200, "the worker is ready once etcd is up").await;
+    assert_eq!(get(&master_ops, "/nope").await.0, 404);
+    let (code, metrics) = get(&master_ops, "/metrics").await;
+    assert!(code == 200 && metrics.contains("porpoise_workflow_instances_running"), "{metrics}");
+
+    // a run, for the log lines
+    let server = format!("http://{master_addr}");
+    let spec = dir.path().join("hello.yaml");
+    std::fs::write(&spec, "name: hello\ntasks:\n  - { name: a, command: 'true' }\n").expect("write a spec");
+    let out = porpoise(&server, dir.path(), &["workflow", "apply", "-f", &spec.display().to_string()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = porpoise(&server, dir.path(), &["run", "hello", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let run_id: i64 = String::from_utf8_lossy(&out.stdout).trim().parse().expect("a run id");
+
+    // Postgres goes away and comes back: the master is not ready meanwhile
+    pg.stop();
+    let body = until_status(&master_ops, "/readyz", 503, "the master is not ready without Postgres").await;
+    assert!(body.contains("database"), "{body}");
+    assert_eq!(get(&master_ops, "/healthz").await.0, 200, "still alive");
+    pg.restart();
+    until_status(&master_ops, "/readyz", 200, "the master is ready again with Postgres back").await;
+
+    // every log line is a JSON object; the run's carry its id and workflow
+    let lines: Vec<serde_json::Value> = master
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    let about_run: Vec<&serde_json::Value> = lines.iter().filter(|l| l["run_id"] == run_id).collect();
+    assert!(
+        about_run.iter().any(|l| l["message"] == "run finished" && l["workflow"] == "hello" && l["state"] == "success"),
+        "{about_run:#?}"
+    );
+    for line in worker.log().lines() {
+        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
+    }
+}
