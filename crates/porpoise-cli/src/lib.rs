@@ -14,6 +14,9 @@ pub mod standalone;
 
 use std::process::ExitCode;
 
+/// The version and the git commit the binaries were built from, for `--version`.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("PORPOISE_GIT_COMMIT"), ")");
+
 /// Exit code for input the user must fix (an invalid spec, a missing file, bad arguments).
 pub const EXIT_INVALID: u8 = 2;
 

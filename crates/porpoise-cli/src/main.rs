@@ -13,7 +13,7 @@ use porpoise_cli::{EXIT_INVALID, errln, fail, init_tracing, outln, shutdown_sign
 use porpoise_core::WorkflowSpec;
 
 #[derive(Debug, Parser)]
-#[command(name = "porpoise", version, about = "Porpoise: a distributed workflow scheduler")]
+#[command(name = "porpoise", version = porpoise_cli::VERSION, about = "Porpoise: a distributed workflow scheduler")]
 struct Cli {
     /// The master to talk to.
     #[arg(long, global = true, env = "PORPOISE_SERVER", default_value = DEFAULT_SERVER)]

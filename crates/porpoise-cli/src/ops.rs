@@ -15,6 +15,15 @@ use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tracing::warn;
 
+/// Histogram buckets, in seconds: from dispatch latencies of milliseconds to tasks of hours.
+const BUCKETS: [f64; 19] = [
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
+    14400.0,
+];
+
+/// The build's version and commit, as labels of a gauge that is always 1.
+pub const BUILD_INFO: &str = "porpoise_build_info";
+
 /// Whether the daemon can do its work now; `Err` says why not.
 pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync>;
 
@@ -46,7 +55,13 @@ impl OpsHandle {
 /// Installs the Prometheus recorder (so the daemon's metrics are recorded from its start) and
 /// serves on `addr` in the background.
 pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
-    let metrics = PrometheusBuilder::new().install_recorder().map_err(|e| format!("cannot record metrics: {e}"))?;
+    let metrics = PrometheusBuilder::new()
+        .set_buckets(&BUCKETS)
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| format!("cannot record metrics: {e}"))?;
+    metrics::describe_gauge!(BUILD_INFO, "Always 1: the version and git commit of this binary, as labels");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("PORPOISE_GIT_COMMIT"))
+        .set(1.0);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let ready: Arc<RwLock<Option<Readiness>>> = Arc::default();
     let app = Router::new()

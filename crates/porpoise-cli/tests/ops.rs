@@ -162,6 +162,28 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     pg.restart();
     until_status(&master_ops, "/readyz", 200, "the master is ready again with Postgres back").await;
 
+    // both daemons' metrics pass Prometheus's own lint, and say what happened
+    for ops in [&master_ops, &worker_ops] {
+        let (code, text) = get(ops, "/metrics").await;
+        assert_eq!(code, 200);
+        promtool_check_metrics(&text);
+        assert!(text.contains("porpoise_build_info{version=\"0.1.0\",commit=\""), "{text}");
+    }
+    let (_, master_metrics) = get(&master_ops, "/metrics").await;
+    assert!(
+        master_metrics.contains("porpoise_workflow_instance_duration_seconds_bucket{state=\"success\",le=\"0.5\"}"),
+        "{master_metrics}"
+    );
+    let (_, worker_metrics) = get(&worker_ops, "/metrics").await;
+    for sample in [
+        "porpoise_worker_dispatches_total{answer=\"accepted\"} 1",
+        "porpoise_worker_dispatches_total{answer=\"full\"} 0",
+        "porpoise_worker_slots 16",
+        "porpoise_worker_task_duration_seconds_count{outcome=\"success\"} 1",
+    ] {
+        assert!(worker_metrics.contains(sample), "{sample} in {worker_metrics}");
+    }
+
     // every log line is a JSON object; the run's carry its id and workflow
     let lines: Vec<serde_json::Value> = master
         .log()
@@ -176,4 +198,24 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     for line in worker.log().lines() {
         serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
     }
+}
+
+/// `promtool check metrics` on `text`: fails the test with promtool's findings.
+fn promtool_check_metrics(text: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus; scripts/install-deps installs it)");
+    child.stdin.take().expect("stdin").write_all(text.as_bytes()).expect("write the metrics");
+    let out = child.wait_with_output().expect("promtool ran");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

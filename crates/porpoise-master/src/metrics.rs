@@ -16,6 +16,8 @@ pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
 pub const WORKFLOWS_TIMED_OUT: &str = "porpoise_workflow_instances_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const SCHEDULE_FIRES: &str = "porpoise_schedule_fires_total";
+pub const WORKFLOW_SECONDS: &str = "porpoise_workflow_instance_duration_seconds";
+pub const TASK_SECONDS: &str = "porpoise_task_instance_duration_seconds";
 pub const WORKERS: &str = "porpoise_workers";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
@@ -48,6 +50,12 @@ pub fn describe() {
     describe_counter!(WORKFLOWS_TIMED_OUT, "Workflow instances that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_counter!(SCHEDULE_FIRES, "Runs this master started at a schedule's fire time");
+    describe_histogram!(WORKFLOW_SECONDS, metrics::Unit::Seconds, "Run durations from start to end, by end state");
+    describe_histogram!(
+        TASK_SECONDS,
+        metrics::Unit::Seconds,
+        "Task attempt durations as the master recorded them, by end state"
+    );
     describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
     describe_counter!(
         FAILOVERS,

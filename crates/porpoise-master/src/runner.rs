@@ -501,10 +501,20 @@ impl Runner {
             Note::RunStarted => info!(run_id = id, %workflow, "run started"),
             Note::RunFinished { state, reason } => {
                 metrics::counter!(m::WORKFLOWS_FINISHED, "state" => state.as_str()).increment(1);
+                if let Some(started) = self.run.started_at {
+                    let seconds = (Utc::now() - started).to_std().unwrap_or_default().as_secs_f64();
+                    metrics::histogram!(m::WORKFLOW_SECONDS, "state" => state.as_str()).record(seconds);
+                }
                 info!(run_id = id, %workflow, %state, reason = reason.unwrap_or_default(), "run finished");
             }
-            Note::TaskFinished { state, .. } => {
+            Note::TaskFinished { task, state } => {
                 metrics::counter!(m::TASKS_FINISHED, "state" => state.as_str()).increment(1);
+                if let Some(t) = self.run.task(task)
+                    && let (Some(started), Some(ended)) = (t.started_at, t.ended_at)
+                {
+                    let seconds = (ended - started).to_std().unwrap_or_default().as_secs_f64();
+                    metrics::histogram!(m::TASK_SECONDS, "state" => state.as_str()).record(seconds);
+                }
             }
             Note::RetryScheduled { .. } => metrics::counter!(m::TASKS_RETRIED).increment(1),
             Note::Retried { task, attempt } => {

@@ -10,6 +10,8 @@ pub mod executor;
 mod fence;
 /// The event journal that keeps unACKed events across a crash.
 pub mod journal;
+/// Metric names and their registration.
+pub mod metrics;
 /// Finding and killing every process of a task attempt.
 pub mod process;
 /// Delivers task events to masters in batches, resending until each is ACKed.
@@ -183,8 +185,10 @@ impl WorkerHandle {
                 return Err(e.into());
             }
         };
+        crate::metrics::register(config.slots);
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
         spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
+        spawner.spawn(sample_gauges(server.clone(), config.data_dir.join(journal::FILE)));
         spawner.spawn(fence::run(server.clone(), registry, registration.clone(), config.lease_ttl, addr.clone()));
         Ok(WorkerHandle {
             addr,
@@ -270,6 +274,18 @@ async fn publish_heartbeats(server: Arc<WorkerServer>, registration: Arc<Registr
         if let Err(e) = registration.update(server.heartbeat()).await {
             warn!(error = %e, "cannot publish the worker heartbeat");
         }
+    }
+}
+
+/// Runs until the worker stops: sets the worker's gauges once a second.
+async fn sample_gauges(server: Arc<WorkerServer>, journal: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        ::metrics::gauge!(crate::metrics::TASKS_RUNNING).set(f64::from(server.running()));
+        ::metrics::gauge!(crate::metrics::EVENTS_UNACKED).set(server.reporter().pending() as f64);
+        let size = std::fs::metadata(&journal).map_or(0, |m| m.len());
+        ::metrics::gauge!(crate::metrics::JOURNAL_BYTES).set(size as f64);
     }
 }
 

@@ -171,6 +171,7 @@ async fn deliver(
                 }
                 Err(e) => {
                     all_ok = false;
+                    ::metrics::counter!(crate::metrics::EVENT_RESENDS).increment(1);
                     warn!(%master, error = %e, events = batch.len(), "cannot deliver task events; will resend");
                     // a master that left the registry will not come back to take them: a live
                     // one will say where their runs went

@@ -157,6 +157,8 @@ impl WorkerServer {
     }
 
     fn reply(&self, status: DispatchStatus, message: impl Into<String>) -> Response<DispatchTaskReply> {
+        let answer = crate::metrics::label(status.as_str_name(), "DISPATCH_STATUS_");
+        ::metrics::counter!(crate::metrics::DISPATCHES, "answer" => answer).increment(1);
         Response::new(DispatchTaskReply {
             status: status as i32,
             message: message.into(),
@@ -187,13 +189,6 @@ impl WorkerServer {
                 this.reporter.send(&master, event(task_event::Kind::Running(running)));
             })
             .await;
-            info!(
-                task_instance_id = attempt.task_instance_id,
-                attempt = attempt.attempt,
-                outcome = result.outcome,
-                exit_code = ?result.exit_code,
-                "task finished"
-            );
             let mut result = result;
             if result.outcome == porpoise_proto::v1::TaskOutcome::Killed as i32 {
                 let fenced = this.fenced.lock().unwrap_or_else(|p| p.into_inner()).clone();
@@ -205,6 +200,18 @@ impl WorkerServer {
                     result.message = format!("the worker was cut off from the registry: {reason}");
                 }
             }
+            let outcome = porpoise_proto::v1::TaskOutcome::try_from(result.outcome)
+                .map_or("unknown".to_string(), |o| crate::metrics::label(o.as_str_name(), "TASK_OUTCOME_"));
+            let seconds = (result.ended_at_ms - result.started_at_ms).max(0) as f64 / 1000.0;
+            ::metrics::histogram!(crate::metrics::TASK_SECONDS, "outcome" => outcome.clone()).record(seconds);
+            info!(
+                task_instance_id = attempt.task_instance_id,
+                attempt = attempt.attempt,
+                %outcome,
+                exit_code = ?result.exit_code,
+                seconds,
+                "task finished"
+            );
             this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
             this.reporter.send(&master, event(task_event::Kind::Result(result)));
         });

@@ -14,7 +14,7 @@ use porpoise_store::{PgStore, Store};
 
 /// Command-line arguments of `porpoise-master`; each has an environment variable too.
 #[derive(Debug, Parser)]
-#[command(name = "porpoise-master", version, about = "Porpoise master: drives workflow runs")]
+#[command(name = "porpoise-master", version = porpoise_cli::VERSION, about = "Porpoise master: drives workflow runs")]
 struct Args {
     /// Address to serve TaskEventService and AdminService on.
     #[arg(long, env = "PORPOISE_MASTER_LISTEN", default_value = "0.0.0.0:5678")]

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use clap::Parser;
+use clap::{CommandFactory, FromArgMatches};
 use porpoise_cli::{EXIT_INVALID, LogFormat, fail, init_logs, ops, outln, shutdown_signal, wait_for};
 use porpoise_registry::EtcdRegistry;
 use porpoise_worker::config::Args;
@@ -11,7 +11,9 @@ use porpoise_worker::{WorkerConfig, WorkerHandle};
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    // the version with the git commit, which only this crate's build knows
+    let matches = Args::command().version(porpoise_cli::VERSION).get_matches();
+    let args = Args::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     init_logs(if args.log_format == "json" { LogFormat::Json } else { LogFormat::Text });
     let config = match WorkerConfig::try_from(&args) {
         Ok(c) => c,
