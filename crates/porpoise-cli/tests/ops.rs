@@ -219,3 +219,20 @@ fn promtool_check_metrics(text: &str) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// The shipped Prometheus config and alert rules are valid, and each alert fires on what it is
+/// for and not on a healthy cluster (`deploy/prometheus/alerts_test.yml`).
+#[test]
+fn the_prometheus_config_and_alert_rules_check_and_their_unit_tests_pass() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/prometheus");
+    for args in [["check", "config", "prometheus.yml"], ["test", "rules", "alerts_test.yml"]] {
+        let out = Command::new("promtool").args(args).current_dir(&dir).output().expect("promtool");
+        assert!(
+            out.status.success(),
+            "promtool {}: {}{}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
