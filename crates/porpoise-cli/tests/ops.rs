@@ -236,3 +236,36 @@ fn the_prometheus_config_and_alert_rules_check_and_their_unit_tests_pass() {
         );
     }
 }
+
+/// Every metric the Grafana dashboard and the alert rules use is one the daemons export.
+#[test]
+fn the_dashboard_and_the_alerts_use_only_metrics_the_daemons_export() {
+    let deploy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy");
+    let dashboard = std::fs::read_to_string(deploy.join("grafana/dashboards/porpoise.json")).expect("the dashboard");
+    let parsed: serde_json::Value = serde_json::from_str(&dashboard).expect("the dashboard is JSON");
+    let mut exprs: Vec<String> = parsed["panels"]
+        .as_array()
+        .expect("panels")
+        .iter()
+        .flat_map(|p| p["targets"].as_array().cloned().unwrap_or_default())
+        .filter_map(|t| t["expr"].as_str().map(str::to_string))
+        .collect();
+    assert!(exprs.len() >= 15, "a dashboard with its panels: {exprs:?}");
+    let alerts = std::fs::read_to_string(deploy.join("prometheus/alerts.yml")).expect("the alerts");
+    exprs.extend(alerts.lines().filter_map(|l| l.trim().strip_prefix("expr:").map(str::to_string)));
+    let known: Vec<&str> = porpoise_master::metrics::ALL
+        .iter()
+        .chain(porpoise_worker::metrics::ALL)
+        .copied()
+        .chain([porpoise_cli::ops::BUILD_INFO])
+        .collect();
+    for expr in &exprs {
+        for word in expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')) {
+            if !word.starts_with("porpoise_") {
+                continue;
+            }
+            let name = ["_bucket", "_count", "_sum"].iter().fold(word, |w, s| w.strip_suffix(s).unwrap_or(w));
+            assert!(known.contains(&name), "{name} (in {expr}) is not a metric the daemons export");
+        }
+    }
+}

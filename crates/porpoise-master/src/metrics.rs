@@ -33,6 +33,39 @@ pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
 
+/// Every metric the master exports (dashboards and alerts may use only these).
+pub const ALL: &[&str] = &[
+    COMMANDS_CONSUMED,
+    WORKFLOWS_SUBMITTED,
+    WORKFLOWS_FINISHED,
+    WORKFLOWS_RUNNING,
+    TASKS_SUBMITTED,
+    TASKS_DISPATCHED,
+    TASKS_DISPATCH_FAILED,
+    TASKS_FINISHED,
+    TASKS_RETRIED,
+    TASKS_TIMED_OUT,
+    WORKFLOWS_TIMED_OUT,
+    TASKS_WAITING_FOR_WORKER,
+    SCHEDULE_FIRES,
+    WORKFLOW_SECONDS,
+    TASK_SECONDS,
+    WORKERS,
+    FAILOVERS,
+    TASKS_FAILED_OVER,
+    TAKEOVER_SECONDS,
+    REGISTRATIONS_LOST,
+    CLUSTER_WORKFLOWS,
+    WORKFLOWS_WITHOUT_OWNER,
+    STATE_EVENTS_HANDLED,
+    STATE_EVENTS_IGNORED,
+    STATE_EVENTS_RETRIED,
+    STATE_EVENTS_DROPPED,
+    WORKFLOWS_STALLED,
+    TASK_EVENTS_REJECTED,
+    DISPATCH_SECONDS,
+];
+
 /// Registers every metric's description with the installed recorder, and every counter and
 /// gauge at 0 for its known labels, so a scrape shows them before anything happened.
 pub fn describe() {

@@ -11,6 +11,10 @@ pub const EVENTS_UNACKED: &str = "porpoise_worker_events_unacked";
 pub const EVENT_RESENDS: &str = "porpoise_worker_event_resends_total";
 pub const JOURNAL_BYTES: &str = "porpoise_worker_journal_bytes";
 
+/// Every metric the worker exports (dashboards and alerts may use only these).
+pub const ALL: &[&str] =
+    &[TASKS_RUNNING, SLOTS, DISPATCHES, TASK_SECONDS, EVENTS_UNACKED, EVENT_RESENDS, JOURNAL_BYTES];
+
 /// The answers a dispatch gets, as metric labels.
 pub const DISPATCH_ANSWERS: [&str; 4] = ["accepted", "full", "draining", "invalid"];
 /// How a task attempt ends, as metric labels.
