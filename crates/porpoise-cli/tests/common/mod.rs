@@ -33,6 +33,8 @@ pub struct Deployment {
     pub worker_addrs: HashMap<String, String>,
     /// Every master's (address, metrics address, process name), in start order.
     pub masters: Vec<(String, String, String)>,
+    /// Every worker's metrics address, when [`ClusterOptions::worker_metrics`] asked for them.
+    pub worker_metrics: Vec<String>,
     pub metrics: Option<String>,
     pub database: Database,
     pub dir: tempfile::TempDir,
@@ -61,6 +63,8 @@ pub struct ClusterOptions {
     pub worker_args: Vec<String>,
     /// The etcd endpoint of the first worker (a proxy in front of etcd), instead of etcd's.
     pub first_worker_etcd: Option<String>,
+    /// Each worker serves /metrics on a port of its own.
+    pub worker_metrics: bool,
 }
 
 fn bin(name: &str) -> &'static str {
@@ -217,6 +221,7 @@ impl Deployment {
             worker_addr: None,
             worker_addrs: HashMap::new(),
             masters: vec![(master_addr.clone(), format!("127.0.0.1:{metrics_port}"), "porpoise-master".into())],
+            worker_metrics: Vec::new(),
             metrics: Some(format!("127.0.0.1:{metrics_port}")),
             database: Database::Postgres(url.clone()),
             dir: tempfile::tempdir().expect("temporary directory"),
@@ -272,6 +277,11 @@ impl Deployment {
             }
             worker_args.extend(registry_args);
             worker_args.extend(options.worker_args.iter().cloned());
+            if options.worker_metrics {
+                let ops = format!("127.0.0.1:{}", free_port());
+                worker_args.extend(["--metrics-listen".to_string(), ops.clone()]);
+                d.worker_metrics.push(ops);
+            }
             d.spawn_as(&name, "porpoise-worker", &worker_args);
         }
         d.wait_for_master().await;
@@ -298,6 +308,7 @@ impl Deployment {
             worker_addr: None,
             worker_addrs: HashMap::new(),
             masters: Vec::new(),
+            worker_metrics: Vec::new(),
             metrics: None,
             database: Database::Sqlite(data.join("porpoise.db")),
             dir,
