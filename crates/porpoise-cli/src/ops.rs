@@ -30,6 +30,7 @@ pub type Readiness = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), Stri
 #[derive(Clone)]
 struct Ops {
     metrics: PrometheusHandle,
+    process: Arc<metrics_process::Collector>,
     ready: Arc<RwLock<Option<Readiness>>>,
 }
 
@@ -60,6 +61,9 @@ pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| format!("cannot record metrics: {e}"))?;
     metrics::describe_gauge!(BUILD_INFO, "Always 1: the version and git commit of this binary, as labels");
+    let process = Arc::new(metrics_process::Collector::default());
+    process.describe();
+    process.collect();
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("PORPOISE_GIT_COMMIT"))
         .set(1.0);
     let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -68,7 +72,7 @@ pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .with_state(Ops { metrics, ready: ready.clone() });
+        .with_state(Ops { metrics, process, ready: ready.clone() });
     tokio::spawn(async move {
         if let Err(e) = axum::serve(listener, app).await {
             warn!(error = %e, "the operations listener stopped");
@@ -78,6 +82,8 @@ pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> String {
+    // the process's CPU, memory, open files and threads, as of this scrape
+    ops.process.collect();
     ops.metrics.render()
 }
 

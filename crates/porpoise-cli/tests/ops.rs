@@ -168,6 +168,7 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
         assert_eq!(code, 200);
         promtool_check_metrics(&text);
         assert!(text.contains("porpoise_build_info{version=\"0.1.0\",commit=\""), "{text}");
+        assert!(text.contains("process_resident_memory_bytes ") && text.contains("process_cpu_seconds_total "), "{text}");
     }
     let (_, master_metrics) = get(&master_ops, "/metrics").await;
     assert!(
