@@ -159,6 +159,21 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     let body = until_status(&master_ops, "/readyz", 503, "the master is not ready without Postgres").await;
     assert!(body.contains("database"), "{body}");
     assert_eq!(get(&master_ops, "/healthz").await.0, 200, "still alive");
+    // the outage is counted: the schedules' looks fail meanwhile
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, text) = get(&master_ops, "/metrics").await;
+        let errors: f64 = text
+            .lines()
+            .find_map(|l| l.strip_prefix("porpoise_database_errors_total{operation=\"fire_schedules\"} "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0.0);
+        if errors > 0.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "database errors were never counted: {text}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     pg.restart();
     until_status(&master_ops, "/readyz", 200, "the master is ready again with Postgres back").await;
 
@@ -168,7 +183,10 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
         assert_eq!(code, 200);
         promtool_check_metrics(&text);
         assert!(text.contains("porpoise_build_info{version=\"0.1.0\",commit=\""), "{text}");
-        assert!(text.contains("process_resident_memory_bytes ") && text.contains("process_cpu_seconds_total "), "{text}");
+        assert!(
+            text.contains("process_resident_memory_bytes ") && text.contains("process_cpu_seconds_total "),
+            "{text}"
+        );
     }
     let (_, master_metrics) = get(&master_ops, "/metrics").await;
     assert!(

@@ -46,6 +46,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
+                m::database_error("claim_commands", &e);
                 warn!(error = %e, failures, "cannot claim commands; retrying");
                 tokio::time::sleep(backoff.delay(failures - 1)).await;
                 continue;
@@ -80,6 +81,7 @@ async fn post_control_commands(shared: &Shared) {
             }
         }
         Err(e) => {
+            m::database_error("control_commands", &e);
             warn!(error = %e, "cannot read the control commands for this master's runs; retrying at the next wake-up")
         }
     }
@@ -150,6 +152,7 @@ pub(crate) async fn resume_own_runs(shared: Arc<Shared>) {
             Ok(runs) => break runs,
             Err(e) => {
                 failures += 1;
+                m::database_error("resume_runs", &e);
                 warn!(error = %e, failures, "cannot list this master's unfinished runs; retrying");
                 tokio::time::sleep(backoff.delay(failures - 1)).await;
             }

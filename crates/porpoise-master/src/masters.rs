@@ -140,6 +140,7 @@ pub(crate) async fn take_over_orphans(shared: Arc<Shared>) {
         let runs = match shared.store.workflow_instances_in(&unfinished, SWEEP_LIMIT).await {
             Ok(runs) => runs,
             Err(e) => {
+                m::database_error("sweep", &e);
                 warn!(error = %e, "cannot look for runs without a live owner; retrying");
                 continue;
             }

@@ -16,6 +16,7 @@ pub const TASKS_TIMED_OUT: &str = "porpoise_tasks_timed_out_total";
 pub const WORKFLOWS_TIMED_OUT: &str = "porpoise_workflow_instances_timed_out_total";
 pub const TASKS_WAITING_FOR_WORKER: &str = "porpoise_tasks_waiting_for_worker";
 pub const SCHEDULE_FIRES: &str = "porpoise_schedule_fires_total";
+pub const DATABASE_ERRORS: &str = "porpoise_database_errors_total";
 pub const WORKFLOW_SECONDS: &str = "porpoise_workflow_instance_duration_seconds";
 pub const TASK_SECONDS: &str = "porpoise_task_instance_duration_seconds";
 pub const WORKERS: &str = "porpoise_workers";
@@ -33,6 +34,28 @@ pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
 
+/// The operations [`DATABASE_ERRORS`] counts, as its label values.
+pub const DATABASE_OPERATIONS: [&str; 10] = [
+    "persist",
+    "load_run",
+    "read_run",
+    "dead_letter",
+    "claim_commands",
+    "control_commands",
+    "resume_runs",
+    "sweep",
+    "fire_schedules",
+    "release_runs",
+];
+
+/// Counts a failed database call of `operation` (a refused conditional write is no error: it
+/// is how ownership and stale state are told apart).
+pub(crate) fn database_error(operation: &'static str, e: &porpoise_store::StoreError) {
+    if !matches!(e, porpoise_store::StoreError::Conflict { .. } | porpoise_store::StoreError::NoFreeSlot { .. }) {
+        counter!(DATABASE_ERRORS, "operation" => operation).increment(1);
+    }
+}
+
 /// Every metric the master exports (dashboards and alerts may use only these).
 pub const ALL: &[&str] = &[
     COMMANDS_CONSUMED,
@@ -48,6 +71,7 @@ pub const ALL: &[&str] = &[
     WORKFLOWS_TIMED_OUT,
     TASKS_WAITING_FOR_WORKER,
     SCHEDULE_FIRES,
+    DATABASE_ERRORS,
     WORKFLOW_SECONDS,
     TASK_SECONDS,
     WORKERS,
@@ -83,6 +107,7 @@ pub fn describe() {
     describe_counter!(WORKFLOWS_TIMED_OUT, "Workflow instances that ran past their timeout, by timeout strategy");
     describe_gauge!(TASKS_WAITING_FOR_WORKER, "Tasks waiting because their worker group has no free worker");
     describe_counter!(SCHEDULE_FIRES, "Runs this master started at a schedule's fire time");
+    describe_counter!(DATABASE_ERRORS, "Database calls that failed (unreachable, or refused), by operation");
     describe_histogram!(WORKFLOW_SECONDS, metrics::Unit::Seconds, "Run durations from start to end, by end state");
     describe_histogram!(
         TASK_SECONDS,
@@ -133,6 +158,9 @@ fn register_at_zero() {
     }
     for name in [WORKFLOWS_RUNNING, WORKFLOWS_STALLED, TASKS_WAITING_FOR_WORKER, WORKFLOWS_WITHOUT_OWNER] {
         gauge!(name).increment(0.0);
+    }
+    for operation in DATABASE_OPERATIONS {
+        counter!(DATABASE_ERRORS, "operation" => operation).increment(0);
     }
     for state in ["success", "failure", "stopped", "discarded"] {
         counter!(WORKFLOWS_FINISHED, "state" => state).increment(0);

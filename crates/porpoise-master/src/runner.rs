@@ -228,6 +228,7 @@ impl Runner {
                 Ok(loaded) => break loaded,
                 Err(e) => {
                     failures += 1;
+                    m::database_error("load_run", &e);
                     error!(run_id = id, error = %e, failures, "cannot load the run; retrying");
                     if failures == STALL_AFTER {
                         self.shared.set_stall(id, format!("stalled loading the run: {e}"));
@@ -669,7 +670,8 @@ impl Runner {
     /// another master (or none) does.
     async fn still_owner(&self) -> Result<WorkflowInstance, HandlerError> {
         let id = self.instance.id;
-        match self.shared.store.workflow_instance(id).await.map_err(store_error)? {
+        let found = self.shared.store.workflow_instance(id).await.inspect_err(|e| m::database_error("read_run", e));
+        match found.map_err(store_error)? {
             Some(w) if w.owner.as_deref() == Some(self.shared.addr.as_str()) => Ok(w),
             Some(w) => Err(HandlerError::NotOwner { owner: w.owner }),
             None => Err(DropReason::UnknownWorkflowInstance(id).into()),
@@ -681,7 +683,11 @@ impl Runner {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        match self.shared.store.persist(&self.shared.addr, self.instance.id, writes).await {
+        let result = self.shared.store.persist(&self.shared.addr, self.instance.id, writes).await;
+        if let Err(e) = &result {
+            m::database_error("persist", e);
+        }
+        match result {
             Ok(created) => Ok(created),
             Err(StoreError::Conflict { found, .. }) => self.already_persisted(writes, &found).await,
             Err(e @ StoreError::NoFreeSlot { .. }) => Err(HandlerError::Wait { reason: e.to_string() }),
@@ -790,6 +796,7 @@ pub(crate) async fn record_dead_letter(
     let mut failures = 0u32;
     while let Err(e) = shared.store.record_dead_letter(&letter).await {
         failures += 1;
+        m::database_error("dead_letter", &e);
         error!(error = %e, failures, "cannot record a dead letter; retrying");
         tokio::time::sleep(backoff.delay(failures - 1)).await;
     }

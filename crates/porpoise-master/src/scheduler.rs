@@ -57,6 +57,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
+                m::database_error("fire_schedules", &e);
                 // once per outage, then now and then
                 if failures == 1 || failures.is_multiple_of(60) {
                     warn!(error = %e, failures, "cannot look at the schedules; trying again");
@@ -89,7 +90,10 @@ async fn release_held_runs(shared: &Shared) {
                 shared.wake_consumer();
             }
         }
-        Err(e) => warn!(error = %e, "cannot look at the held runs; trying again"),
+        Err(e) => {
+            m::database_error("release_runs", &e);
+            warn!(error = %e, "cannot look at the held runs; trying again")
+        }
     }
 }
 
