@@ -288,3 +288,107 @@ fn the_dashboard_and_the_alerts_use_only_metrics_the_daemons_export() {
         }
     }
 }
+
+/// A worker whose data directory cannot be written (made read-only under it, the worker running
+/// as an unprivileged user) says so — `/readyz` 503 naming it, the gauge at 0 — and answers
+/// dispatches FULL, so its task waits rather than fails; once the directory can be written the
+/// worker is ready again and the task runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_cannot_write_its_data_directory_takes_no_tasks_and_says_why() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let pg = TestPostgres::shared();
+    let url = pg.fresh_database().await;
+    let etcd = TestEtcd::shared();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let root = format!("/ops-{}", free_port());
+    let master_addr = format!("127.0.0.1:{}", free_port());
+    let master_ops = format!("127.0.0.1:{}", free_port());
+    let worker_ops = format!("127.0.0.1:{}", free_port());
+    let registry =
+        ["--etcd".to_string(), etcd.endpoint(), "--etcd-root".into(), root, "--lease-ttl-secs".into(), "3".into()];
+    let mut master_args = vec![
+        "--listen".to_string(),
+        master_addr.clone(),
+        "--database-url".into(),
+        url,
+        "--metrics-listen".into(),
+        master_ops.clone(),
+    ];
+    master_args.extend(registry.iter().cloned());
+    let _master = Daemon::start(env!("CARGO_BIN_EXE_porpoise-master"), &master_args, dir.path().join("master.log"));
+    // the worker runs as an unprivileged user, so a read-only directory stops it
+    let data = dir.path().join("worker");
+    std::fs::create_dir(&data).expect("the data directory");
+    let ids = porpoise_testkit::unprivileged_ids();
+    if let Some((uid, gid)) = ids {
+        for path in [dir.path(), data.as_path()] {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid)).expect("hand the directory over");
+        }
+    }
+    let mut worker_args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{}", free_port()),
+        "--data-dir".into(),
+        data.display().to_string(),
+        "--metrics-listen".into(),
+        worker_ops.clone(),
+    ];
+    worker_args.extend(registry.iter().cloned());
+    let log = std::fs::File::create(dir.path().join("worker.log")).expect("a log file");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"));
+    command.args(&worker_args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    if let Some((uid, gid)) = ids {
+        command.uid(uid).gid(gid);
+    }
+    let worker = Daemon { child: command.spawn().expect("start the worker"), log: dir.path().join("worker.log") };
+    until_status(&master_ops, "/readyz", 200, "the master is ready").await;
+    until_status(&worker_ops, "/readyz", 200, "the worker is ready").await;
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o555)).expect("make it read-only");
+    let body = until_status(&worker_ops, "/readyz", 503, "the worker is not ready without a writable directory").await;
+    assert!(body.contains("the data directory cannot be written"), "{body}");
+    let (_, metrics) = get(&worker_ops, "/metrics").await;
+    assert!(metrics.contains("porpoise_worker_data_dir_writable 0"), "{metrics}");
+    until_logged(&worker, "the data directory cannot be written").await;
+
+    // a run meanwhile: its task is refused (FULL), so it waits instead of failing
+    let server = format!("http://{master_addr}");
+    let spec = dir.path().join("hello.yaml");
+    std::fs::write(&spec, "name: hello\ntasks:\n  - { name: a, command: 'true' }\n").expect("write a spec");
+    assert!(porpoise(&server, dir.path(), &["workflow", "apply", "-f", &spec.display().to_string()]).status.success());
+    let out = porpoise(&server, dir.path(), &["run", "hello"]);
+    let run = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (_, metrics) = get(&worker_ops, "/metrics").await;
+        let full = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("porpoise_worker_dispatches_total{answer=\"full\"} "))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .unwrap_or(0.0);
+        if full >= 1.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the dispatch was never refused: {metrics}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let status = porpoise(&server, dir.path(), &["status", &run, "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+    assert_eq!(status["state"], "running", "the run waits: {status:#}");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).expect("make it writable");
+    until_status(&worker_ops, "/readyz", 200, "the worker is ready again").await;
+    let out = porpoise(&server, dir.path(), &["run", "hello", "--wait"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let status = porpoise(&server, dir.path(), &["status", &run, "--json"]);
+        let status: serde_json::Value = serde_json::from_slice(&status.stdout).expect("status --json");
+        if status["state"] == "success" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the waiting run never ran: {status:#}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

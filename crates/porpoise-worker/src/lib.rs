@@ -128,6 +128,9 @@ impl ReadyProbe {
         if self.server.is_draining() {
             return Err("the worker is draining: it takes no more tasks".into());
         }
+        if let Some(why) = self.server.disk_problem() {
+            return Err(format!("the data directory cannot be written: {why}"));
+        }
         let Some(registration) = &self.registration else { return Err("the worker is stopping".into()) };
         let since = registration.last_renewed().elapsed();
         if since > self.lease_ttl {
@@ -189,6 +192,7 @@ impl WorkerHandle {
         info!(%addr, group = %config.group, slots = config.slots, "worker started");
         spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
         spawner.spawn(sample_gauges(server.clone(), config.data_dir.join(journal::FILE)));
+        spawner.spawn(probe_data_dir(server.clone(), config.data_dir.clone()));
         spawner.spawn(fence::run(server.clone(), registry, registration.clone(), config.lease_ttl, addr.clone()));
         Ok(WorkerHandle {
             addr,
@@ -274,6 +278,34 @@ async fn publish_heartbeats(server: Arc<WorkerServer>, registration: Arc<Registr
         if let Err(e) = registration.update(server.heartbeat()).await {
             warn!(error = %e, "cannot publish the worker heartbeat");
         }
+    }
+}
+
+/// How often the worker checks that its data directory can be written.
+const DISK_PROBE: Duration = Duration::from_secs(2);
+
+/// Runs until the worker stops: writes, syncs and removes a small file in the data directory
+/// every [`DISK_PROBE`]; while that fails (disk full, read-only), the worker takes no tasks.
+async fn probe_data_dir(server: Arc<WorkerServer>, data_dir: std::path::PathBuf) {
+    let probe = data_dir.join(".write-probe");
+    let mut tick = tokio::time::interval(DISK_PROBE);
+    loop {
+        tick.tick().await;
+        let probe = probe.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&probe)?;
+            f.write_all(b"porpoise")?;
+            f.sync_all()?;
+            std::fs::remove_file(&probe)
+        })
+        .await;
+        let problem = match written {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("{}: {e}", data_dir.display())),
+            Err(e) => Some(format!("the check did not run: {e}")),
+        };
+        server.set_disk_problem(problem);
     }
 }
 

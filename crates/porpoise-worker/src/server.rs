@@ -52,6 +52,9 @@ pub struct WorkerServer {
     fenced: Mutex<Option<String>>,
     /// The masters that dispatched to this worker: those it asks when cut off.
     masters: Mutex<std::collections::BTreeSet<String>>,
+    /// Why the data directory cannot be written (full, read-only): dispatches are answered
+    /// FULL, saying so, until it can.
+    disk: Mutex<Option<String>>,
     sampler: crate::system::SystemSampler,
     /// Spawns the attempts, so that stopping the worker ends them all.
     spawner: Spawner,
@@ -74,6 +77,7 @@ impl WorkerServer {
             stopping: Default::default(),
             fenced: Mutex::default(),
             masters: Mutex::default(),
+            disk: Mutex::default(),
             addr,
             slots,
             tasks_dir,
@@ -92,12 +96,29 @@ impl WorkerServer {
         &self.reporter
     }
 
-    /// Takes no more tasks: dispatches are answered DRAINING from now on.
     /// Whether the worker has stopped taking dispatches.
     pub fn is_draining(&self) -> bool {
         self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Why the data directory cannot be written now, if it cannot.
+    pub fn disk_problem(&self) -> Option<String> {
+        self.disk.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Records whether the data directory can be written (`None`: it can); says so on a change.
+    pub fn set_disk_problem(&self, problem: Option<String>) {
+        let mut disk = self.disk.lock().unwrap_or_else(|p| p.into_inner());
+        match (&*disk, &problem) {
+            (None, Some(why)) => warn!(%why, "the data directory cannot be written: taking no tasks until it can"),
+            (Some(_), None) => info!("the data directory can be written again: taking tasks"),
+            _ => {}
+        }
+        ::metrics::gauge!(crate::metrics::DATA_DIR_WRITABLE).set(if problem.is_none() { 1.0 } else { 0.0 });
+        *disk = problem;
+    }
+
+    /// Takes no more tasks: dispatches are answered DRAINING from now on.
     pub fn drain(&self) {
         self.draining.store(true, std::sync::atomic::Ordering::SeqCst);
     }
@@ -262,6 +283,9 @@ impl WorkerService for WorkerGrpc {
         let key = (req.task_instance_id, req.attempt);
         if self.0.draining.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(self.reply(DispatchStatus::Draining, "the worker is shutting down"));
+        }
+        if let Some(why) = self.0.disk_problem() {
+            return Ok(self.reply(DispatchStatus::Full, format!("the data directory cannot be written: {why}")));
         }
         self.0.masters.lock().unwrap_or_else(|p| p.into_inner()).insert(req.master_addr.clone());
         let kill = {
