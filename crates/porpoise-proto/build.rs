@@ -5,6 +5,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");
     }
-    tonic_prost_build::configure().compile_protos(&protos, &["../../proto".to_string()])?;
+    // the descriptors too, for gRPC reflection (grpcurl lists and calls the services with them)
+    let descriptors = std::path::PathBuf::from(std::env::var("OUT_DIR")?).join("porpoise_descriptor.bin");
+    tonic_prost_build::configure()
+        .file_descriptor_set_path(descriptors)
+        .compile_protos(&protos, &["../../proto".to_string()])?;
     Ok(())
 }

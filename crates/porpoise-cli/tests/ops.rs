@@ -141,6 +141,15 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     until_status(&master_ops, "/readyz", 200, "the master is ready once etcd is up").await;
     until_status(&worker_ops, "/readyz", 200, "the worker is ready once etcd is up").await;
     assert_eq!(get(&master_ops, "/nope").await.0, 404);
+    // the gRPC health service and reflection on the master's port
+    let serving = tonic_health::pb::health_check_response::ServingStatus::Serving as i32;
+    for service in ["", "porpoise.v1.AdminService", "porpoise.v1.TaskEventService"] {
+        assert_eq!(grpc_health(&master_addr, service).await, serving, "{service}");
+    }
+    let services = grpc_services(&master_addr).await;
+    for service in ["porpoise.v1.AdminService", "porpoise.v1.TaskEventService", "grpc.health.v1.Health"] {
+        assert!(services.contains(&service.to_string()), "{service} in {services:?}");
+    }
     let (code, metrics) = get(&master_ops, "/metrics").await;
     assert!(code == 200 && metrics.contains("porpoise_workflow_instances_running"), "{metrics}");
 
@@ -391,4 +400,44 @@ async fn a_worker_that_cannot_write_its_data_directory_takes_no_tasks_and_says_w
         assert!(Instant::now() < deadline, "the waiting run never ran: {status:#}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The `grpc.health.v1` status of `service` on `addr`.
+async fn grpc_health(addr: &str, service: &str) -> i32 {
+    let mut client = tonic_health::pb::health_client::HealthClient::new(channel(addr).await);
+    let request = tonic_health::pb::HealthCheckRequest { service: service.to_string() };
+    client.check(request).await.expect("a health answer").into_inner().status
+}
+
+/// The services `addr` lists through gRPC reflection.
+async fn grpc_services(addr: &str) -> Vec<String> {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+    let mut client = ServerReflectionClient::new(channel(addr).await);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut answers =
+        client.server_reflection_info(tokio_stream_once(request)).await.expect("a reflection answer").into_inner();
+    let first = answers.message().await.expect("a reflection message").expect("one message");
+    match first.message_response {
+        Some(MessageResponse::ListServicesResponse(list)) => list.service.into_iter().map(|s| s.name).collect(),
+        other => panic!("not a list of services: {other:?}"),
+    }
+}
+
+/// A one-message request stream.
+fn tokio_stream_once<T: Send + 'static>(item: T) -> impl tonic::codegen::tokio_stream::Stream<Item = T> {
+    tonic::codegen::tokio_stream::iter([item])
+}
+
+async fn channel(addr: &str) -> tonic::transport::Channel {
+    tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("an endpoint")
+        .connect()
+        .await
+        .expect("connect")
 }

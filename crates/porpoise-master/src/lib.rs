@@ -94,6 +94,8 @@ pub enum MasterError {
     Listen { addr: SocketAddr, source: std::io::Error },
     #[error("cannot register in the registry: {0}")]
     Register(#[from] porpoise_registry::RegistryError),
+    #[error("{0}")]
+    Reflection(String),
 }
 
 /// State shared by the master's parts.
@@ -251,6 +253,7 @@ pub struct MasterHandle {
     spawner: Spawner,
     shared: Arc<Shared>,
     lease_ttl: Duration,
+    health: tonic_health::server::HealthReporter,
 }
 
 /// Whether a master can do its work: its database answers, and its registration in etcd is
@@ -335,9 +338,16 @@ impl MasterHandle {
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
         let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())));
+        // the standard health service (grpc.health.v1) and reflection, for probes and grpcurl
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health.set_serving::<TaskEventServiceServer<events::TaskEvents>>().await;
+        health.set_serving::<AdminServiceServer<admin::Admin>>().await;
+        let reflection = porpoise_proto::reflection().map_err(MasterError::Reflection)?;
         let stopping = spawner.stopping();
         spawner.spawn(async move {
             let result = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
                 .add_service(events)
                 .add_service(admin)
                 .serve_with_incoming_shutdown(tonic::transport::server::TcpIncoming::from(listener), stopping)
@@ -360,7 +370,7 @@ impl MasterHandle {
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
         spawner.spawn(consumer::run(shared.clone()));
         info!(%addr, "master started");
-        Ok(MasterHandle { addr, registration, spawner, shared, lease_ttl: config.lease_ttl })
+        Ok(MasterHandle { addr, registration, spawner, shared, lease_ttl: config.lease_ttl, health })
     }
 
     /// Stops the master: it claims and dispatches nothing more, each runner finishes the event
@@ -370,6 +380,7 @@ impl MasterHandle {
     /// in the database for the next owner.
     pub async fn stop(&self) {
         info!(addr = %self.addr, runs = self.shared.runners().len(), "master stopping: no new work; finishing the events in hand");
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.shared.draining.cancel();
         let deadline = tokio::time::Instant::now() + STOP_GRACE;
         while !self.shared.runners().is_empty() && tokio::time::Instant::now() < deadline {

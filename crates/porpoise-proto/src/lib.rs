@@ -7,3 +7,19 @@
 pub mod v1 {
     tonic::include_proto!("porpoise.v1");
 }
+
+/// The encoded descriptors of every Porpoise service and message, for gRPC reflection.
+pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("porpoise_descriptor");
+
+/// gRPC server reflection (`grpc.reflection.v1`) over Porpoise's services and the standard
+/// health service, so `grpcurl` lists and calls them without the `.proto` files.
+pub fn reflection() -> Result<
+    tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>,
+    String,
+> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .map_err(|e| format!("cannot build gRPC reflection: {e}"))
+}

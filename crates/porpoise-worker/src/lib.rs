@@ -63,6 +63,8 @@ pub enum WorkerError {
     DataDir { path: PathBuf, source: std::io::Error },
     #[error("cannot register in the registry: {0}")]
     Register(#[from] porpoise_registry::RegistryError),
+    #[error("{0}")]
+    Reflection(String),
 }
 
 /// How long a stopping worker waits for killed tasks to end and be reported.
@@ -111,6 +113,7 @@ pub struct WorkerHandle {
     grace: Duration,
     watchdog: Option<watchdog::Watchdog>,
     lease_ttl: Duration,
+    health: tonic_health::server::HealthReporter,
 }
 
 /// Whether a worker can take tasks: it is registered (renewed within one lease) and not
@@ -169,10 +172,18 @@ impl WorkerHandle {
             Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token, spawner.clone()));
         let svc =
             porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()));
+        // the standard health service (grpc.health.v1) and reflection, for probes and grpcurl
+        let (health, health_service) = tonic_health::server::health_reporter();
+        health
+            .set_serving::<porpoise_proto::v1::worker_service_server::WorkerServiceServer<server::WorkerGrpc>>()
+            .await;
+        let reflection = porpoise_proto::reflection().map_err(WorkerError::Reflection)?;
         let stopping = spawner.stopping();
         spawner.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
             let result = tonic::transport::Server::builder()
+                .add_service(health_service)
+                .add_service(reflection)
                 .add_service(svc)
                 .serve_with_incoming_shutdown(incoming, stopping)
                 .await;
@@ -202,6 +213,7 @@ impl WorkerHandle {
             grace: config.shutdown_grace,
             watchdog: Some(watchdog),
             lease_ttl: config.lease_ttl,
+            health,
         })
     }
 
@@ -220,6 +232,7 @@ impl WorkerHandle {
     /// reported WORKER_STOPPED, and the master fails it over), waits for the masters to ACK the
     /// events, then leaves the registry and stops serving.
     pub async fn stop(&mut self) {
+        self.health.set_service_status("", tonic_health::ServingStatus::NotServing).await;
         self.server.drain();
         let running = self.server.running();
         if running > 0 {
