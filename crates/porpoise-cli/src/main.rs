@@ -120,6 +120,9 @@ enum Command {
         #[command(subcommand)]
         command: ScheduleCommand,
     },
+    /// Prints a completion script for SHELL (bash, zsh, fish, elvish, powershell), e.g.
+    /// `porpoise completions bash > /etc/bash_completion.d/porpoise`.
+    Completions { shell: clap_complete::Shell },
     /// Runs a master and a worker in this process, on SQLite, with no other service.
     Standalone {
         /// Where the database and task logs live.
@@ -266,6 +269,14 @@ enum RunsCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::Completions { shell } = &cli.command {
+        let mut script = Vec::new();
+        clap_complete::generate(*shell, &mut <Cli as clap::CommandFactory>::command(), "porpoise", &mut script);
+        return match porpoise_cli::output::bytes(&script) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => e.exit(),
+        };
+    }
     if let Command::Workflow { command: WorkflowCommand::Validate { files } } = &cli.command {
         return validate(files);
     }
@@ -341,6 +352,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             client::show(server, &name, version).await
         }
         Command::Standalone { data_dir, listen, slots } => return standalone(data_dir, listen, slots).await,
+        Command::Completions { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

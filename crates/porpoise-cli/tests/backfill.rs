@@ -5,7 +5,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{Deployment, close_gate, lines, open_gate, wait_at};
+use common::{Deployment, close_gate, markers, most_at_once, open_gate, wait_at};
 
 /// Runs `porpoise ARGS`; returns (exit code, stdout, stderr).
 fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
@@ -24,33 +24,6 @@ fn dated(name: &str, body: &str, marks: &Path) -> String {
         "name: {name}\ntasks:\n  - name: day\n    command: \"echo start ${{system.biz.curdate}} $(date +%s%N) >> {m}; {body}; echo end ${{system.biz.curdate}} $(date +%s%N) >> {m}\"\n",
         m = marks.display()
     )
-}
-
-/// The markers as (time, is start, date), in time order.
-fn events(marks: &Path) -> Vec<(u128, bool, String)> {
-    let mut out: Vec<(u128, bool, String)> = lines(marks)
-        .iter()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 3, "a marker line: {l:?}");
-            (f[2].parse().expect("a timestamp"), f[0] == "start", f[1].to_string())
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-fn most_at_once(events: &[(u128, bool, String)]) -> usize {
-    let (mut now, mut most) = (0usize, 0usize);
-    for (_, start, _) in events {
-        if *start {
-            now += 1;
-            most = most.max(now);
-        } else {
-            now = now.saturating_sub(1);
-        }
-    }
-    most
 }
 
 /// `backfill status --json`, once the backfill has ended.
@@ -99,7 +72,7 @@ async fn a_serial_backfill_runs_each_date_in_order_and_stops_at_a_failing_one() 
     assert_eq!(times, expected);
     let b = ended_backfill(&d, &id).await;
     assert_eq!(b["state"], "success", "{b:#}");
-    let seen = events(&marks);
+    let seen = markers(&marks);
     assert_eq!(most_at_once(&seen), 1, "one date at a time: {seen:?}");
     let order: Vec<&str> = seen.iter().filter(|e| e.1).map(|e| e.2.as_str()).collect();
     let dates: Vec<String> = (1..=10).map(|day| format!("202601{day:02}")).collect();
@@ -121,7 +94,7 @@ async fn a_serial_backfill_runs_each_date_in_order_and_stops_at_a_failing_one() 
     );
     let reason = b["runs"][5]["reason"].as_str().unwrap_or_default();
     assert!(reason.contains("stopped: run") && reason.contains("did not succeed"), "{reason}");
-    let ran: Vec<String> = events(&marks).iter().filter(|e| e.1).map(|e| e.2.clone()).collect();
+    let ran: Vec<String> = markers(&marks).iter().filter(|e| e.1).map(|e| e.2.clone()).collect();
     assert_eq!(ran, ["20260101", "20260102", "20260103", "20260104", "20260105"]);
     let (code, _, err) = cli(&d, &["backfill", "etl", "--from", "2026-01-10", "--to", "2026-01-01"]);
     assert_eq!(code, 2, "{err}");
@@ -145,7 +118,7 @@ async fn a_parallel_backfill_runs_up_to_its_width() {
     assert_eq!(runs.first().map(|r| r.1.as_str()), Some("2026-03-10T00:00:00.000Z"), "newest first");
     let b = ended_backfill(&d, &id).await;
     assert_eq!(b["state"], "success", "{b:#}");
-    let events = events(&marks);
+    let events = markers(&marks);
     assert_eq!(most_at_once(&events), 3, "three at a time, never more: {events:?}");
     let mut ran: Vec<String> = events.iter().filter(|e| e.1).map(|e| e.2.clone()).collect();
     ran.sort();
@@ -218,7 +191,7 @@ async fn each_execution_type_keeps_runs_from_overlapping_its_way() {
     }
     assert_eq!(state_of(&d, doomed).await.0, "stopped");
     // who ran when, by task instance: the waiters one at a time in order, the urgent one first
-    let events = events(&marks);
+    let events = markers(&marks);
     let mut admin = d.admin().await;
     let mut tasks = std::collections::HashMap::new();
     for id in [first, second, third, low, high] {
@@ -246,7 +219,7 @@ async fn a_backfill_survives_the_loss_of_a_master() {
     assert_eq!(code, 0, "{err}");
     let (id, _) = started(&out);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while events(&marks).iter().filter(|e| !e.1).count() < 2 {
+    while markers(&marks).iter().filter(|e| !e.1).count() < 2 {
         assert!(std::time::Instant::now() < deadline, "two dates did not end");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
@@ -255,6 +228,6 @@ async fn a_backfill_survives_the_loss_of_a_master() {
     d.use_master(1).await;
     let b = ended_backfill(&d, &id).await;
     assert_eq!(b["state"], "success", "{b:#}");
-    let ran: Vec<String> = events(&marks).iter().filter(|e| e.1).map(|e| e.2.clone()).collect();
+    let ran: Vec<String> = markers(&marks).iter().filter(|e| e.1).map(|e| e.2.clone()).collect();
     assert_eq!(ran, (1..=6).map(|day| format!("202602{day:02}")).collect::<Vec<_>>(), "each date once, in order");
 }

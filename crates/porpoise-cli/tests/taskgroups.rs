@@ -6,7 +6,7 @@ mod common;
 
 use std::path::Path;
 
-use common::{ClusterOptions, Deployment, close_gate, lines, open_gate, wait_at};
+use common::{ClusterOptions, Deployment, close_gate, markers, most_at_once, open_gate, wait_at};
 use porpoise_testkit::TestPostgres;
 
 /// Runs `porpoise ARGS`; returns (exit code, stdout, stderr).
@@ -30,34 +30,6 @@ fn grouped(name: &str, group: &str, priority: i32, tasks: &[&str], body: &str, m
         ));
     }
     yaml
-}
-
-/// The markers as (time, is start, task), in time order.
-fn events(marks: &Path) -> Vec<(u128, bool, String)> {
-    let mut out: Vec<(u128, bool, String)> = lines(marks)
-        .iter()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert_eq!(f.len(), 3, "a marker line: {l:?}");
-            (f[2].parse().expect("a timestamp"), f[0] == "start", f[1].to_string())
-        })
-        .collect();
-    out.sort();
-    out
-}
-
-/// The most tasks that ran at once, by their markers.
-fn most_at_once(events: &[(u128, bool, String)]) -> usize {
-    let (mut now, mut most) = (0usize, 0usize);
-    for (_, start, _) in events {
-        if *start {
-            now += 1;
-            most = most.max(now);
-        } else {
-            now -= 1;
-        }
-    }
-    most
 }
 
 /// Each task's number of starts and ends.
@@ -129,7 +101,7 @@ async fn a_task_group_of_two_slots_runs_two_at_a_time_highest_priority_first() {
         let done = d.finished_run(run).await;
         assert_eq!(done.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{done:?}");
     }
-    let events = events(&marks);
+    let events = markers(&marks);
     assert_eq!(most_at_once(&events), 2, "two at a time, never more: {events:?}");
     let all = ["b1", "b2", "l1", "l2", "l3", "l4", "h1", "h2", "h3", "h4"];
     for t in all {
@@ -165,7 +137,7 @@ async fn a_killed_owner_master_neither_breaks_the_slot_limit_nor_strands_a_waite
     for (name, _) in runs {
         ids.push(d.start_run(name).await);
     }
-    let ended = |marks: &Path| events(marks).iter().filter(|e| !e.1).count();
+    let ended = |marks: &Path| markers(marks).iter().filter(|e| !e.1).count();
     d.wait_until("three tasks have ended", || {
         let marks = marks.clone();
         async move { marks.exists() && ended(&marks) >= 3 }
@@ -182,7 +154,7 @@ async fn a_killed_owner_master_neither_breaks_the_slot_limit_nor_strands_a_waite
         let done = d.finished_run(id).await;
         assert_eq!(done.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{done:?}");
     }
-    let events = events(&marks);
+    let events = markers(&marks);
     assert!(most_at_once(&events) <= 2, "never more than two at once: {events:?}");
     for (_, tasks) in runs {
         for t in tasks {

@@ -157,3 +157,17 @@ fn an_unreachable_server_is_one_clear_error() {
     assert!(stderr.starts_with("porpoise: cannot reach the Porpoise server at http://127.0.0.1:"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+/// `porpoise completions SHELL` prints a completion script naming the commands; an unknown
+/// shell exits 2. `--version` names the git commit.
+#[test]
+fn completions_and_the_version() {
+    let out = porpoise(&["completions", "bash"]);
+    assert!(out.status.success());
+    let script = String::from_utf8_lossy(&out.stdout);
+    assert!(script.contains("_porpoise()") && script.contains("backfill") && script.contains("taskgroup"), "{script}");
+    assert_eq!(porpoise(&["completions", "nosh"]).status.code(), Some(2));
+    let version = porpoise(&["--version"]);
+    let version = String::from_utf8_lossy(&version.stdout);
+    assert!(version.starts_with("porpoise 0.1.0 (") && version.trim_end().ends_with(')'), "{version}");
+}

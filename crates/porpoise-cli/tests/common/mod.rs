@@ -607,3 +607,34 @@ pub fn wait_at(gate: &Path) -> String {
 pub fn open_gate(gate: &Path) {
     GATES.lock().unwrap_or_else(|p| p.into_inner()).remove(gate);
 }
+
+/// Timestamped markers tasks wrote as `start|end NAME NANOS` lines: (time, is start, name), in
+/// time order.
+#[allow(dead_code)]
+pub fn markers(path: &Path) -> Vec<(u128, bool, String)> {
+    let mut out: Vec<(u128, bool, String)> = lines(path)
+        .iter()
+        .map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            assert_eq!(f.len(), 3, "a marker line: {l:?}");
+            (f[2].parse().expect("a timestamp"), f[0] == "start", f[1].to_string())
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The most tasks that ran at once, by their markers.
+#[allow(dead_code)]
+pub fn most_at_once(markers: &[(u128, bool, String)]) -> usize {
+    let (mut now, mut most) = (0usize, 0usize);
+    for (_, start, _) in markers {
+        if *start {
+            now += 1;
+            most = most.max(now);
+        } else {
+            now = now.saturating_sub(1);
+        }
+    }
+    most
+}
