@@ -223,9 +223,22 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
         about_run.iter().any(|l| l["message"] == "run finished" && l["workflow"] == "hello" && l["state"] == "success"),
         "{about_run:#?}"
     );
-    for line in worker.log().lines() {
-        serde_json::from_str::<serde_json::Value>(line).unwrap_or_else(|e| panic!("not a JSON line ({e}): {line}"));
-    }
+    let worker_lines: Vec<serde_json::Value> = worker
+        .log()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not a JSON line ({e}): {l}")))
+        .collect();
+    // the task's line carries the run, the workflow, the task instance and the attempt
+    assert!(
+        worker_lines.iter().any(|l| l["message"] == "task finished"
+            && l["run_id"] == run_id
+            && l["workflow"] == "hello"
+            && l["task"] == "a"
+            && l["task_instance_id"].is_i64()
+            && l["attempt"] == 1
+            && l["outcome"] == "success"),
+        "{worker_lines:#?}"
+    );
 }
 
 /// `promtool check metrics` on `text`: fails the test with promtool's findings.

@@ -33,7 +33,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
             None => {
                 let parked = shared.queue.park(task.clone());
                 metrics::gauge!(m::TASKS_WAITING_FOR_WORKER).set(parked as f64);
-                debug!(task = %task.task_name, group = %task.worker_group, parked, "no free worker in the group; task waits");
+                debug!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, group = %task.worker_group, parked, "no free worker in the group; task waits");
                 shared.warn_no_worker(&task.worker_group);
             }
         }
@@ -61,7 +61,7 @@ pub(crate) async fn fail_tasks_without_workers(shared: Arc<Shared>) {
             for task in expired {
                 let wait = humantime::format_duration(task.worker_group_wait);
                 let why = format!("no live worker in worker group {group} for {wait} (worker_group_wait)");
-                warn!(task_instance_id = task.task_instance_id, task = %task.task_name, %group, "{why}; the task fails");
+                warn!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %group, "{why}; the task fails");
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "no_worker").increment(1);
                 task.runner.post(Event::NoWorker { at: attempt_of(&task), reason: why });
             }
@@ -78,7 +78,7 @@ async fn dispatch_one(shared: Arc<Shared>, task: QueuedTask, worker: String) {
     // the worker is on the task instance before the dispatch leaves
     let marked = task.runner.request(Event::Dispatched { at: attempt_of(&task), worker: worker.clone() }).await;
     if marked != Ack::Handled {
-        debug!(task_instance_id = task.task_instance_id, ?marked, "dispatch skipped: the task no longer waits for one");
+        debug!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, ?marked, "dispatch skipped: the task no longer waits for one");
         shared.release_worker(&worker);
         return;
     }
@@ -119,7 +119,7 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
             }
             Ok(r) if r.status == DispatchStatus::Invalid as i32 => {
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "invalid").increment(1);
-                warn!(task_instance_id = task.task_instance_id, %worker, message = %r.message, "worker rejected the task as invalid");
+                warn!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, message = %r.message, "worker rejected the task as invalid");
                 let ending = Ending {
                     at: attempt_of(&task),
                     worker: Some(worker.clone()),
@@ -143,7 +143,7 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
             Ok(r) => {
                 // FULL (its slots are taken by other masters' tasks too) or an unknown answer
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "full").increment(1);
-                debug!(task_instance_id = task.task_instance_id, %worker, message = %r.message, "worker refused the task; requeueing");
+                debug!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, message = %r.message, "worker refused the task; requeueing");
                 requeue(&task, &worker, backoff.delay(failures)).await;
                 return;
             }
@@ -151,11 +151,11 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
                 failures += 1;
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "unreachable").increment(1);
                 if !shared.workers.contains(&worker) {
-                    warn!(task_instance_id = task.task_instance_id, %worker, error = %e, "worker gone before accepting the task; requeueing");
+                    warn!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, error = %e, "worker gone before accepting the task; requeueing");
                     requeue(&task, &worker, Duration::ZERO).await;
                     return;
                 }
-                warn!(task_instance_id = task.task_instance_id, %worker, error = %e, failures, "dispatch unanswered; resending");
+                warn!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, error = %e, failures, "dispatch unanswered; resending");
                 tokio::time::sleep(backoff.delay(failures - 1)).await;
             }
         }

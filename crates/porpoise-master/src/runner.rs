@@ -519,10 +519,10 @@ impl Runner {
             }
             Note::RetryScheduled { .. } => metrics::counter!(m::TASKS_RETRIED).increment(1),
             Note::Retried { task, attempt } => {
-                info!(run_id = id, task = %self.workflow.dag.name(task), attempt, "task retried");
+                info!(run_id = id, %workflow, task = %self.workflow.dag.name(task), attempt, "task retried");
             }
             Note::RetryCalledOff { task, attempt } => {
-                info!(run_id = id, task = %self.workflow.dag.name(task), attempt, "retry called off: the run is failing");
+                info!(run_id = id, %workflow, task = %self.workflow.dag.name(task), attempt, "retry called off: the run is failing");
             }
             Note::TimedOut { task, attempt, warned } => {
                 let spec = &self.workflow.spec.tasks[task];
@@ -556,7 +556,7 @@ impl Runner {
             }
             Note::FailedOver { task, attempt, worker } => {
                 metrics::counter!(m::TASKS_FAILED_OVER).increment(1);
-                warn!(run_id = id, task = %self.workflow.dag.name(task), attempt, %worker, "task attempt failed over: its worker was lost");
+                warn!(run_id = id, %workflow, task = %self.workflow.dag.name(task), attempt, %worker, "task attempt failed over: its worker was lost");
             }
         }
     }

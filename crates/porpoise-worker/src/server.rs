@@ -197,6 +197,7 @@ impl WorkerServer {
         };
         let master = req.master_addr;
         let workflow_instance_id = req.workflow_instance_id;
+        let (workflow, task) = (req.workflow_name, req.task_name);
         let this = self.clone();
         self.spawner.spawn(async move {
             let event = |kind| TaskEvent {
@@ -226,6 +227,9 @@ impl WorkerServer {
             let seconds = (result.ended_at_ms - result.started_at_ms).max(0) as f64 / 1000.0;
             ::metrics::histogram!(crate::metrics::TASK_SECONDS, "outcome" => outcome.clone()).record(seconds);
             info!(
+                run_id = workflow_instance_id,
+                %workflow,
+                %task,
                 task_instance_id = attempt.task_instance_id,
                 attempt = attempt.attempt,
                 %outcome,
