@@ -198,6 +198,7 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
         );
     }
     let (_, master_metrics) = get(&master_ops, "/metrics").await;
+    assert!(master_metrics.contains("porpoise_free_slots{group=\"default\"} 16"), "{master_metrics}");
     assert!(
         master_metrics.contains("porpoise_workflow_instance_duration_seconds_bucket{state=\"success\",le=\"0.5\"}"),
         "{master_metrics}"

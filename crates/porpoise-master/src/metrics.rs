@@ -20,6 +20,7 @@ pub const DATABASE_ERRORS: &str = "porpoise_database_errors_total";
 pub const WORKFLOW_SECONDS: &str = "porpoise_workflow_instance_duration_seconds";
 pub const TASK_SECONDS: &str = "porpoise_task_instance_duration_seconds";
 pub const WORKERS: &str = "porpoise_workers";
+pub const FREE_SLOTS: &str = "porpoise_free_slots";
 pub const FAILOVERS: &str = "porpoise_failovers_total";
 pub const TASKS_FAILED_OVER: &str = "porpoise_task_attempts_failed_over_total";
 pub const TAKEOVER_SECONDS: &str = "porpoise_takeover_seconds";
@@ -75,6 +76,7 @@ pub const ALL: &[&str] = &[
     WORKFLOW_SECONDS,
     TASK_SECONDS,
     WORKERS,
+    FREE_SLOTS,
     FAILOVERS,
     TASKS_FAILED_OVER,
     TAKEOVER_SECONDS,
@@ -115,6 +117,7 @@ pub fn describe() {
         "Task attempt durations as the master recorded them, by end state"
     );
     describe_gauge!(WORKERS, "Live workers this master can dispatch to, by worker group");
+    describe_gauge!(FREE_SLOTS, "Free slots of the live workers this master can dispatch to, by worker group");
     describe_counter!(
         FAILOVERS,
         "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
@@ -171,6 +174,7 @@ fn register_at_zero() {
         counter!(TASKS_FINISHED, "state" => state.as_str()).increment(0);
     }
     gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
+    gauge!(FREE_SLOTS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
     counter!(FAILOVERS, "kind" => "worker").increment(0);
     counter!(FAILOVERS, "kind" => "master").increment(0);
     for reason in ["invalid", "full", "draining", "unreachable"] {

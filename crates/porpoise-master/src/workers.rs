@@ -52,6 +52,18 @@ impl State {
     fn count_group(&self, group: &str) {
         let n = self.workers.values().filter(|w| w.group == group).count();
         metrics::gauge!(crate::metrics::WORKERS, "group" => group.to_string()).set(n as f64);
+        self.count_free_slots(group);
+    }
+
+    /// Publishes the slots of `group`'s live workers that this master could dispatch to now.
+    fn count_free_slots(&self, group: &str) {
+        let free: u32 = self
+            .workers
+            .values()
+            .filter(|w| w.group == group && !w.draining)
+            .map(|w| w.slots.saturating_sub(w.inflight))
+            .sum();
+        metrics::gauge!(crate::metrics::FREE_SLOTS, "group" => group.to_string()).set(f64::from(free));
     }
 }
 
@@ -217,20 +229,27 @@ impl WorkerDirectory {
         if let Some(w) = st.workers.get_mut(&chosen) {
             w.inflight += 1;
         }
+        st.count_free_slots(group);
         Some(chosen)
     }
 
     /// `addr` answered DRAINING: no more dispatches to it until it leaves and joins again.
     pub fn drain(&self, addr: &str) {
-        if let Some(w) = self.state().workers.get_mut(addr) {
+        let mut st = self.state();
+        if let Some(w) = st.workers.get_mut(addr) {
             w.draining = true;
+            let group = w.group.clone();
+            st.count_free_slots(&group);
         }
     }
 
     /// Counts an attempt already on `addr` (found dispatched or running when a run resumes).
     pub fn reserve(&self, addr: &str) {
-        if let Some(w) = self.state().workers.get_mut(addr) {
+        let mut st = self.state();
+        if let Some(w) = st.workers.get_mut(addr) {
             w.inflight += 1;
+            let group = w.group.clone();
+            st.count_free_slots(&group);
         }
     }
 
@@ -246,7 +265,9 @@ impl WorkerDirectory {
         let mut st = self.state();
         let w = st.workers.get_mut(addr)?;
         w.inflight = w.inflight.saturating_sub(1);
-        Some(w.group.clone())
+        let group = w.group.clone();
+        st.count_free_slots(&group);
+        Some(group)
     }
 
     fn next_random(&self) -> u64 {
