@@ -77,14 +77,7 @@ where
                         humantime_secs(timeout)
                     ));
                 }
-                // up to a quarter more or less, from the clock's nanoseconds
-                let base = backoff.delay(failures - 1);
-                let jitter = f64::from(
-                    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos())
-                        % 1000,
-                ) / 2000.0
-                    - 0.25;
-                let delay = base.mul_f64(1.0 + jitter).min(deadline - now);
+                let delay = porpoise_runtime::retry_delay(&backoff, failures - 1).min(deadline - now);
                 tracing::warn!(failures, error = %e, retry_in = ?delay, "{what}: not reachable yet; waiting");
                 tokio::time::sleep(delay).await;
             }

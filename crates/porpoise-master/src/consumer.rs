@@ -48,7 +48,7 @@ pub(crate) async fn run(shared: Arc<Shared>) {
                 failures += 1;
                 m::database_error("claim_commands", &e);
                 warn!(error = %e, failures, "cannot claim commands; retrying");
-                tokio::time::sleep(backoff.delay(failures - 1)).await;
+                tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
                 continue;
             }
         }
@@ -123,7 +123,7 @@ async fn start(shared: Arc<Shared>, command: Command) {
             Err(StartError::Retry(e)) => {
                 failures += 1;
                 warn!(command_id = command.id, error = %e, failures, "cannot start the run yet; retrying");
-                tokio::time::sleep(backoff.delay(failures - 1)).await;
+                tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
             }
             Err(StartError::Fatal(e)) => {
                 error!(command_id = command.id, error = %e, "cannot start the run");
@@ -154,7 +154,7 @@ pub(crate) async fn resume_own_runs(shared: Arc<Shared>) {
                 failures += 1;
                 m::database_error("resume_runs", &e);
                 warn!(error = %e, failures, "cannot list this master's unfinished runs; retrying");
-                tokio::time::sleep(backoff.delay(failures - 1)).await;
+                tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
             }
         }
     };
@@ -179,7 +179,7 @@ pub(crate) fn spawn_runner(shared: &Arc<Shared>, instance: WorkflowInstance) {
                 Err(StartError::Retry(e)) => {
                     failures += 1;
                     warn!(run_id = instance.id, error = %e, failures, "cannot start the run's runner yet; retrying");
-                    tokio::time::sleep(backoff.delay(failures - 1)).await;
+                    tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
                 }
                 Err(StartError::Fatal(e)) => {
                     error!(run_id = instance.id, error = %e, "cannot start the run's runner");

@@ -144,7 +144,7 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
                 // FULL (its slots are taken by other masters' tasks too) or an unknown answer
                 metrics::counter!(m::TASKS_DISPATCH_FAILED, "reason" => "full").increment(1);
                 debug!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, message = %r.message, "worker refused the task; requeueing");
-                requeue(&task, &worker, backoff.delay(failures)).await;
+                requeue(&task, &worker, porpoise_runtime::retry_delay(&backoff, failures)).await;
                 return;
             }
             Err(e) => {
@@ -156,7 +156,7 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
                     return;
                 }
                 warn!(run_id = task.workflow_instance_id, task_instance_id = task.task_instance_id, attempt = task.attempt, workflow = %task.workflow_name, task = %task.task_name, %worker, error = %e, failures, "dispatch unanswered; resending");
-                tokio::time::sleep(backoff.delay(failures - 1)).await;
+                tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
             }
         }
     }

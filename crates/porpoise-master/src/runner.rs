@@ -233,7 +233,7 @@ impl Runner {
                     if failures == STALL_AFTER {
                         self.shared.set_stall(id, format!("stalled loading the run: {e}"));
                     }
-                    tokio::time::sleep(self.shared.event_backoff.delay(failures - 1)).await;
+                    tokio::time::sleep(porpoise_runtime::retry_delay(&self.shared.event_backoff, failures - 1)).await;
                     if self.shared.draining.is_cancelled() {
                         self.shared.clear_stall(id);
                         return false; // the master stops: the next owner loads it
@@ -600,7 +600,7 @@ impl Runner {
     /// stalled at [`STALL_AFTER`] failures, and waits before the retry.
     async fn wait_to_retry(&self, kind: &'static str, failures: u32, reason: &str, after: Option<Duration>) {
         metrics::counter!(m::STATE_EVENTS_RETRIED, "kind" => kind).increment(1);
-        let delay = after.unwrap_or_else(|| self.shared.event_backoff.delay(failures - 1));
+        let delay = after.unwrap_or_else(|| porpoise_runtime::retry_delay(&self.shared.event_backoff, failures - 1));
         error!(
             run_id = self.instance.id,
             kind,
@@ -798,6 +798,6 @@ pub(crate) async fn record_dead_letter(
         failures += 1;
         m::database_error("dead_letter", &e);
         error!(error = %e, failures, "cannot record a dead letter; retrying");
-        tokio::time::sleep(backoff.delay(failures - 1)).await;
+        tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
     }
 }

@@ -137,14 +137,14 @@ impl EtcdRegistry {
                                 Err(e) => {
                                     failures += 1;
                                     warn!(%key, error = %e, "cannot register again; retrying");
-                                    tokio::time::sleep(backoff.delay(failures)).await;
+                                    tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures)).await;
                                 }
                             }
                         }
                         Err(e) => {
                             failures += 1;
                             warn!(%key, lease, error = %e, failures, "cannot renew registry lease");
-                            tokio::time::sleep(backoff.delay(failures)).await;
+                            tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures)).await;
                         }
                     }
                 }
@@ -298,7 +298,7 @@ impl EtcdRegistry {
                 }
                 failures += 1;
                 warn!(%prefix, error = %e, "registry watch broke; listing again");
-                tokio::time::sleep(backoff.delay(failures)).await;
+                tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures)).await;
             }
             if tx.is_closed() {
                 return;

@@ -194,7 +194,7 @@ async fn deliver(
             failures = 0;
         } else {
             failures += 1;
-            let delay = backoff.delay(failures.saturating_sub(1));
+            let delay = porpoise_runtime::retry_delay(&backoff, failures.saturating_sub(1));
             debug!(?delay, queued = queue.len(), "events not all ACKed; backing off");
             // keep accepting new events while waiting
             let sleep = tokio::time::sleep(delay);
