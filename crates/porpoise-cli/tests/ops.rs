@@ -168,6 +168,13 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     let body = until_status(&master_ops, "/readyz", 503, "the master is not ready without Postgres").await;
     assert!(body.contains("database"), "{body}");
     assert_eq!(get(&master_ops, "/healthz").await.0, 200, "still alive");
+    // gRPC probes see the same: NOT_SERVING overall while not ready
+    let not_serving = tonic_health::pb::health_check_response::ServingStatus::NotServing as i32;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while grpc_health(&master_addr, "").await != not_serving {
+        assert!(Instant::now() < deadline, "the gRPC health status never followed readiness");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     // the outage is counted: the schedules' looks fail meanwhile
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -185,6 +192,11 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     }
     pg.restart();
     until_status(&master_ops, "/readyz", 200, "the master is ready again with Postgres back").await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while grpc_health(&master_addr, "").await != serving {
+        assert!(Instant::now() < deadline, "the gRPC health status never came back to SERVING");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // both daemons' metrics pass Prometheus's own lint, and say what happened
     for ops in [&master_ops, &worker_ops] {

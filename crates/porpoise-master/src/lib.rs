@@ -265,6 +265,22 @@ pub struct ReadyProbe {
     lease_ttl: Duration,
 }
 
+/// How often the gRPC health status is brought in line with readiness.
+const HEALTH_EVERY: Duration = Duration::from_secs(2);
+
+/// Runs until the master stops: the overall gRPC health status follows readiness (SERVING
+/// while ready, NOT_SERVING while not), so gRPC probes see what `/readyz` sees.
+async fn follow_readiness(probe: ReadyProbe, health: tonic_health::server::HealthReporter) {
+    loop {
+        let status = match probe.check().await {
+            Ok(()) => tonic_health::ServingStatus::Serving,
+            Err(_) => tonic_health::ServingStatus::NotServing,
+        };
+        health.set_service_status("", status).await;
+        tokio::time::sleep(HEALTH_EVERY).await;
+    }
+}
+
 /// How long a readiness check waits for the database.
 const READY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -370,7 +386,9 @@ impl MasterHandle {
         spawner.spawn(consumer::resume_own_runs(shared.clone()));
         spawner.spawn(consumer::run(shared.clone()));
         info!(%addr, "master started");
-        Ok(MasterHandle { addr, registration, spawner, shared, lease_ttl: config.lease_ttl, health })
+        let handle = MasterHandle { addr, registration, spawner, shared, lease_ttl: config.lease_ttl, health };
+        handle.spawner.spawn(follow_readiness(handle.ready_probe(), handle.health.clone()));
+        Ok(handle)
     }
 
     /// Stops the master: it claims and dispatches nothing more, each runner finishes the event

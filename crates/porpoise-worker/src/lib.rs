@@ -204,6 +204,12 @@ impl WorkerHandle {
         spawner.spawn(publish_heartbeats(server.clone(), registration.clone(), config.lease_ttl));
         spawner.spawn(sample_gauges(server.clone(), config.data_dir.join(journal::FILE)));
         spawner.spawn(probe_data_dir(server.clone(), config.data_dir.clone()));
+        let probe = ReadyProbe {
+            server: server.clone(),
+            registration: Some(registration.clone()),
+            lease_ttl: config.lease_ttl,
+        };
+        spawner.spawn(follow_readiness(probe, health.clone()));
         spawner.spawn(fence::run(server.clone(), registry, registration.clone(), config.lease_ttl, addr.clone()));
         Ok(WorkerHandle {
             addr,
@@ -291,6 +297,20 @@ async fn publish_heartbeats(server: Arc<WorkerServer>, registration: Arc<Registr
         if let Err(e) = registration.update(server.heartbeat()).await {
             warn!(error = %e, "cannot publish the worker heartbeat");
         }
+    }
+}
+
+/// Runs until the worker stops: the overall gRPC health status follows readiness (SERVING while
+/// it can take tasks, NOT_SERVING while not), so gRPC probes see what `/readyz` sees.
+async fn follow_readiness(probe: ReadyProbe, health: tonic_health::server::HealthReporter) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tick.tick().await;
+        let status = match probe.check() {
+            Ok(()) => tonic_health::ServingStatus::Serving,
+            Err(_) => tonic_health::ServingStatus::NotServing,
+        };
+        health.set_service_status("", status).await;
     }
 }
 
