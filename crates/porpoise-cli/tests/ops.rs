@@ -39,6 +39,14 @@ impl Drop for Daemon {
     }
 }
 
+/// A master's arguments: serving on `addr` and `/metrics` on `ops`, on database `url`, then `rest`.
+fn master_args(addr: &str, url: String, ops: &str, rest: &[String]) -> Vec<String> {
+    let mut args = vec!["--listen".to_string(), addr.to_string(), "--database-url".into(), url];
+    args.extend(["--metrics-listen".to_string(), ops.to_string()]);
+    args.extend(rest.iter().cloned());
+    args
+}
+
 /// `GET path` on `addr`: (status, body); (0, "") when nothing answers.
 async fn get(addr: &str, path: &str) -> (u16, String) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -107,15 +115,7 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
         "--log-format".into(),
         "json".into(),
     ];
-    let mut master_args = vec![
-        "--listen".to_string(),
-        master_addr.clone(),
-        "--database-url".into(),
-        url,
-        "--metrics-listen".into(),
-        master_ops.clone(),
-    ];
-    master_args.extend(common.iter().cloned());
+    let master_args = master_args(&master_addr, url, &master_ops, &common);
     let master = Daemon::start(env!("CARGO_BIN_EXE_porpoise-master"), &master_args, dir.path().join("master.log"));
     let mut worker_args = vec![
         "--listen".to_string(),
@@ -342,15 +342,7 @@ async fn a_worker_that_cannot_write_its_data_directory_takes_no_tasks_and_says_w
     let worker_ops = format!("127.0.0.1:{}", free_port());
     let registry =
         ["--etcd".to_string(), etcd.endpoint(), "--etcd-root".into(), root, "--lease-ttl-secs".into(), "3".into()];
-    let mut master_args = vec![
-        "--listen".to_string(),
-        master_addr.clone(),
-        "--database-url".into(),
-        url,
-        "--metrics-listen".into(),
-        master_ops.clone(),
-    ];
-    master_args.extend(registry.iter().cloned());
+    let master_args = master_args(&master_addr, url, &master_ops, &registry);
     let _master = Daemon::start(env!("CARGO_BIN_EXE_porpoise-master"), &master_args, dir.path().join("master.log"));
     // the worker runs as an unprivileged user, so a read-only directory stops it
     let data = dir.path().join("worker");

@@ -1241,11 +1241,8 @@ macro_rules! impl_store {
                 let decisions = decide(&snapshot);
                 let mut out = $crate::Released::default();
                 for d in decisions.runs {
-                    let (d, ended) = match d {
-                        Decision::Discard { run, reason } => (Decision::Stop { run, reason }, "discarded"),
-                        other => (other, "stopped"),
-                    };
-                    match d {
+                    // a held run either goes, or ends without running
+                    let (run, reason, ended, list) = match d {
                         Decision::Release(id) => {
                             let done = sqlx::query::<$db>(
                                 "UPDATE workflow_instance SET state = 'submitted', updated_at = $1 \
@@ -1259,23 +1256,27 @@ macro_rules! impl_store {
                                 Self::start_command_on(&mut tx, id).await?;
                                 out.released.push(id);
                             }
+                            continue;
                         }
-                        Decision::Discard { run, reason } | Decision::Stop { run, reason } => {
-                            let discard = ended == "discarded";
-                            let done = sqlx::query::<$db>(
-                                "UPDATE workflow_instance SET state = $1, state_reason = $2, ended_at = $3, \
-                                 updated_at = $3 WHERE id = $4 AND state = 'waiting'",
-                            )
-                            .bind(ended)
-                            .bind(&reason)
-                            .bind(t)
-                            .bind(run)
-                            .execute(&mut *tx)
-                            .await?;
-                            if done.rows_affected() == 1 {
-                                if discard { out.discarded.push(run) } else { out.stopped.push(run) }
-                            }
+                        Decision::Discard { run, reason } => {
+                            (run, reason, porpoise_core::ExecutionState::Discarded, &mut out.discarded)
                         }
+                        Decision::Stop { run, reason } => {
+                            (run, reason, porpoise_core::ExecutionState::Stopped, &mut out.stopped)
+                        }
+                    };
+                    let done = sqlx::query::<$db>(
+                        "UPDATE workflow_instance SET state = $1, state_reason = $2, ended_at = $3, \
+                         updated_at = $3 WHERE id = $4 AND state = 'waiting'",
+                    )
+                    .bind(ended.as_str())
+                    .bind(&reason)
+                    .bind(t)
+                    .bind(run)
+                    .execute(&mut *tx)
+                    .await?;
+                    if done.rows_affected() == 1 {
+                        list.push(run);
                     }
                 }
                 for end in decisions.backfills {
