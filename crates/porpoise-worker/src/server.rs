@@ -237,8 +237,10 @@ impl WorkerServer {
                 seconds,
                 "task finished"
             );
-            this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
+            // the result is queued (pending) before the attempt stops counting as running, so a
+            // stopping worker never sees neither and leaves the registry before reporting it
             this.reporter.send(&master, event(task_event::Kind::Result(result)));
+            this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
         });
     }
 }
