@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing::warn;
 
 /// Histogram buckets, in seconds: from dispatch latencies of milliseconds to tasks of hours.
@@ -20,6 +20,11 @@ const BUCKETS: [f64; 19] = [
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0, 3600.0, 7200.0,
     14400.0,
 ];
+
+/// Buckets for the master's latencies (dispatch, state-event handling, takeover), in seconds:
+/// from half a millisecond up.
+const LATENCY_BUCKETS: [f64; 15] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// The build's version and commit, as labels of a gauge that is always 1.
 pub const BUILD_INFO: &str = "porpoise_build_info";
@@ -56,10 +61,7 @@ impl OpsHandle {
 /// Installs the Prometheus recorder (so the daemon's metrics are recorded from its start) and
 /// serves on `addr` in the background.
 pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
-    let metrics = PrometheusBuilder::new()
-        .set_buckets(&BUCKETS)
-        .and_then(|b| b.install_recorder())
-        .map_err(|e| format!("cannot record metrics: {e}"))?;
+    let metrics = install_recorder().map_err(|e| format!("cannot record metrics: {e}"))?;
     metrics::describe_gauge!(BUILD_INFO, "Always 1: the version and git commit of this binary, as labels");
     let process = Arc::new(metrics_process::Collector::default());
     process.describe();
@@ -79,6 +81,14 @@ pub async fn serve(addr: SocketAddr) -> Result<OpsHandle, String> {
         }
     });
     Ok(OpsHandle { ready })
+}
+
+fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+    let mut builder = PrometheusBuilder::new().set_buckets(&BUCKETS)?;
+    for name in porpoise_master::metrics::LATENCIES {
+        builder = builder.set_buckets_for_metric(Matcher::Full(name.to_string()), &LATENCY_BUCKETS)?;
+    }
+    builder.install_recorder()
 }
 
 async fn metrics_text(State(ops): State<Ops>) -> String {

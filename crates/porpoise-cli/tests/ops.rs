@@ -179,12 +179,7 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let (_, text) = get(&master_ops, "/metrics").await;
-        let errors: f64 = text
-            .lines()
-            .find_map(|l| l.strip_prefix("porpoise_database_errors_total{operation=\"fire_schedules\"} "))
-            .and_then(|v| v.trim().parse().ok())
-            .unwrap_or(0.0);
-        if errors > 0.0 {
+        if sample(&text, "porpoise_database_errors_total{operation=\"fire_schedules\"}") > 0.0 {
             break;
         }
         assert!(Instant::now() < deadline, "database errors were never counted: {text}");
@@ -211,6 +206,18 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
     }
     let (_, master_metrics) = get(&master_ops, "/metrics").await;
     assert!(master_metrics.contains("porpoise_free_slots{group=\"default\"} 16"), "{master_metrics}");
+    assert!(master_metrics.contains("porpoise_task_queue_depth{priority=\"medium\"} 0"), "{master_metrics}");
+    // state-event latencies have buckets below a millisecond
+    assert!(
+        master_metrics.contains("porpoise_state_event_seconds_bucket{kind=\"task_state_change\",le=\"0.0005\"}"),
+        "{master_metrics}"
+    );
+    // both daemons renew their etcd leases (every second with a 3 s TTL), and say so
+    for text in [&master_metrics, &get(&worker_ops, "/metrics").await.1] {
+        let renewed = sample(text, "porpoise_registry_lease_renewals_total{outcome=\"renewed\"}");
+        assert!(renewed >= 1.0, "{text}");
+        assert_eq!(sample(text, "porpoise_registry_reregistrations_total"), 0.0, "{text}");
+    }
     assert!(
         master_metrics.contains("porpoise_workflow_instance_duration_seconds_bucket{state=\"success\",le=\"0.5\"}"),
         "{master_metrics}"
@@ -252,6 +259,14 @@ async fn daemons_wait_for_etcd_and_say_when_they_are_ready() {
             && l["outcome"] == "success"),
         "{worker_lines:#?}"
     );
+}
+
+/// The value of the metric sample `name{labels}` in `text`; fails when there is none.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no sample {name} in:\n{text}"))
 }
 
 /// `promtool check metrics` on `text`: fails the test with promtool's findings.
@@ -310,6 +325,7 @@ fn the_dashboard_and_the_alerts_use_only_metrics_the_daemons_export() {
     let known: Vec<&str> = porpoise_master::metrics::ALL
         .iter()
         .chain(porpoise_worker::metrics::ALL)
+        .chain(porpoise_registry::metrics::ALL)
         .copied()
         .chain([porpoise_cli::ops::BUILD_INFO])
         .collect();

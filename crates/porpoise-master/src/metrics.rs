@@ -34,6 +34,12 @@ pub const STATE_EVENTS_DROPPED: &str = "porpoise_state_events_dropped_total";
 pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
+pub const STATE_EVENT_SECONDS: &str = "porpoise_state_event_seconds";
+pub const QUEUE_DEPTH: &str = "porpoise_task_queue_depth";
+
+/// The latency histograms, whose buckets start below a millisecond (durations use the
+/// daemon's default buckets, from 10 ms to hours).
+pub const LATENCIES: [&str; 3] = [DISPATCH_SECONDS, STATE_EVENT_SECONDS, TAKEOVER_SECONDS];
 
 /// The operations [`DATABASE_ERRORS`] counts, as its label values.
 pub const DATABASE_OPERATIONS: [&str; 10] = [
@@ -90,12 +96,15 @@ pub const ALL: &[&str] = &[
     WORKFLOWS_STALLED,
     TASK_EVENTS_REJECTED,
     DISPATCH_SECONDS,
+    STATE_EVENT_SECONDS,
+    QUEUE_DEPTH,
 ];
 
 /// Registers every metric's description with the installed recorder, and every counter and
 /// gauge at 0 for its known labels, so a scrape shows them before anything happened.
 pub fn describe() {
     register_at_zero();
+    porpoise_registry::metrics::describe();
     describe_counter!(COMMANDS_CONSUMED, "Commands claimed from the database");
     describe_counter!(WORKFLOWS_SUBMITTED, "Workflow instances this master started");
     describe_counter!(WORKFLOWS_FINISHED, "Workflow instances finished, by state");
@@ -122,7 +131,11 @@ pub fn describe() {
         FAILOVERS,
         "Failovers this master carried out, by kind: runs taken over from a lost master, workers whose attempts were failed over"
     );
-    describe_histogram!(TAKEOVER_SECONDS, "Time of the conditional write that takes one run of a lost master over");
+    describe_histogram!(
+        TAKEOVER_SECONDS,
+        metrics::Unit::Seconds,
+        "Time of the conditional write that takes one run of a lost master over"
+    );
     describe_counter!(
         REGISTRATIONS_LOST,
         "Times this master's registry lease ended under it (a pause, a partition): it stopped dispatching until registered again"
@@ -139,7 +152,16 @@ pub fn describe() {
     describe_counter!(STATE_EVENTS_DROPPED, "State events dropped and dead-lettered, by kind");
     describe_gauge!(WORKFLOWS_STALLED, "Workflow instances whose event handling keeps failing");
     describe_counter!(TASK_EVENTS_REJECTED, "Malformed task events received from workers");
-    describe_histogram!(DISPATCH_SECONDS, "Time from queueing a task to a worker accepting it");
+    describe_histogram!(DISPATCH_SECONDS, metrics::Unit::Seconds, "Time from queueing a task to a worker accepting it");
+    describe_histogram!(
+        STATE_EVENT_SECONDS,
+        metrics::Unit::Seconds,
+        "Time a runner took to handle one state event, database writes and retries included, by kind"
+    );
+    describe_gauge!(
+        QUEUE_DEPTH,
+        "Task attempts queued on this master for dispatch (ready, or waiting for a worker of their group), by workflow priority"
+    );
 }
 
 fn register_at_zero() {
@@ -172,6 +194,9 @@ fn register_at_zero() {
         |s: &porpoise_core::ExecutionState| s.is_terminal() && *s != porpoise_core::ExecutionState::Discarded;
     for state in porpoise_core::ExecutionState::ALL.into_iter().filter(task_end) {
         counter!(TASKS_FINISHED, "state" => state.as_str()).increment(0);
+    }
+    for priority in porpoise_core::Priority::ALL {
+        gauge!(QUEUE_DEPTH, "priority" => priority.as_str()).increment(0.0);
     }
     gauge!(WORKERS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
     gauge!(FREE_SLOTS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);

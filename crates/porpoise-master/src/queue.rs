@@ -41,6 +41,32 @@ struct State {
     parked: HashMap<String, TaskPriorityQueue<QueuedTask>>,
     /// (task instance, attempt) queued or parked: a second push is ignored.
     present: HashSet<(i64, i32)>,
+    /// Tasks queued or parked, by their workflow priority's rank.
+    depth: [usize; Priority::ALL.len()],
+}
+
+impl State {
+    /// Takes `task` in unless it is already here.
+    fn admit(&mut self, task: &QueuedTask) -> bool {
+        if !self.present.insert((task.task_instance_id, task.attempt)) {
+            return false;
+        }
+        self.count(task.workflow_priority, 1);
+        true
+    }
+
+    /// Lets `task` go (popped for dispatch, or taken out of the waiting).
+    fn release(&mut self, task: &QueuedTask) {
+        if self.present.remove(&(task.task_instance_id, task.attempt)) {
+            self.count(task.workflow_priority, -1);
+        }
+    }
+
+    fn count(&mut self, priority: Priority, change: isize) {
+        let depth = &mut self.depth[priority.rank() as usize];
+        *depth = depth.saturating_add_signed(change);
+        metrics::gauge!(crate::metrics::QUEUE_DEPTH, "priority" => priority.as_str()).set(*depth as f64);
+    }
 }
 
 /// The queue shared by runners (push) and the dispatcher (pop).
@@ -63,7 +89,7 @@ impl DispatchQueue {
 
     pub fn push(&self, task: QueuedTask) {
         let mut st = self.state();
-        if !st.present.insert((task.task_instance_id, task.attempt)) {
+        if !st.admit(&task) {
             return;
         }
         st.ready.push(task.workflow_priority, task.task_priority, 0, task);
@@ -90,7 +116,7 @@ impl DispatchQueue {
             {
                 let mut st = self.state();
                 if let Some(t) = st.ready.pop() {
-                    st.present.remove(&(t.task_instance_id, t.attempt));
+                    st.release(&t);
                     return t;
                 }
             }
@@ -101,7 +127,7 @@ impl DispatchQueue {
     /// Parks `task` until its group has a free worker. Returns how many tasks are parked.
     pub fn park(&self, task: QueuedTask) -> usize {
         let mut st = self.state();
-        if !st.present.insert((task.task_instance_id, task.attempt)) {
+        if !st.admit(&task) {
             return st.parked.values().map(TaskPriorityQueue::len).sum();
         }
         let group = task.worker_group.clone();
@@ -128,7 +154,7 @@ impl DispatchQueue {
             queue.push(t.workflow_priority, t.task_priority, 0, t);
         }
         for t in &taken {
-            st.present.remove(&(t.task_instance_id, t.attempt));
+            st.release(t);
         }
         let parked = st.parked.values().map(TaskPriorityQueue::len).sum::<usize>();
         drop(st);

@@ -307,6 +307,7 @@ impl Runner {
             }
         };
         let kind = event.kind().as_str();
+        let began = Instant::now();
         let mut failures = 0u32;
         loop {
             let result = match self.workflow.apply(&self.run, &event, Utc::now()) {
@@ -367,6 +368,7 @@ impl Runner {
             }
         }
         let failures = self.advance_until_done(&event, failures).await;
+        metrics::histogram!(m::STATE_EVENT_SECONDS, "kind" => kind).record(began.elapsed().as_secs_f64());
         if failures >= STALL_AFTER {
             self.shared.clear_stall(self.instance.id);
         }

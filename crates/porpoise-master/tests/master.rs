@@ -272,6 +272,14 @@ mod queue {
             .run("name: idle\npriority: lowest\ntasks:\n  - { name: i-highest, command: 'true', priority: highest, worker_group: one }\n")
             .await;
         tasks_waiting(&cluster, 7).await;
+        // the queue's depth by workflow priority: five medium, one high, one lowest
+        for (priority, depth) in [("highest", 0.0), ("high", 1.0), ("medium", 5.0), ("low", 0.0), ("lowest", 1.0)] {
+            assert_eq!(
+                cluster.metric(&format!("porpoise_task_queue_depth{{priority=\"{priority}\"}}")),
+                depth,
+                "{priority}"
+            );
+        }
         let w = cluster.worker("one", 1).await;
         for n in 1..=7 {
             let accepted = w.wait_accepted(n).await;
@@ -285,6 +293,9 @@ mod queue {
             ["u-lowest", "m-highest", "m-high", "m-medium", "m-low", "m-lowest", "i-highest"],
             "the workflow's priority first, then the task's"
         );
+        for priority in ["high", "medium", "lowest"] {
+            assert_eq!(cluster.metric(&format!("porpoise_task_queue_depth{{priority=\"{priority}\"}}")), 0.0);
+        }
     }
 }
 

@@ -121,14 +121,17 @@ impl EtcdRegistry {
                 _ = tick.tick() => {
                     match keep_alive.renew(&mut client, lease).await {
                         Ok(true) => {
+                            crate::metrics::renewal("renewed");
                             failures = 0;
                             confirmed();
                         }
                         Ok(false) => {
+                            crate::metrics::renewal("lost");
                             warn!(%key, lease, "registry lease lost");
                             let Some(v) = &value else { return };
                             match self.grant_and_put(&key, v, ttl).await {
                                 Ok(new) => {
+                                    crate::metrics::reregistered();
                                     lease = new;
                                     failures = 0;
                                     confirmed();
@@ -142,6 +145,7 @@ impl EtcdRegistry {
                             }
                         }
                         Err(e) => {
+                            crate::metrics::renewal("failed");
                             failures += 1;
                             warn!(%key, lease, error = %e, failures, "cannot renew registry lease");
                             tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures)).await;

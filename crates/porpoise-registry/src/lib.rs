@@ -9,6 +9,7 @@
 pub mod etcd;
 /// The in-memory registry.
 pub mod memory;
+pub mod metrics;
 /// Members, heartbeats, events and the registry's error type.
 pub mod types;
 

@@ -199,10 +199,14 @@ impl Registry for MemoryRegistry {
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
-                        if !registry.renew_member(&path, token, ttl) {
+                        if registry.renew_member(&path, token, ttl) {
+                            crate::metrics::renewal("renewed");
+                        } else {
                             // the lease expired while we were away: register again
+                            crate::metrics::renewal("lost");
                             registry.put_member(Member { key: member_key.clone(), heartbeat: heartbeat.clone() }, token, ttl);
                             registry.inner.changed.notify_waiters();
+                            crate::metrics::reregistered();
                         }
                         renewed_tx.send_replace(Instant::now());
                     }

@@ -52,4 +52,5 @@ pub fn register(slots: u32) {
     counter!(EVENT_RESENDS).increment(0);
     gauge!(JOURNAL_BYTES).set(0.0);
     gauge!(DATA_DIR_WRITABLE).set(1.0);
+    porpoise_registry::metrics::describe();
 }
