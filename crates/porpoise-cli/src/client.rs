@@ -15,6 +15,7 @@ use porpoise_proto::v1::{
 use tonic::Code;
 use tonic::transport::Channel;
 
+use crate::table::Table;
 use crate::{EXIT_INVALID, errln, fail, outln, output};
 
 /// The server the CLI talks to when neither `--server` nor `PORPOISE_SERVER` says otherwise.
@@ -88,12 +89,29 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
     Ok(())
 }
 
-/// `porpoise workflow list`
-pub async fn list(server: &str) -> Result<(), ClientError> {
+/// `porpoise workflow list [--json]`
+pub async fn list(server: &str, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_workflows(ListWorkflowsRequest {}).await.map_err(from_status)?.into_inner();
-    outln!("{:<32} {:>7} {:>6}  {:<36} NEXT FIRE", "WORKFLOW", "VERSION", "TASKS", "SCHEDULE")?;
-    for w in reply.workflows {
+    if json {
+        let all: Vec<serde_json::Value> = reply
+            .workflows
+            .iter()
+            .map(|w| {
+                serde_json::json!({
+                    "name": w.name,
+                    "version": w.version,
+                    "tasks": w.task_count,
+                    "updated_at_ms": w.updated_at_ms,
+                    "schedule": w.schedule.as_ref().map(crate::schedule::to_json),
+                })
+            })
+            .collect();
+        outln!("{:#}", serde_json::Value::Array(all))?;
+        return Ok(());
+    }
+    let mut table = Table::new(&["WORKFLOW", "VERSION>", "TASKS>", "SCHEDULE", "NEXT FIRE"]);
+    for w in &reply.workflows {
         let (schedule, next) = match &w.schedule {
             None => ("-".to_string(), "-".to_string()),
             Some(s) => {
@@ -101,9 +119,9 @@ pub async fn list(server: &str) -> Result<(), ClientError> {
                 (format!("{} {}{paused}", s.cron, s.timezone), time(s.next_fire_ms))
             }
         };
-        outln!("{:<32} {:>7} {:>6}  {:<36} {}", w.name, w.version, w.task_count, schedule, next)?;
+        table.row([w.name.clone(), w.version.to_string(), w.task_count.to_string(), schedule, next]);
     }
-    Ok(())
+    table.print()
 }
 
 /// Parses `k=v` params.
@@ -230,32 +248,22 @@ pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientE
     if run.awaiting_takeover {
         outln!("  waiting to be taken over: its master {} is gone", run.owner)?;
     }
-    outln!(
-        "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
-        "ID",
-        "TASK",
-        "STATE",
-        "ATTEMPT",
-        "WORKER",
-        "EXIT",
-        "STARTED",
-        "ENDED"
-    )?;
+    let mut table = Table::new(&["ID>", "TASK", "STATE", "ATTEMPT>", "WORKER", "EXIT>", "STARTED", "ENDED"]);
     for t in &reply.tasks {
         let exit = t.exit_code.map_or("-".to_string(), |c| c.to_string());
         let worker = if t.worker_addr.is_empty() { "-" } else { &t.worker_addr };
-        outln!(
-            "{:>10}  {:<24} {:<22} {:>7}  {:<21} {:>4}  {:<24} {:<24}",
-            t.task_instance_id,
-            t.task_name,
-            t.state,
-            t.attempt,
-            worker,
+        table.row([
+            t.task_instance_id.to_string(),
+            t.task_name.clone(),
+            t.state.clone(),
+            t.attempt.to_string(),
+            worker.to_string(),
             exit,
             time(t.started_at_ms),
-            time(t.ended_at_ms)
-        )?;
+            time(t.ended_at_ms),
+        ]);
     }
+    table.print()?;
     for t in reply.tasks.iter().filter(|t| !t.waiting_for.is_empty()) {
         outln!("  waiting: task {} ({}) waits for {}", t.task_name, t.task_instance_id, t.waiting_for)?;
     }
@@ -345,11 +353,17 @@ pub async fn task_groups(server: &str, json: bool) -> Result<(), ClientError> {
         outln!("{:#}", serde_json::Value::Array(groups))?;
         return Ok(());
     }
-    outln!("{:<32} {:>6} {:>6} {:>8}  DESCRIPTION", "TASK GROUP", "SLOTS", "USED", "WAITING")?;
+    let mut table = Table::new(&["TASK GROUP", "SLOTS>", "USED>", "WAITING>", "DESCRIPTION"]);
     for g in &reply.groups {
-        outln!("{:<32} {:>6} {:>6} {:>8}  {}", g.name, g.slots, g.used, g.waiting, g.description)?;
+        table.row([
+            g.name.clone(),
+            g.slots.to_string(),
+            g.used.to_string(),
+            g.waiting.to_string(),
+            g.description.clone(),
+        ]);
     }
-    Ok(())
+    table.print()
 }
 
 /// `porpoise taskgroup delete NAME`
@@ -415,26 +429,33 @@ pub async fn runs(
         outln!("{:#}", serde_json::Value::Array(runs))?;
         return Ok(());
     }
-    outln!("{:>8}  {:<32} {:>7}  {:<10} {:<24} {:<24}", "RUN", "WORKFLOW", "VERSION", "STATE", "STARTED", "ENDED")?;
+    let mut table = Table::new(&["RUN>", "WORKFLOW", "VERSION>", "STATE", "STARTED", "ENDED"]);
     for r in &reply.runs {
-        outln!(
-            "{:>8}  {:<32} {:>7}  {:<10} {:<24} {:<24}",
-            r.run_id,
-            r.workflow_name,
-            r.workflow_version,
-            r.state,
+        table.row([
+            r.run_id.to_string(),
+            r.workflow_name.clone(),
+            r.workflow_version.to_string(),
+            r.state.clone(),
             time(r.started_at_ms),
-            time(r.ended_at_ms)
-        )?;
+            time(r.ended_at_ms),
+        ]);
     }
-    Ok(())
+    table.print()
 }
 
-/// `porpoise workflow show NAME [--version V]`: the stored spec, as applied.
-pub async fn show(server: &str, name: &str, version: Option<i32>) -> Result<(), ClientError> {
+/// `porpoise workflow show NAME [--version V] [--json]`: the stored spec, as applied (with
+/// `--json`: its name, version and the spec as a JSON object).
+pub async fn show(server: &str, name: &str, version: Option<i32>, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = GetWorkflowRequest { name: name.to_string(), version: version.unwrap_or(0) };
     let reply = client.get_workflow(request).await.map_err(from_status)?.into_inner();
+    if json {
+        let spec: serde_json::Value = serde_yaml_ng::from_str(&reply.spec_yaml)
+            .map_err(|e| ClientError::failed(format!("the server sent a spec that is not YAML: {e}")))?;
+        let out = serde_json::json!({ "name": reply.name, "version": reply.version, "spec": spec });
+        outln!("{out:#}")?;
+        return Ok(());
+    }
     output::bytes(reply.spec_yaml.as_bytes())?;
     if !reply.spec_yaml.ends_with('\n') {
         output::bytes(b"\n")?;

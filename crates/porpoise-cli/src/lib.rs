@@ -11,6 +11,8 @@ pub mod output;
 pub mod schedule;
 /// `porpoise standalone`: a master and a worker in one process on SQLite.
 pub mod standalone;
+/// The tables listings print: each column as wide as its widest cell.
+pub mod table;
 
 use std::process::ExitCode;
 

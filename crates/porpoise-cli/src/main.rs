@@ -151,12 +151,19 @@ enum WorkflowCommand {
         files: Vec<PathBuf>,
     },
     /// Lists the workflows on the server, newest version of each.
-    List,
+    List {
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
     /// Prints a stored workflow spec as it was applied (the newest version unless --version).
     Show {
         name: String,
         #[arg(long)]
         version: Option<i32>,
+        /// Prints the name, version and spec as JSON instead of the spec's YAML.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -211,7 +218,12 @@ enum ScheduleCommand {
         json: bool,
     },
     /// Prints a workflow's schedule as JSON.
-    Show { name: String },
+    Show {
+        name: String,
+        /// Prints JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Stops a schedule from firing until it is resumed.
     Pause { name: String },
     /// Lets a paused schedule fire again, from now on.
@@ -292,7 +304,7 @@ async fn async_main(cli: Cli) -> ExitCode {
     let result = match cli.command {
         Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
         Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
-        Command::Workflow { command: WorkflowCommand::List } => client::list(server).await,
+        Command::Workflow { command: WorkflowCommand::List { json } } => client::list(server, json).await,
         Command::Run { name, params, wait, priority } => {
             client::run(server, &name, &params, wait, priority.as_deref()).await
         }
@@ -340,7 +352,7 @@ async fn async_main(cli: Cli) -> ExitCode {
                 porpoise_cli::schedule::create(server, &name, new).await
             }
             ScheduleCommand::List { json } => porpoise_cli::schedule::list(server, json).await,
-            ScheduleCommand::Show { name } => porpoise_cli::schedule::show(server, &name).await,
+            ScheduleCommand::Show { name, json } => porpoise_cli::schedule::show(server, &name, json).await,
             ScheduleCommand::Pause { name } => porpoise_cli::schedule::pause(server, &name, true).await,
             ScheduleCommand::Resume { name } => porpoise_cli::schedule::pause(server, &name, false).await,
             ScheduleCommand::Delete { name } => porpoise_cli::schedule::delete(server, &name).await,
@@ -348,8 +360,8 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Runs { command: RunsCommand::List { workflow, state, limit, json } } => {
             client::runs(server, workflow.as_deref(), state.as_deref(), limit, json).await
         }
-        Command::Workflow { command: WorkflowCommand::Show { name, version } } => {
-            client::show(server, &name, version).await
+        Command::Workflow { command: WorkflowCommand::Show { name, version, json } } => {
+            client::show(server, &name, version, json).await
         }
         Command::Standalone { data_dir, listen, slots } => return standalone(data_dir, listen, slots).await,
         Command::Completions { .. } => Ok(()),

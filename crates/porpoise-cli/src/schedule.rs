@@ -8,6 +8,7 @@ use porpoise_proto::v1::{
 
 use crate::client::{ClientError, connect, from_status, parse_params, time};
 use crate::outln;
+use crate::table::Table;
 
 /// What `schedule create` is given.
 #[derive(Debug, Clone, Default)]
@@ -44,26 +45,38 @@ pub async fn list(server: &str, json: bool) -> Result<(), ClientError> {
         outln!("{:#}", serde_json::Value::Array(all))?;
         return Ok(());
     }
-    outln!("{:<32} {:<24} {:<20} {:<8} {:<7} NEXT FIRE", "WORKFLOW", "CRON", "TIME ZONE", "CATCHUP", "PAUSED")?;
+    let mut table = Table::new(&["WORKFLOW", "CRON", "TIME ZONE", "CATCHUP", "PAUSED", "NEXT FIRE"]);
     for s in &reply.schedules {
-        outln!(
-            "{:<32} {:<24} {:<20} {:<8} {:<7} {}",
-            s.workflow_name,
-            s.cron,
-            s.timezone,
-            s.catchup,
-            if s.paused { "yes" } else { "no" },
-            time(s.next_fire_ms)
-        )?;
+        table.row([
+            s.workflow_name.clone(),
+            s.cron.clone(),
+            s.timezone.clone(),
+            s.catchup.clone(),
+            (if s.paused { "yes" } else { "no" }).to_string(),
+            time(s.next_fire_ms),
+        ]);
     }
-    Ok(())
+    table.print()
 }
 
-/// `porpoise schedule show NAME`
-pub async fn show(server: &str, name: &str) -> Result<(), ClientError> {
+/// `porpoise schedule show NAME [--json]`
+pub async fn show(server: &str, name: &str, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let s = client.get_schedule(named(name)).await.map_err(from_status)?.into_inner();
-    outln!("{:#}", to_json(&s))?;
+    if json {
+        outln!("{:#}", to_json(&s))?;
+        return Ok(());
+    }
+    let bound = |ms: i64| if ms == 0 { "-".to_string() } else { time(ms) };
+    outln!("workflow:   {}", s.workflow_name)?;
+    outln!("cron:       {}", s.cron)?;
+    outln!("time zone:  {}", s.timezone)?;
+    outln!("start:      {}", bound(s.start_ms))?;
+    outln!("end:        {}", bound(s.end_ms))?;
+    outln!("catchup:    {}", s.catchup)?;
+    outln!("paused:     {}", if s.paused { "yes" } else { "no" })?;
+    outln!("set by:     {}", if s.from_spec { "the workflow's spec" } else { "porpoise schedule create" })?;
+    outln!("next fire:  {}", bound(s.next_fire_ms))?;
     Ok(())
 }
 
@@ -159,11 +172,11 @@ pub async fn backfill_status(server: &str, id: i64, json: bool) -> Result<(), Cl
     }
     let reason = if b.state_reason.is_empty() { String::new() } else { format!(": {}", b.state_reason) };
     outln!("backfill {} of {}: {}{reason}", b.backfill_id, b.workflow_name, b.state)?;
-    outln!("{:>8}  {:<24} {:<10} REASON", "RUN", "SCHEDULE TIME", "STATE")?;
+    let mut table = Table::new(&["RUN>", "SCHEDULE TIME", "STATE", "REASON"]);
     for r in &b.runs {
-        outln!("{:>8}  {:<24} {:<10} {}", r.run_id, time(r.schedule_time_ms), r.state, r.state_reason)?;
+        table.row([r.run_id.to_string(), time(r.schedule_time_ms), r.state.clone(), r.state_reason.clone()]);
     }
-    Ok(())
+    table.print()
 }
 
 fn backfill_json(b: &BackfillReply) -> serde_json::Value {

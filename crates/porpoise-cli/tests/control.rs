@@ -97,8 +97,27 @@ async fn a_stopped_run_kills_its_task_and_ends_stopped() {
     let (code, out, err) = cli(&d, &["workflow", "show", "sleepy"]);
     assert_eq!(code, 0, "{err}");
     assert_eq!(out, sleeper("sleepy", &dir));
+    let (code, out, err) = cli(&d, &["workflow", "show", "sleepy", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let shown: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(
+        (&shown["name"], &shown["version"], &shown["spec"]["tasks"][0]["name"]),
+        (&"sleepy".into(), &1.into(), &"sleep".into()),
+        "{out}"
+    );
     let (code, _, err) = cli(&d, &["workflow", "show", "sleepy", "--version", "7"]);
     assert_eq!(code, 2, "{err}");
+
+    // a name as long as a name may be (128) keeps its table's columns apart and aligned
+    let long = format!("long-{}", "x".repeat(123));
+    d.apply(&long, &format!("name: {long}\ntasks:\n  - {{ name: a, command: 'true' }}\n"));
+    let (code, out, err) = cli(&d, &["workflow", "list"]);
+    assert_eq!(code, 0, "{err}");
+    let header = out.lines().next().expect("a header");
+    let row = out.lines().find(|l| l.starts_with(&long)).expect("the long name, whole");
+    assert!(row[long.len()..].starts_with("  "), "{out}");
+    let version_ends = header.find("VERSION").expect("a VERSION column") + "VERSION".len();
+    assert_eq!(&row[version_ends - 1..version_ends], "1", "the version under its header, right-aligned:\n{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -195,6 +195,9 @@ async fn schedule_commands_make_list_pause_resume_and_delete() {
     assert!(err.contains("has a schedule already"), "{err}");
     let (code, out, _) = cli(&d, &["schedule", "show", "nightly"]);
     assert_eq!(code, 0);
+    assert!(out.contains("time zone:  Asia/Tokyo\n") && out.contains("catchup:    all\n"), "{out}");
+    let (code, out, _) = cli(&d, &["schedule", "show", "nightly", "--json"]);
+    assert_eq!(code, 0);
     let shown: serde_json::Value = serde_json::from_str(&out).expect("JSON");
     assert_eq!(
         (shown["cron"].as_str(), shown["timezone"].as_str(), shown["catchup"].as_str()),
@@ -206,6 +209,11 @@ async fn schedule_commands_make_list_pause_resume_and_delete() {
     let (code, out, _) = cli(&d, &["workflow", "list"]);
     assert_eq!(code, 0);
     assert!(out.contains("0 2 * * * Asia/Tokyo") && out.contains("T17:00:00.000Z"), "{out}");
+    let (code, out, _) = cli(&d, &["workflow", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let nightly = listed.as_array().and_then(|all| all.iter().find(|w| w["name"] == "nightly")).expect("listed");
+    assert_eq!(nightly["schedule"]["cron"], "0 2 * * *", "{out}");
     let (code, out, _) = cli(&d, &["schedule", "pause", "nightly"]);
     assert_eq!(code, 0);
     assert!(out.contains("schedule paused"), "{out}");
