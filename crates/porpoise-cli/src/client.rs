@@ -2,7 +2,7 @@
 //! status, print a task's log. Each failure is one line on stderr and a non-zero exit.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -53,6 +53,13 @@ impl ClientError {
 pub(crate) fn from_status(s: tonic::Status) -> ClientError {
     match s.code() {
         Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition => ClientError::invalid(s.message()),
+        Code::OutOfRange | Code::ResourceExhausted if s.message().contains("message length too large") => {
+            ClientError::invalid(format!(
+                "the request is larger than a Porpoise server accepts ({} bytes): {}",
+                porpoise_proto::MAX_MESSAGE_BYTES,
+                s.message()
+            ))
+        }
         _ => ClientError::failed(s.message()),
     }
 }
@@ -69,13 +76,43 @@ pub async fn connect(server: &str) -> Result<AdminServiceClient<Channel>, Client
     Ok(AdminServiceClient::new(channel))
 }
 
-/// `porpoise workflow apply -f FILE...`
+/// Reads a spec file, or standard input for `-`: its name as messages show it and its text.
+/// A file larger than a spec may be is refused before it is read.
+pub fn read_spec(file: &Path) -> Result<(String, String), String> {
+    use std::io::Read;
+    let limit = porpoise_core::limits::MAX_SPEC_BYTES;
+    let too_big = |shown: &str, bytes: u64| {
+        format!("{shown}: the spec is {bytes} bytes; a spec may have at most {limit} (1 MiB)")
+    };
+    if file == Path::new("-") {
+        let shown = "(standard input)".to_string();
+        let mut text = String::new();
+        std::io::stdin()
+            .lock()
+            .take(limit as u64 + 1)
+            .read_to_string(&mut text)
+            .map_err(|e| format!("{shown}: cannot read: {e}"))?;
+        if text.len() > limit {
+            return Err(format!(
+                "{shown}: the spec is more than {limit} bytes; a spec may have at most {limit} (1 MiB)"
+            ));
+        }
+        return Ok((shown, text));
+    }
+    let shown = file.display().to_string();
+    let meta = std::fs::metadata(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    if meta.len() > limit as u64 {
+        return Err(too_big(&shown, meta.len()));
+    }
+    let text = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+    Ok((shown, text))
+}
+
+/// `porpoise workflow apply -f FILE...` (`-f -`: standard input)
 pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     for file in files {
-        let shown = file.display().to_string();
-        let spec_yaml =
-            std::fs::read_to_string(file).map_err(|e| ClientError::invalid(format!("{shown}: cannot read: {e}")))?;
+        let (shown, spec_yaml) = read_spec(file).map_err(ClientError::invalid)?;
         // validate locally first: the same message as `workflow validate`, no round trip
         porpoise_core::WorkflowSpec::parse(&shown, &spec_yaml).map_err(|e| ClientError::invalid(e.to_string()))?;
         let reply = client

@@ -141,12 +141,13 @@ enum Command {
 enum WorkflowCommand {
     /// Checks workflow spec files without a server; prints a summary of each valid one.
     Validate {
-        /// The spec files (YAML).
+        /// The spec files (YAML); `-` reads standard input.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
     /// Validates and stores workflow specs on the server (a changed spec makes a new version).
     Apply {
+        /// The spec files (YAML); `-` reads standard input.
         #[arg(short = 'f', long = "file", required = true, num_args = 1..)]
         files: Vec<PathBuf>,
     },
@@ -409,9 +410,8 @@ fn validate(files: &[PathBuf]) -> ExitCode {
 }
 
 /// A one-line summary of a valid spec, or the error message for an invalid or unreadable one.
-fn validate_file(file: &PathBuf) -> Result<String, String> {
-    let shown = file.display().to_string();
-    let source = std::fs::read_to_string(file).map_err(|e| format!("{shown}: cannot read: {e}"))?;
+fn validate_file(file: &std::path::Path) -> Result<String, String> {
+    let (shown, source) = client::read_spec(file)?;
     let spec = WorkflowSpec::parse(&shown, &source).map_err(|e| e.to_string())?;
     let dag = spec.dag();
     let roots: Vec<&str> = dag.roots().into_iter().map(|r| dag.name(r)).collect();

@@ -12,12 +12,16 @@ pub mod dateparams;
 pub mod engine;
 /// State event kinds and the typed errors of handling an event.
 pub mod event;
+/// Bounds on input, checked before costly work: spec size and nesting, exec argument sizes.
+pub mod limits;
 /// Workflow and task priorities and the order of the task priority queue.
 pub mod priority;
 /// Held runs: serial workflows and backfills, who goes next.
 pub mod release;
 /// Schedules: cron expressions in a time zone, fire times and catch-up after downtime.
 pub mod schedule;
+/// How params reach a task's command as data: quoted references to environment variables.
+pub mod shell;
 /// The YAML workflow spec: parsing and validation.
 pub mod spec;
 /// Execution states and the legal transitions between them.

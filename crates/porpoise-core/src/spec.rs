@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use crate::limits;
 use crate::schedule::{Catchup, Schedule, ScheduleSpec};
 use crate::{Dag, Priority};
 
@@ -58,6 +59,10 @@ pub struct TaskSpec {
     /// The task's place among its group's waiters: higher first, then first come.
     #[serde(default)]
     pub task_group_priority: i32,
+    /// Params whose text is pasted into the command as written, instead of being quoted
+    /// ([`crate::shell`]): the author's explicit opt-in.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub raw_params: Vec<String>,
 }
 
 /// How long a task waits for a live worker of its group unless its spec says otherwise.
@@ -283,11 +288,29 @@ struct RawTask {
     worker_group_wait: Option<Scalar>,
     task_group: Option<Scalar>,
     task_group_priority: Option<i32>,
+    #[serde(default)]
+    raw_params: Vec<Scalar>,
 }
 
 impl WorkflowSpec {
     /// Parses and validates a spec. `file` names the source in every problem reported.
     pub fn parse(file: &str, source: &str) -> Result<WorkflowSpec, SpecError> {
+        let refuse = |line, message| SpecError {
+            file: file.to_string(),
+            problems: vec![SpecProblem { task: None, field: None, line, message }],
+        };
+        if source.len() > limits::MAX_SPEC_BYTES {
+            let message = format!(
+                "the spec is {} bytes; a spec may have at most {} (1 MiB)",
+                source.len(),
+                limits::MAX_SPEC_BYTES
+            );
+            return Err(refuse(None, message));
+        }
+        if let Some(line) = limits::too_deep(source, limits::MAX_NESTING) {
+            let message = format!("the spec nests deeper than {} levels", limits::MAX_NESTING);
+            return Err(refuse(Some(line), message));
+        }
         let raw: RawWorkflow = serde_yaml_ng::from_str(source)
             .map_err(|e| SpecError { file: file.to_string(), problems: vec![yaml_problem(source, &e)] })?;
         let mut v = Validator { source, problems: Vec::new() };
@@ -486,6 +509,16 @@ impl Validator<'_> {
         if let Err(e) = crate::dateparams::check(&command) {
             self.problem(t, Some("command"), e.to_string());
         }
+        // as bash gets it: every `${name}` that could be a param quoted
+        let runs_as = crate::shell::reference_params(&command, is_param_name).len();
+        if runs_as >= limits::MAX_ARG_BYTES {
+            let message = format!(
+                "the command is {} bytes ({runs_as} with its params quoted); one exec argument may have at most {} (128 KiB)",
+                command.len(),
+                limits::MAX_ARG_BYTES - 1
+            );
+            self.problem(t, Some("command"), message);
+        }
         let mut depends_on: Vec<String> = Vec::new();
         for d in raw.depends_on.iter().map(Scalar::to_string) {
             if depends_on.contains(&d) {
@@ -538,6 +571,15 @@ impl Validator<'_> {
         if raw.task_group_priority.is_some() && task_group.is_none() {
             self.problem(t, Some("task_group_priority"), "task_group_priority without a task_group".into());
         }
+        let mut raw_params = Vec::new();
+        for p in raw.raw_params.iter().map(Scalar::to_string) {
+            if let Err(m) = check_param_name(&p) {
+                self.problem(t, Some("raw_params"), m);
+            } else if !command.contains(&format!("${{{p}}}")) {
+                self.problem(t, Some("raw_params"), format!("the command has no ${{{p}}} to paste {p} into"));
+            }
+            raw_params.push(p);
+        }
         TaskSpec {
             name,
             task_type,
@@ -552,6 +594,7 @@ impl Validator<'_> {
             worker_group_wait,
             task_group,
             task_group_priority: raw.task_group_priority.unwrap_or(0),
+            raw_params,
         }
     }
 
@@ -630,8 +673,52 @@ pub fn check_name(s: &str) -> Result<(), String> {
     if let Some(c) = s.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))) {
         return Err(format!("{s:?} has {c:?}: use letters, digits, '-', '_' and '.'"));
     }
+    if !s.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        // `-rf` would read as a flag, `.` and `..` as directories
+        return Err(format!("{s:?} must start with a letter or a digit"));
+    }
     Ok(())
 }
+
+/// Environment variables that change how bash, the dynamic loader or libc behave: a param of
+/// one of these names would run code or change files the workflow never mentions.
+const RESERVED_PARAMS: [&str; 31] = [
+    "BASH_ENV",
+    "ENV",
+    "PATH",
+    "IFS",
+    "SHELLOPTS",
+    "BASHOPTS",
+    "PS1",
+    "PS2",
+    "PS3",
+    "PS4",
+    "PROMPT_COMMAND",
+    "CDPATH",
+    "GLOBIGNORE",
+    "EXECIGNORE",
+    "FUNCNEST",
+    "HOME",
+    "SHELL",
+    "PWD",
+    "OLDPWD",
+    "TMOUT",
+    "POSIXLY_CORRECT",
+    "INPUTRC",
+    "HISTFILE",
+    "GCONV_PATH",
+    "GETCONF_DIR",
+    "HOSTALIASES",
+    "LOCALDOMAIN",
+    "LOCPATH",
+    "NLSPATH",
+    "RESOLV_HOST_CONF",
+    "TMPDIR",
+];
+
+/// Prefixes of reserved environment variables: the loader's (`LD_PRELOAD`, …), bash's own
+/// (`BASH_XTRACEFD`, …), glibc's `MALLOC_*`, and the worker's `PORPOISE_*`.
+const RESERVED_PARAM_PREFIXES: [&str; 4] = ["LD_", "BASH_", "MALLOC_", "PORPOISE_"];
 
 /// Whether `s` can name a param: letters, digits and `_`, not starting with a digit (so that
 /// `${name}` substitution and the environment variable of the same name work).
@@ -643,11 +730,15 @@ fn is_param_name(s: &str) -> bool {
 
 /// Checks a param name (in a spec or a run request); `Err` says what is wrong with it.
 pub fn check_param_name(name: &str) -> Result<(), String> {
-    if is_param_name(name) {
-        Ok(())
-    } else {
-        Err(format!("param name {name:?} must be letters, digits and _ and not start with a digit"))
+    if !is_param_name(name) {
+        return Err(format!("param name {name:?} must be letters, digits and _ and not start with a digit"));
     }
+    if RESERVED_PARAMS.contains(&name) || RESERVED_PARAM_PREFIXES.iter().any(|p| name.starts_with(p)) {
+        return Err(format!(
+            "param name {name:?} is reserved: as an environment variable it would change how bash or the loader behaves"
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a YAML or shape error into a problem; `tasks[3]` in serde's path becomes the task's

@@ -125,7 +125,13 @@ impl App {
     /// Validates `yaml` (named `file` in errors) and stores it as the newest version of its
     /// workflow; the task groups it names must exist.
     pub async fn apply(&self, file: &str, yaml: &str) -> Result<Applied> {
-        let spec = WorkflowSpec::parse(file, yaml).map_err(|e| AppError::Invalid(e.to_string()))?;
+        // parsing is bounded (size and nesting are checked first) but still CPU work: keep it off
+        // the threads that run the runners
+        let (f, y) = (file.to_string(), yaml.to_string());
+        let parsed = tokio::task::spawn_blocking(move || WorkflowSpec::parse(&f, &y))
+            .await
+            .map_err(|e| AppError::Internal(format!("the spec parser failed: {e}")))?;
+        let spec = parsed.map_err(|e| AppError::Invalid(e.to_string()))?;
         for task in &spec.tasks {
             if let Some(group) = &task.task_group
                 && self.0.store.task_group(group).await?.is_none()
@@ -200,8 +206,8 @@ impl App {
             .await?
             .ok_or_else(|| AppError::NotFound(format!("no workflow named {name:?}; apply it first")))?;
         let spec = spec_of(&def)?;
+        porpoise_core::limits::check_params(&params).map_err(AppError::Invalid)?;
         for (key, value) in &params {
-            porpoise_core::spec::check_param_name(key).map_err(AppError::Invalid)?;
             porpoise_core::dateparams::check(value).map_err(|e| AppError::Invalid(format!("param {key}: {e}")))?;
         }
         // its date parameters count from now, in the time zone of the workflow's schedule
@@ -464,8 +470,8 @@ impl App {
         if req.parallel == 0 {
             return Err(AppError::Invalid("--parallel must be at least 1".into()));
         }
+        porpoise_core::limits::check_params(&req.params).map_err(AppError::Invalid)?;
         for (key, value) in &req.params {
-            porpoise_core::spec::check_param_name(key).map_err(AppError::Invalid)?;
             porpoise_core::dateparams::check(value).map_err(|e| AppError::Invalid(format!("param {key}: {e}")))?;
         }
         let schedule = self.0.store.schedule(name).await?;

@@ -352,8 +352,10 @@ impl MasterHandle {
         spawner.spawn(dispatch::fail_tasks_without_workers(shared.clone()));
         spawner.spawn(scheduler::run(shared.clone()));
 
-        let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()));
-        let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())));
+        let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()))
+            .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
+        let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())))
+            .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
         // the standard health service (grpc.health.v1) and reflection, for probes and grpcurl
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TaskEventServiceServer<events::TaskEvents>>().await;

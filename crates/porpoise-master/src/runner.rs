@@ -651,7 +651,11 @@ impl Runner {
             workflow_name: self.workflow.spec.name.clone(),
             task_name: task.name.clone(),
             task_type: task.task_type.as_str().to_string(),
-            command: render(&task.command, self.clock, self.instance.id, &format!("task {}", task.name)),
+            command: porpoise_core::shell::paste_raw(
+                &render(&task.command, self.clock, self.instance.id, &format!("task {}", task.name)),
+                &task.raw_params,
+                |name| self.params.get(name).cloned(),
+            ),
             params: self.params.clone(),
             // the worker kills at a fail or warnfail timeout; a warn timeout is the master's
             timeout_ms: match (task.timeout, task.timeout_strategy) {

@@ -8,6 +8,10 @@ pub mod v1 {
     tonic::include_proto!("porpoise.v1");
 }
 
+/// The largest gRPC message a Porpoise server takes (tonic's default, stated): a spec is at
+/// most 1 MiB (`porpoise_core::limits::MAX_SPEC_BYTES`), so an apply always fits.
+pub const MAX_MESSAGE_BYTES: usize = 4 << 20;
+
 /// The encoded descriptors of every Porpoise service and message, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("porpoise_descriptor");
 

@@ -1,5 +1,6 @@
 //! Runs one task attempt: `bash -c COMMAND` in the attempt's own working directory and process
-//! group, the run's params substituted for `${name}` and exported as environment variables,
+//! group, the run's params exported as environment variables and `${name}` in the command
+//! turned into a quoted reference to its variable ([`porpoise_core::shell`]),
 //! stdout and stderr appended to the attempt's log file. An end by timeout or kill takes every
 //! process of the attempt down ([`crate::process`]); so does a normal exit, for what the command
 //! left behind in its process group.
@@ -41,28 +42,6 @@ pub fn log_path(tasks_dir: &Path, task_instance_id: i64, attempt: i32) -> PathBu
     attempt_dir(tasks_dir, task_instance_id, attempt).join("task.log")
 }
 
-/// Replaces `${name}` with the value of param `name`; unknown names are left for the shell.
-pub fn substitute(command: &str, params: &HashMap<String, String>) -> String {
-    let mut out = String::with_capacity(command.len());
-    let mut rest = command;
-    while let Some(start) = rest.find("${") {
-        out.push_str(&rest[..start]);
-        let after = &rest[start + 2..];
-        match after.find('}') {
-            Some(end) if params.contains_key(&after[..end]) => {
-                out.push_str(&params[&after[..end]]);
-                rest = &after[end + 1..];
-            }
-            _ => {
-                out.push_str("${");
-                rest = after;
-            }
-        }
-    }
-    out.push_str(rest);
-    out
-}
-
 /// Runs `attempt`; `on_running` is called once the process has started. `kill` ends it early.
 /// `worker_token` is unique to this worker process; with the attempt it marks the attempt's
 /// processes.
@@ -94,7 +73,7 @@ pub async fn run(
     let token = format!("{worker_token}.{}.{}", attempt.task_instance_id, attempt.attempt);
     let mut cmd = Command::new("bash");
     cmd.arg("-c")
-        .arg(substitute(&attempt.command, &attempt.params))
+        .arg(porpoise_core::shell::reference_params(&attempt.command, |name| attempt.params.contains_key(name)))
         .current_dir(&dir)
         .envs(&attempt.params)
         .env("PORPOISE_TASK_INSTANCE_ID", attempt.task_instance_id.to_string())
@@ -177,16 +156,4 @@ async fn kill_all(attempt: &Attempt, processes: TaskProcesses, why: &str) {
 fn open_log(path: &Path) -> std::io::Result<(std::fs::File, std::fs::File)> {
     let file = std::fs::OpenOptions::new().create(true).append(true).open(path)?;
     Ok((file.try_clone()?, file))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn substitutes_known_params_only() {
-        let params = HashMap::from([("day".to_string(), "2026-01-01".to_string())]);
-        assert_eq!(substitute("echo ${day} ${HOME} $day ${", &params), "echo 2026-01-01 ${HOME} $day ${");
-        assert_eq!(substitute("${day}${day}", &params), "2026-01-012026-01-01");
-    }
 }

@@ -171,7 +171,8 @@ impl WorkerHandle {
         let server =
             Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token, spawner.clone()));
         let svc =
-            porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()));
+            porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()))
+                .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
         // the standard health service (grpc.health.v1) and reflection, for probes and grpcurl
         let (health, health_service) = tonic_health::server::health_reporter();
         health

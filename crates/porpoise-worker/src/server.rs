@@ -261,6 +261,18 @@ fn invalid(req: &DispatchTaskRequest) -> Option<String> {
     if !req.task_type.is_empty() && req.task_type != "shell" {
         return Some(format!("unsupported task type {:?}", req.task_type));
     }
+    // the master checks these too: a worker refuses what would change how bash behaves
+    if let Err(why) = porpoise_core::limits::check_params(&req.params) {
+        return Some(why);
+    }
+    use porpoise_core::limits::MAX_ARG_BYTES;
+    let runs_as = porpoise_core::shell::reference_params(&req.command, |n| req.params.contains_key(n)).len();
+    if runs_as >= MAX_ARG_BYTES {
+        return Some(format!(
+            "the command is {runs_as} bytes as bash gets it; one exec argument may have at most {}",
+            MAX_ARG_BYTES - 1
+        ));
+    }
     None
 }
 

@@ -363,6 +363,15 @@ async fn a_malformed_dispatch_is_rejected_and_the_worker_keeps_serving() {
     assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
     bad.command = "echo".into();
     bad.task_type = "spark".into();
+    assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
+    // params that would change how bash behaves, or that no exec can carry
+    bad.task_type = "shell".into();
+    bad.params = HashMap::from([("BASH_ENV".to_string(), "/tmp/evil".to_string())]);
+    assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
+    bad.params = HashMap::from([("big".to_string(), "x".repeat(200_000))]);
+    assert_eq!(send(&mut s.client, bad.clone()).await, DispatchStatus::Invalid);
+    bad.params = HashMap::new();
+    bad.command = format!("echo {}", "x".repeat(200_000));
     assert_eq!(send(&mut s.client, bad).await, DispatchStatus::Invalid);
     assert_eq!(send(&mut s.client, dispatch(20, "echo fine", addr)).await, DispatchStatus::Accepted);
     master.wait_result(20, 1).await;

@@ -386,6 +386,25 @@ impl Deployment {
             .expect("run porpoise")
     }
 
+    /// Runs the `porpoise` CLI against this deployment with `input` on its standard input.
+    pub fn porpoise_with_input(&self, args: &[&str], input: &[u8]) -> Output {
+        use std::io::Write;
+        let mut child = Command::new(bin("porpoise"))
+            .arg("--server")
+            .arg(&self.server)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run porpoise");
+        let mut stdin = child.stdin.take().expect("its standard input");
+        // a command that refuses early closes its input: a broken pipe here is its answer
+        let _ = stdin.write_all(input);
+        drop(stdin);
+        child.wait_with_output().expect("porpoise ran")
+    }
+
     /// Runs the `porpoise` CLI with its standard output a pipe whose reader has already gone,
     /// as in `porpoise status 7 | head -0`; every write to it fails with a broken pipe.
     pub fn porpoise_into_closed_pipe(&self, args: &[&str]) -> Output {

@@ -226,6 +226,12 @@ fn names_are_letters_digits_dash_underscore_dot_up_to_128() {
     assert!(p.message.contains("has '/'"), "{}", p.message);
     let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    worker_group: 'gpu pool'\n");
     assert_eq!(p.field.as_deref(), Some("worker_group"));
+    // names that would read as a flag or a directory
+    for bad in ["-rf", ".", "..", ".x", "_x"] {
+        let p = single(&format!("name: '{bad}'\ntasks:\n  - name: a\n    command: echo\n"));
+        assert_eq!(p.field.as_deref(), Some("name"), "{bad}");
+        assert!(p.message.contains("must start with a letter or a digit"), "{bad}: {}", p.message);
+    }
 }
 
 #[test]
@@ -237,6 +243,32 @@ fn param_names_are_identifiers() {
         assert_eq!((p.task, p.field.as_deref()), (None, Some("params")), "{bad:?}");
         assert!(p.message.contains("must be letters, digits and _"), "{bad:?}: {}", p.message);
     }
+    for reserved in ["BASH_ENV", "ENV", "PATH", "IFS", "PS4", "LD_PRELOAD", "LD_LIBRARY_PATH", "PORPOISE_ATTEMPT"] {
+        let p = single(&format!("name: x\nparams: {{ {reserved}: 1 }}\ntasks:\n  - name: a\n    command: echo\n"));
+        assert!(p.message.contains(&format!("param name \"{reserved}\" is reserved")), "{}", p.message);
+    }
+}
+
+#[test]
+fn raw_params_must_be_params_the_command_names() {
+    let ok = "name: x\ntasks:\n  - name: a\n    command: echo ${clause}\n    raw_params: [clause]\n";
+    assert_eq!(WorkflowSpec::parse("wf.yaml", ok).expect("valid").tasks[0].raw_params, ["clause"]);
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo\n    raw_params: [clause]\n");
+    assert_eq!((p.task.as_deref(), p.field.as_deref(), p.line), (Some("a"), Some("raw_params"), Some(5)));
+    assert!(p.message.contains("no ${clause}"), "{}", p.message);
+    let p = single("name: x\ntasks:\n  - name: a\n    command: echo ${PATH}\n    raw_params: [PATH]\n");
+    assert!(p.message.contains("reserved"), "{}", p.message);
+}
+
+#[test]
+fn a_command_must_fit_one_exec_argument() {
+    // quoting adds two bytes per `${name}`: the limit counts the command as bash gets it
+    let refs = "${d}".repeat(30_000);
+    let p = single(&format!("name: x\ntasks:\n  - name: a\n    command: echo {refs}\n"));
+    assert_eq!(p.field.as_deref(), Some("command"));
+    assert!(p.message.contains("the command is 120005 bytes (180005 with its params quoted)"), "{}", p.message);
+    let fits = format!("name: x\ntasks:\n  - name: a\n    command: echo {}\n", "x".repeat(131_065));
+    assert!(WorkflowSpec::parse("wf.yaml", &fits).is_ok());
 }
 
 #[test]
