@@ -180,9 +180,10 @@ async fn late_and_duplicate_events_change_nothing() {
         ended_at_ms: 2,
         message: "a conflicting second result".into(),
     }));
+    // sent as the worker that ran it: a late or second report from anyone else is refused outright
     let reply = events
         .report_task_events(ReportTaskEventsRequest {
-            worker_addr: "test".into(),
+            worker_addr: a.worker_addr.clone(),
             events: vec![late_running, second_result.clone()],
         })
         .await
@@ -200,7 +201,7 @@ async fn late_and_duplicate_events_change_nothing() {
     );
     // and once more after the run ended
     let reply = events
-        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events: vec![second_result] })
+        .report_task_events(ReportTaskEventsRequest { worker_addr: a.worker_addr.clone(), events: vec![second_result] })
         .await
         .expect("report")
         .into_inner();
@@ -361,8 +362,9 @@ async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
         workflow_instance_id: id,
         kind: None,
     };
+    let worker = d.worker_addr.clone().expect("the worker's address");
     let reply = events
-        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events: vec![unknown, malformed] })
+        .report_task_events(ReportTaskEventsRequest { worker_addr: worker, events: vec![unknown, malformed] })
         .await
         .expect("the master answers; it does not fail the call")
         .into_inner();
@@ -410,8 +412,9 @@ async fn a_live_runs_runner_ignores_stale_events_and_dead_letters_impossible_one
         success_event("never-dispatched", id, ti("stuck"), 1),
     ];
     let mut client = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
+    let worker = run.tasks.iter().find(|t| t.task_name == "retried").expect("retried").worker_addr.clone();
     let reply = client
-        .report_task_events(ReportTaskEventsRequest { worker_addr: "test".into(), events })
+        .report_task_events(ReportTaskEventsRequest { worker_addr: worker, events })
         .await
         .expect("report")
         .into_inner();
@@ -419,7 +422,10 @@ async fn a_live_runs_runner_ignores_stale_events_and_dead_letters_impossible_one
     assert_eq!(ack("earlier-attempt").status, AckStatus::Handled as i32);
     assert_eq!(ack("earlier-attempt").message, "", "an earlier attempt's event is ignored, not dropped");
     assert!(ack("attempt-ahead").message.contains("attempt 7 is ahead of the current attempt 2"), "{reply:?}");
-    assert!(ack("never-dispatched").message.contains("illegal transition from submitted to success"), "{reply:?}");
+    assert!(
+        ack("never-dispatched").message.contains("does not hold attempt 1 (it is on no worker)"),
+        "a result for a task no worker was sent: {reply:?}"
+    );
 
     let letters = d.dead_letters().await;
     assert_eq!(letters.len(), 2, "{letters:?}");

@@ -5,8 +5,14 @@ mod common;
 
 use std::time::Instant;
 
-use common::Deployment;
-use porpoise_proto::v1::ApplyWorkflowRequest;
+use common::{ClusterOptions, Deployment};
+use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
+use porpoise_proto::v1::{
+    AckStatus, ApplyWorkflowRequest, GetRunRequest, ReportTaskEventsRequest, TaskEvent, TaskOutcome, TaskResult,
+    task_event,
+};
+use porpoise_testkit::TestPostgres;
+use tonic::transport::Channel;
 
 /// Runs `porpoise ARGS`; returns (exit code, stdout, stderr).
 fn cli(d: &Deployment, args: &[&str]) -> (i32, String, String) {
@@ -138,4 +144,145 @@ async fn hostile_specs_are_refused_naming_the_limit() {
     let out = d.porpoise_with_input(&["workflow", "validate", "-f", "-"], deep.as_bytes());
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("(standard input):2: the spec nests deeper than 64 levels"));
+}
+
+/// A RESULT SUCCESS for `(task_instance_id, attempt)` of run `run`, as a worker would send it.
+fn forged_success(event_id: &str, run: i64, task_instance_id: i64, attempt: i32) -> TaskEvent {
+    TaskEvent {
+        event_id: event_id.into(),
+        task_instance_id,
+        attempt,
+        workflow_instance_id: run,
+        kind: Some(task_event::Kind::Result(TaskResult {
+            outcome: TaskOutcome::Success as i32,
+            exit_code: Some(0),
+            started_at_ms: 1,
+            ended_at_ms: 2,
+            message: "forged".into(),
+        })),
+    }
+}
+
+/// A TaskEventService client whose connections come from `local` (any of 127/8 is loopback).
+async fn events_from(server: &str, local: &str) -> TaskEventServiceClient<Channel> {
+    let endpoint = Channel::from_shared(server.to_string()).expect("the master's address");
+    let channel = endpoint.local_address(Some(local.parse().expect("an address"))).connect().await.expect("connect");
+    TaskEventServiceClient::new(channel)
+}
+
+/// Forged RESULT SUCCESS events for a running attempt: from an address that is not the
+/// worker's (refused outright), and in the name of a worker that does not hold the attempt
+/// (dropped and dead-lettered). Nothing changes, each is counted, and the task ends with its
+/// real result.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_results_change_nothing_and_are_counted() {
+    let options = ClusterOptions { workers: Some(2), ..Default::default() };
+    let mut d = Deployment::cluster_on(TestPostgres::shared(), options).await;
+    let gate = d.path("gate");
+    common::close_gate(&gate);
+    let marks = d.path("marks");
+    let yaml = format!(
+        "name: held\ntasks:\n  - name: one\n    command: '{hold}; echo one >> {marks}'\n  - name: two\n    depends_on: [one]\n    command: echo two >> {marks}\n",
+        hold = common::wait_at(&gate),
+        marks = marks.display()
+    );
+    d.apply("held", &yaml);
+    let id = d.start_run("held").await;
+    d.wait_for_run(id, "task one runs", |run| run.tasks.iter().any(|t| t.task_name == "one" && t.state == "running"))
+        .await;
+    let run = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let one = run.tasks.iter().find(|t| t.task_name == "one").expect("one").clone();
+    let holder = one.worker_addr.clone();
+    let other = d.worker_addrs.keys().find(|w| **w != holder).expect("the other worker").clone();
+    let forged = |n: &str| forged_success(n, id, one.task_instance_id, 1);
+
+    // from 127.0.0.2, in the holder's name: not the holder's address
+    let mut outsider = events_from(&d.server, "127.0.0.2").await;
+    let refused = outsider
+        .report_task_events(ReportTaskEventsRequest { worker_addr: holder.clone(), events: vec![forged("outsider")] })
+        .await
+        .expect_err("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+    assert!(refused.message().contains("cannot speak for worker"), "{}", refused.message());
+
+    // from the right host, in the name of a worker that does not hold the attempt
+    let mut insider = events_from(&d.server, "127.0.0.1").await;
+    for (n, name) in [("other-worker", other.as_str()), ("made-up", "127.0.0.1:1")] {
+        let reply = insider
+            .report_task_events(ReportTaskEventsRequest { worker_addr: name.to_string(), events: vec![forged(n)] })
+            .await
+            .expect("answered")
+            .into_inner();
+        let ack = &reply.acks[0];
+        assert_eq!(ack.status, AckStatus::Handled as i32);
+        let says = format!("worker {name} does not hold attempt 1 (it is on {holder})");
+        assert!(ack.message.contains(&says), "{ack:?}");
+    }
+
+    let now = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
+    let one_now = now.tasks.iter().find(|t| t.task_name == "one").expect("one");
+    assert_eq!((one_now.state.as_str(), one_now.worker_addr.as_str()), ("running", holder.as_str()), "{now:?}");
+    assert!(now.tasks.iter().all(|t| t.task_name != "two"), "nothing downstream started: {now:?}");
+    let metrics = d.metrics_text().await;
+    assert_eq!(common::metric(&metrics, r#"porpoise_task_events_refused_total{reason="unauthenticated"}"#), 1.0);
+    assert_eq!(
+        common::metric(&metrics, r#"porpoise_task_events_refused_total{reason="not_the_attempts_worker"}"#),
+        2.0
+    );
+    assert_eq!(d.dead_letters().await.len(), 2);
+
+    // the real result still counts
+    common::open_gate(&gate);
+    let run = d.finished_run(id).await;
+    assert_eq!(run.run.as_ref().map(|r| r.state.as_str()), Some("success"), "{run:?}");
+    assert_eq!(common::lines(&marks), ["one", "two"]);
+    let one_after = run.tasks.iter().find(|t| t.task_name == "one").expect("one");
+    assert_eq!((one_after.worker_addr.as_str(), one_after.attempt), (holder.as_str(), 1));
+}
+
+/// 20,000 malformed events in one batch from one worker: each is ACKed and counted, but the
+/// dead-letter table gets only the first hundred or so and one row summarising the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_broken_events_is_summarised_not_stored_one_by_one() {
+    const FLOOD: usize = 20_000;
+    let d = Deployment::cluster_on(TestPostgres::shared(), ClusterOptions::default()).await;
+    let worker = d.worker_addr.clone().expect("the worker's address");
+    let events: Vec<TaskEvent> = (0..FLOOD)
+        .map(|i| TaskEvent {
+            event_id: format!("junk-{i}"),
+            task_instance_id: i as i64 + 1,
+            attempt: 1,
+            workflow_instance_id: 1,
+            kind: None,
+        })
+        .collect();
+    let mut client = events_from(&d.server, "127.0.0.1").await;
+    let reply = client
+        .report_task_events(ReportTaskEventsRequest { worker_addr: worker.clone(), events })
+        .await
+        .expect("answered")
+        .into_inner();
+    assert_eq!(reply.acks.len(), FLOOD);
+    assert!(reply.acks.iter().all(|a| a.status == AckStatus::Handled as i32));
+    let summary = format!("more dropped events from {worker} were not stored one by one");
+    // the summary is written within ten seconds
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    let letters = loop {
+        let letters = d.dead_letters().await;
+        if letters.iter().any(|l| l.contains(&summary)) {
+            break letters;
+        }
+        assert!(Instant::now() < deadline, "the suppressed events were never summarised");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    let (summaries, single): (Vec<&String>, Vec<&String>) = letters.iter().partition(|l| l.contains(&summary));
+    assert!((100..1000).contains(&single.len()), "{} rows", single.len());
+    let summarised: usize = summaries
+        .iter()
+        .map(|l| l.split_whitespace().next().and_then(|n| n.parse::<usize>().ok()).expect("a count"))
+        .sum();
+    assert_eq!(single.len() + summarised, FLOOD, "every event is in a row or a summary");
+    let metrics = d.metrics_text().await;
+    assert_eq!(common::metric(&metrics, "porpoise_task_events_rejected_total"), FLOOD as f64);
+    assert_eq!(common::metric(&metrics, "porpoise_dead_letters_suppressed_total"), summarised as f64);
 }

@@ -34,7 +34,7 @@ pub enum Event {
     /// The dispatch was refused by `worker` (or never reached it): queue the attempt again
     /// after `after`, to another worker if one can take it.
     Requeue { at: AttemptRef, worker: Option<String>, after: Duration },
-    /// The worker started the attempt.
+    /// The worker started the attempt. Only the worker that holds the attempt may say so.
     Running { at: AttemptRef, worker: String, started_at: Option<DateTime<Utc>> },
     /// The attempt ended (a failure may be retried).
     Ended(Ending),
@@ -98,7 +98,8 @@ impl Control {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Ending {
     pub at: AttemptRef,
-    /// The worker it ran on, when a worker reports it.
+    /// The worker that reports the end (or refused the attempt): it must be the one that holds
+    /// the attempt. `None` when the master ends the attempt itself.
     pub worker: Option<String>,
     pub succeeded: bool,
     pub exit_code: Option<i32>,
@@ -514,12 +515,18 @@ impl Workflow {
                 run,
                 *at,
                 Running,
-                Change { worker: Some(worker.clone()), started_at: *started_at, ..Change::default() },
+                Change {
+                    worker: Some(worker.clone()),
+                    reporter: Some(worker.clone()),
+                    started_at: *started_at,
+                    ..Change::default()
+                },
                 now,
             ),
             Event::Ended(e) => {
                 let change = Change {
                     worker: e.worker.clone(),
+                    reporter: e.worker.clone(),
                     exit_code: e.exit_code,
                     started_at: e.started_at,
                     ended_at: e.ended_at,
@@ -905,6 +912,16 @@ impl Workflow {
                 "attempt {} is ahead of the current attempt {}",
                 at.attempt, cur.attempt
             )));
+        }
+        // only the worker the attempt was sent to speaks for it
+        if let Some(sender) = &change.reporter
+            && cur.worker.as_deref() != Some(sender.as_str())
+        {
+            return Err(DropReason::NotTheAttemptsWorker {
+                sender: sender.clone(),
+                attempt: at.attempt,
+                holder: cur.worker.clone(),
+            });
         }
         let spec = self.task(idx);
         let retries_used = (cur.attempt - 1 - cur.failovers - cur.rerun_base).max(0) as u32;
@@ -1318,6 +1335,8 @@ impl Workflow {
 #[derive(Debug, Clone, Default)]
 struct Change {
     worker: Option<String>,
+    /// The worker that reports the change: it must hold the attempt.
+    reporter: Option<String>,
     exit_code: Option<i32>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,

@@ -83,6 +83,9 @@ pub enum DropReason {
     Unsupported(String),
     #[error("malformed event: {0}")]
     Malformed(String),
+    /// A worker reported on an attempt that is not on it (a forgery, or a worker that lost it).
+    #[error("worker {sender} does not hold attempt {attempt} (it is on {})", holder.as_deref().unwrap_or("no worker"))]
+    NotTheAttemptsWorker { sender: String, attempt: i32, holder: Option<String> },
 }
 
 /// A state-event handler's failure, typed by what the runner must do with the event.

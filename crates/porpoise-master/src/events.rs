@@ -18,8 +18,9 @@ use tonic::{Request, Response, Status};
 use tracing::{debug, info, warn};
 
 use crate::Shared;
+use crate::dead_letters::{self, Letter};
 use crate::metrics as m;
-use crate::runner::{Ack, EventKey, PendingGuard, record_dead_letter};
+use crate::runner::{Ack, EventKey, PendingGuard};
 
 /// How long a report waits for the runners' outcomes before answering RETRY_LATER for the rest
 /// (they stay queued and are handled; the worker's resend then finds them done).
@@ -62,7 +63,8 @@ fn to_event(e: &TaskEvent, worker: &str) -> Result<Routed, String> {
     let at = AttemptRef { task_instance_id: e.task_instance_id, attempt: e.attempt };
     let (event, state) = match &e.kind {
         Some(task_event::Kind::Running(r)) => (
-            Event::Running { at, worker: r.worker_addr.clone(), started_at: time(r.started_at_ms) },
+            // the sender, authenticated, not the message's own say
+            Event::Running { at, worker: worker.to_string(), started_at: time(r.started_at_ms) },
             ExecutionState::Running,
         ),
         Some(task_event::Kind::Result(r)) if r.outcome == TaskOutcome::WorkerStopped as i32 => (
@@ -79,7 +81,7 @@ fn to_event(e: &TaskEvent, worker: &str) -> Result<Routed, String> {
             };
             let ending = Ending {
                 at,
-                worker: None,
+                worker: Some(worker.to_string()),
                 succeeded,
                 exit_code: r.exit_code,
                 started_at: time(r.started_at_ms),
@@ -93,6 +95,18 @@ fn to_event(e: &TaskEvent, worker: &str) -> Result<Routed, String> {
         None => return Err("the event has no kind (neither running nor result)".into()),
     };
     Ok(Routed { run: e.workflow_instance_id, event, key: (e.task_instance_id, e.attempt, state) })
+}
+
+/// The dead letter of `event`, sent by `worker`, dropped for `reason`.
+fn letter(worker: &str, event: &Routed, reason: String) -> Letter {
+    Letter {
+        source: worker.to_string(),
+        workflow_instance_id: event.run,
+        task_instance_id: Some(event.task_instance_id()),
+        kind: event.event.kind(),
+        event: event.json(),
+        reason,
+    }
 }
 
 fn ack(event_id: String, a: &Ack) -> EventAck {
@@ -120,7 +134,7 @@ fn ack(event_id: String, a: &Ack) -> EventAck {
 
 impl TaskEvents {
     /// An event whose instance has no runner here: finished, unknown, or owned elsewhere.
-    async fn without_runner(&self, event: Routed) -> Ack {
+    async fn without_runner(&self, event: Routed, worker: &str) -> Ack {
         let shared = &self.0;
         let ti = event.task_instance_id();
         let kind = event.event.kind();
@@ -133,7 +147,7 @@ impl TaskEvents {
             let reason = DropReason::UnknownTaskInstance(ti).to_string();
             metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
             warn!(task_instance_id = ti, run_id = event.run, %reason, "state event dropped");
-            record_dead_letter(shared, event.run, Some(ti), kind, event.json(), &reason).await;
+            dead_letters::record(shared, letter(worker, &event, reason.clone())).await;
             return Ack::Dropped(reason);
         };
         if task.workflow_instance_id != event.run {
@@ -142,7 +156,7 @@ impl TaskEvents {
                 task.workflow_instance_id, event.run
             );
             metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
-            record_dead_letter(shared, event.run, Some(ti), kind, event.json(), &reason).await;
+            dead_letters::record(shared, letter(worker, &event, reason.clone())).await;
             return Ack::Dropped(reason);
         }
         match shared.store.workflow_instance(task.workflow_instance_id).await {
@@ -171,7 +185,14 @@ impl TaskEventService for TaskEvents {
         &self,
         request: Request<ReportTaskEventsRequest>,
     ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        let peer = request.remote_addr();
         let req = request.into_inner();
+        if let Err(why) = peer_speaks_for(peer, &req.worker_addr).await {
+            // nothing of the batch is looked at, stored or ACKed: a genuine worker keeps its events
+            metrics::counter!(m::TASK_EVENTS_REFUSED, "reason" => "unauthenticated").increment(req.events.len() as u64);
+            warn!(worker = %req.worker_addr, peer = ?peer, %why, events = req.events.len(), "task events refused");
+            return Err(Status::permission_denied(why));
+        }
         let mut waiting = Vec::with_capacity(req.events.len());
         let mut acks = Vec::with_capacity(req.events.len());
         for e in req.events {
@@ -186,15 +207,15 @@ impl TaskEventService for TaskEvents {
                         "task_instance_id": e.task_instance_id,
                         "attempt": e.attempt,
                     });
-                    record_dead_letter(
-                        &self.0,
-                        e.workflow_instance_id,
-                        Some(e.task_instance_id),
-                        StateEventKind::TaskStateChange,
-                        recorded.to_string(),
-                        &format!("malformed event: {problem}"),
-                    )
-                    .await;
+                    let letter = Letter {
+                        source: req.worker_addr.clone(),
+                        workflow_instance_id: e.workflow_instance_id,
+                        task_instance_id: Some(e.task_instance_id),
+                        kind: StateEventKind::TaskStateChange,
+                        event: recorded.to_string(),
+                        reason: format!("malformed event: {problem}"),
+                    };
+                    dead_letters::record(&self.0, letter).await;
                     acks.push(ack(event_id, &Ack::Dropped(problem)));
                 }
                 Ok(routed) => match self.0.runner(routed.run) {
@@ -208,10 +229,10 @@ impl TaskEventService for TaskEvents {
                         let pending = PendingGuard { set, key: routed.key };
                         match runner.report(routed.event.clone(), pending) {
                             Some(rx) => waiting.push((event_id, rx)),
-                            None => acks.push(ack(event_id, &self.without_runner(routed).await)),
+                            None => acks.push(ack(event_id, &self.without_runner(routed, &req.worker_addr).await)),
                         }
                     }
-                    None => acks.push(ack(event_id, &self.without_runner(routed).await)),
+                    None => acks.push(ack(event_id, &self.without_runner(routed, &req.worker_addr).await)),
                 },
             }
         }
@@ -247,6 +268,30 @@ impl TaskEventService for TaskEvents {
         Ok(Response::new(reply))
     }
 }
+
+/// Whether the peer at `peer` may speak for worker `claimed` (its advertised `host:port`): the
+/// peer's address must be one the worker's host resolves to. (A worker on the master's own host
+/// can still claim another's name on that host; node certificates tell them apart.)
+async fn peer_speaks_for(peer: Option<std::net::SocketAddr>, claimed: &str) -> Result<(), String> {
+    let Some(peer) = peer else { return Err("the connection has no peer address".into()) };
+    let peer_ip = peer.ip().to_canonical();
+    let ips: Vec<std::net::IpAddr> = match claimed.parse::<std::net::SocketAddr>() {
+        Ok(addr) => vec![addr.ip()],
+        Err(_) => match tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host(claimed)).await {
+            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+            Ok(Err(e)) => return Err(format!("worker address {claimed:?} does not resolve: {e}")),
+            Err(_) => return Err(format!("worker address {claimed:?} did not resolve in time")),
+        },
+    };
+    if ips.iter().any(|ip| ip.to_canonical() == peer_ip) {
+        Ok(())
+    } else {
+        Err(format!("events from {peer_ip} cannot speak for worker {claimed}"))
+    }
+}
+
+/// How long resolving a worker's host name may take.
+const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// How long a registry probe waits for the registry.
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);

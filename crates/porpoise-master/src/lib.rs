@@ -8,6 +8,8 @@ mod admin;
 pub mod app;
 /// The command consumer.
 mod consumer;
+/// Writes dead letters, bounded per source.
+mod dead_letters;
 /// The dispatcher.
 mod dispatch;
 /// TaskEventService.
@@ -126,6 +128,8 @@ pub(crate) struct Shared {
     /// Cancelled when the master begins to stop: it takes no new work, and each runner ends
     /// after the event in hand.
     pub draining: CancellationToken,
+    /// Bounds the dead letters each source writes.
+    pub dead_letters: dead_letters::Limiter,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -339,6 +343,7 @@ impl MasterHandle {
             masters: Arc::default(),
             registry: registry.clone(),
             draining: CancellationToken::new(),
+            dead_letters: dead_letters::Limiter::default(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
@@ -351,6 +356,7 @@ impl MasterHandle {
         spawner.spawn(dispatch::run(shared.clone()));
         spawner.spawn(dispatch::fail_tasks_without_workers(shared.clone()));
         spawner.spawn(scheduler::run(shared.clone()));
+        spawner.spawn(dead_letters::summarise(shared.clone()));
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()))
             .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);

@@ -33,6 +33,12 @@ pub const STATE_EVENTS_RETRIED: &str = "porpoise_state_events_retried_total";
 pub const STATE_EVENTS_DROPPED: &str = "porpoise_state_events_dropped_total";
 pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
+pub const TASK_EVENTS_REFUSED: &str = "porpoise_task_events_refused_total";
+pub const DEAD_LETTERS_SUPPRESSED: &str = "porpoise_dead_letters_suppressed_total";
+
+/// Why [`TASK_EVENTS_REFUSED`] counts an event: its sender is not the worker it claims to be,
+/// or not the worker that holds the attempt.
+pub const REFUSALS: [&str; 2] = ["unauthenticated", "not_the_attempts_worker"];
 pub const DISPATCH_SECONDS: &str = "porpoise_dispatch_seconds";
 pub const STATE_EVENT_SECONDS: &str = "porpoise_state_event_seconds";
 pub const QUEUE_DEPTH: &str = "porpoise_task_queue_depth";
@@ -95,6 +101,8 @@ pub const ALL: &[&str] = &[
     STATE_EVENTS_DROPPED,
     WORKFLOWS_STALLED,
     TASK_EVENTS_REJECTED,
+    TASK_EVENTS_REFUSED,
+    DEAD_LETTERS_SUPPRESSED,
     DISPATCH_SECONDS,
     STATE_EVENT_SECONDS,
     QUEUE_DEPTH,
@@ -152,6 +160,14 @@ pub fn describe() {
     describe_counter!(STATE_EVENTS_DROPPED, "State events dropped and dead-lettered, by kind");
     describe_gauge!(WORKFLOWS_STALLED, "Workflow instances whose event handling keeps failing");
     describe_counter!(TASK_EVENTS_REJECTED, "Malformed task events received from workers");
+    describe_counter!(
+        TASK_EVENTS_REFUSED,
+        "Task events refused and never applied, by reason: unauthenticated (the sender is not the worker it claims), not_the_attempts_worker"
+    );
+    describe_counter!(
+        DEAD_LETTERS_SUPPRESSED,
+        "Dead letters not stored one by one because their source sent too many at once (each source's are summarised in one row)"
+    );
     describe_histogram!(DISPATCH_SECONDS, metrics::Unit::Seconds, "Time from queueing a task to a worker accepting it");
     describe_histogram!(
         STATE_EVENT_SECONDS,
@@ -202,6 +218,10 @@ fn register_at_zero() {
     gauge!(FREE_SLOTS, "group" => porpoise_core::spec::DEFAULT_WORKER_GROUP).increment(0.0);
     counter!(FAILOVERS, "kind" => "worker").increment(0);
     counter!(FAILOVERS, "kind" => "master").increment(0);
+    for reason in REFUSALS {
+        counter!(TASK_EVENTS_REFUSED, "reason" => reason).increment(0);
+    }
+    counter!(DEAD_LETTERS_SUPPRESSED).increment(0);
     for reason in ["invalid", "full", "draining", "unreachable"] {
         counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
     }

@@ -18,14 +18,14 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use porpoise_core::engine::{Effect, Event, Note, Outcome, RunState, TaskState, Transition, Workflow, Write};
-use porpoise_core::{Backoff, DropReason, HandlerError, StateEventKind, TimeoutStrategy, WorkflowSpec};
-use porpoise_store::{CommandKind, NewDeadLetter, StoreError, TaskInstance, WorkflowInstance};
+use porpoise_core::{DropReason, HandlerError, StateEventKind, TimeoutStrategy, WorkflowSpec};
+use porpoise_store::{CommandKind, StoreError, TaskInstance, WorkflowInstance};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 
 use crate::metrics as m;
 use crate::queue::QueuedTask;
-use crate::{Shared, dispatch};
+use crate::{Shared, dead_letters, dispatch};
 
 /// What became of an event.
 #[derive(Debug, Clone, PartialEq)]
@@ -328,6 +328,9 @@ impl Runner {
                     break;
                 }
                 Err(HandlerError::Drop(reason)) => {
+                    if matches!(reason, DropReason::NotTheAttemptsWorker { .. }) {
+                        metrics::counter!(m::TASK_EVENTS_REFUSED, "reason" => "not_the_attempts_worker").increment(1);
+                    }
                     let reason = reason.to_string();
                     self.dead_letter(&event, &reason).await;
                     if let Some(tx) = reply.take() {
@@ -627,7 +630,20 @@ impl Runner {
         metrics::counter!(m::STATE_EVENTS_DROPPED, "kind" => kind.as_str()).increment(1);
         warn!(run_id = self.instance.id, task_instance_id = ?task_instance_id, kind = kind.as_str(), %reason, "state event dropped");
         let json = serde_json::to_string(event).unwrap_or_else(|e| format!("unserialisable event: {e}"));
-        record_dead_letter(&self.shared, self.instance.id, task_instance_id, kind, json, reason).await;
+        let source = match event {
+            Event::Running { worker, .. } | Event::Failover { worker, .. } => worker.clone(),
+            Event::Ended(e) => e.worker.clone().unwrap_or_else(|| "master".into()),
+            _ => "master".into(),
+        };
+        let letter = dead_letters::Letter {
+            source,
+            workflow_instance_id: self.instance.id,
+            task_instance_id,
+            kind,
+            event: json,
+            reason: reason.to_string(),
+        };
+        dead_letters::record(&self.shared, letter).await;
     }
 
     /// Queues task `idx`'s current attempt after `delay`, away from worker `avoid` if it can.
@@ -779,31 +795,5 @@ pub(crate) fn store_error(e: StoreError) -> HandlerError {
         HandlerError::retryable(e.to_string())
     } else {
         DropReason::Unsupported(format!("database refused the change: {e}")).into()
-    }
-}
-
-/// Writes a dead letter, retrying until it is stored.
-pub(crate) async fn record_dead_letter(
-    shared: &Shared,
-    workflow_instance_id: i64,
-    task_instance_id: Option<i64>,
-    kind: StateEventKind,
-    event: String,
-    reason: &str,
-) {
-    let letter = NewDeadLetter {
-        workflow_instance_id: Some(workflow_instance_id),
-        task_instance_id,
-        event_kind: kind.as_str().to_string(),
-        event,
-        reason: reason.to_string(),
-    };
-    let backoff = Backoff::default();
-    let mut failures = 0u32;
-    while let Err(e) = shared.store.record_dead_letter(&letter).await {
-        failures += 1;
-        m::database_error("dead_letter", &e);
-        error!(error = %e, failures, "cannot record a dead letter; retrying");
-        tokio::time::sleep(porpoise_runtime::retry_delay(&backoff, failures - 1)).await;
     }
 }

@@ -67,6 +67,13 @@ fn attempt(task_instance_id: i64, attempt: i32) -> AttemptRef {
     AttemptRef { task_instance_id, attempt }
 }
 
+fn ending_of(event: &Event) -> Ending {
+    match event {
+        Event::Ended(e) => e.clone(),
+        other => panic!("not an end: {other:?}"),
+    }
+}
+
 fn ended(at: AttemptRef, succeeded: bool, exit_code: i32) -> Event {
     Event::Ended(Ending {
         at,
@@ -216,9 +223,21 @@ fn stale_late_and_impossible_events() {
     );
     assert_eq!(
         wf.apply(&run, &ended(attempt(2, 1), true, 0), t0()),
-        Err(DropReason::IllegalTransition { from: Submitted, to: Success }),
-        "a result for a task never dispatched"
+        Err(DropReason::NotTheAttemptsWorker { sender: "w1".into(), attempt: 1, holder: None }),
+        "a worker's result for a task never dispatched"
     );
+    let by_master = Event::Ended(Ending { worker: None, ..ending_of(&ended(attempt(2, 1), true, 0)) });
+    assert_eq!(
+        wf.apply(&run, &by_master, t0()),
+        Err(DropReason::IllegalTransition { from: Submitted, to: Success }),
+        "an end for a task never dispatched"
+    );
+    // only the worker that holds the attempt speaks for it: a forged result or RUNNING is refused
+    let forged = Event::Ended(Ending { worker: Some("w9".into()), ..ending_of(&ended(attempt(1, 2), true, 0)) });
+    let refused = Err(DropReason::NotTheAttemptsWorker { sender: "w9".into(), attempt: 2, holder: Some("w1".into()) });
+    assert_eq!(wf.apply(&run, &forged, t0()), refused);
+    let forged_running = Event::Running { at: attempt(1, 2), worker: "w9".into(), started_at: None };
+    assert_eq!(wf.apply(&run, &forged_running, t0()), refused);
     assert_eq!(wf.apply(&run, &ended(attempt(9, 1), true, 0), t0()), Err(DropReason::UnknownTaskInstance(9)));
     let dispatch_again = Event::Dispatched { at: attempt(1, 2), worker: "w2".into() };
     assert_eq!(wf.apply(&run, &dispatch_again, t0()), Ok(Outcome::Ignored), "only one dispatch of an attempt");
