@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
-    ApplyWorkflowRequest, DeleteTaskGroupRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogRequest,
-    GetWorkflowRequest, ListRunsRequest, ListTaskGroupsRequest, ListWorkflowsRequest, RerunRunRequest,
-    RunControlRequest, StartRunRequest, TaskControlRequest, TaskGroupRequest,
+    ApplyWorkflowRequest, CreateTokenRequest, DeleteTaskGroupRequest, DeleteTokenRequest, GetRunReply, GetRunRequest,
+    GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest, ListTaskGroupsRequest, ListTokensRequest,
+    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest, TaskControlRequest, TaskGroupRequest,
 };
+use porpoise_proto::{AdminClient, Bearer};
 use tonic::Code;
 use tonic::transport::Channel;
 
@@ -64,16 +65,31 @@ pub(crate) fn from_status(s: tonic::Status) -> ClientError {
     }
 }
 
-/// Connects to the master's AdminService at `server`.
-pub async fn connect(server: &str) -> Result<AdminServiceClient<Channel>, ClientError> {
-    let endpoint = Channel::from_shared(server.to_string())
+/// Where the CLI reaches a master, and the API token it sends.
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub addr: String,
+    pub token: Option<String>,
+}
+
+impl std::fmt::Display for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// Connects to the master's AdminService at `server`, with its token.
+pub async fn connect(server: &Server) -> Result<AdminClient, ClientError> {
+    let bearer =
+        Bearer::new(server.token.as_deref()).map_err(|e| ClientError::invalid(format!("PORPOISE_TOKEN: {e}")))?;
+    let endpoint = Channel::from_shared(server.addr.clone())
         .map_err(|e| ClientError::invalid(format!("bad server address {server:?}: {e}")))?
         .connect_timeout(Duration::from_secs(5));
     let channel = endpoint
         .connect()
         .await
         .map_err(|e| ClientError::failed(format!("cannot reach the Porpoise server at {server}: {e}")))?;
-    Ok(AdminServiceClient::new(channel))
+    Ok(AdminServiceClient::with_interceptor(channel, bearer))
 }
 
 /// Reads a spec file, or standard input for `-`: its name as messages show it and its text.
@@ -109,7 +125,7 @@ pub fn read_spec(file: &Path) -> Result<(String, String), String> {
 }
 
 /// `porpoise workflow apply -f FILE...` (`-f -`: standard input)
-pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
+pub async fn apply(server: &Server, files: &[PathBuf]) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     for file in files {
         let (shown, spec_yaml) = read_spec(file).map_err(ClientError::invalid)?;
@@ -127,7 +143,7 @@ pub async fn apply(server: &str, files: &[PathBuf]) -> Result<(), ClientError> {
 }
 
 /// `porpoise workflow list [--json]`
-pub async fn list(server: &str, json: bool) -> Result<(), ClientError> {
+pub async fn list(server: &Server, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_workflows(ListWorkflowsRequest {}).await.map_err(from_status)?.into_inner();
     if json {
@@ -175,7 +191,7 @@ pub fn parse_params(raw: &[String]) -> Result<HashMap<String, String>, ClientErr
 /// `porpoise run NAME [--param k=v]... [--wait]`: prints the run id; with `wait`, waits for the
 /// run to end and fails unless it succeeded.
 pub async fn run(
-    server: &str,
+    server: &Server,
     name: &str,
     params: &[String],
     wait: bool,
@@ -214,7 +230,7 @@ pub async fn run(
     }
 }
 
-async fn get_run(client: &mut AdminServiceClient<Channel>, run_id: i64) -> Result<GetRunReply, ClientError> {
+async fn get_run(client: &mut AdminClient, run_id: i64) -> Result<GetRunReply, ClientError> {
     Ok(client.get_run(GetRunRequest { run_id }).await.map_err(from_status)?.into_inner())
 }
 
@@ -227,7 +243,7 @@ pub(crate) fn time(ms: i64) -> String {
 }
 
 /// `porpoise status RUN [--json]`
-pub async fn status(server: &str, run_id: i64, json: bool) -> Result<(), ClientError> {
+pub async fn status(server: &Server, run_id: i64, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = get_run(&mut client, run_id).await?;
     let run = reply.run.unwrap_or_default();
@@ -319,7 +335,7 @@ pub enum Control {
 }
 
 /// `porpoise stop|pause|resume RUN`: records the request; says what happens next.
-pub async fn control(server: &str, run_id: i64, action: Control) -> Result<(), ClientError> {
+pub async fn control(server: &Server, run_id: i64, action: Control) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = RunControlRequest { run_id };
     let reply = match action {
@@ -334,7 +350,7 @@ pub async fn control(server: &str, run_id: i64, action: Control) -> Result<(), C
 }
 
 /// `porpoise task kill TASK_INSTANCE`
-pub async fn kill_task(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+pub async fn kill_task(server: &Server, task_instance_id: i64) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.kill_task(TaskControlRequest { task_instance_id }).await.map_err(from_status)?.into_inner();
     outln!("{}", reply.message)?;
@@ -342,7 +358,7 @@ pub async fn kill_task(server: &str, task_instance_id: i64) -> Result<(), Client
 }
 
 /// `porpoise task mark-success TASK_INSTANCE`
-pub async fn mark_success(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+pub async fn mark_success(server: &Server, task_instance_id: i64) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = TaskControlRequest { task_instance_id };
     let reply = client.mark_task_success(request).await.map_err(from_status)?.into_inner();
@@ -352,7 +368,7 @@ pub async fn mark_success(server: &str, task_instance_id: i64) -> Result<(), Cli
 
 /// `porpoise taskgroup create|update NAME`: creates the group, or changes what is given.
 pub async fn task_group_set(
-    server: &str,
+    server: &Server,
     create: bool,
     name: &str,
     slots: Option<i32>,
@@ -374,7 +390,7 @@ pub async fn task_group_set(
 }
 
 /// `porpoise taskgroup list`
-pub async fn task_groups(server: &str, json: bool) -> Result<(), ClientError> {
+pub async fn task_groups(server: &Server, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_task_groups(ListTaskGroupsRequest {}).await.map_err(from_status)?.into_inner();
     if json {
@@ -404,15 +420,54 @@ pub async fn task_groups(server: &str, json: bool) -> Result<(), ClientError> {
 }
 
 /// `porpoise taskgroup delete NAME`
-pub async fn task_group_delete(server: &str, name: &str) -> Result<(), ClientError> {
+pub async fn task_group_delete(server: &Server, name: &str) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     client.delete_task_group(DeleteTaskGroupRequest { name: name.to_string() }).await.map_err(from_status)?;
     outln!("task group {name}: deleted")?;
     Ok(())
 }
 
+/// `porpoise token create NAME --role ROLE`: prints the secret, once.
+pub async fn token_create(server: &Server, name: &str, role: &str) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let request = CreateTokenRequest { name: name.to_string(), role: role.to_string() };
+    let reply = client.create_token(request).await.map_err(from_status)?.into_inner();
+    let role = reply.token.map(|t| t.role).unwrap_or_default();
+    outln!("{}", reply.secret)?;
+    errln!("token {name} ({role}) made: it is shown only now; give it as PORPOISE_TOKEN or --token");
+    Ok(())
+}
+
+/// `porpoise token list [--json]`
+pub async fn tokens(server: &Server, json: bool) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    let reply = client.list_tokens(ListTokensRequest {}).await.map_err(from_status)?.into_inner();
+    if json {
+        let all: Vec<serde_json::Value> = reply
+            .tokens
+            .iter()
+            .map(|t| serde_json::json!({ "name": t.name, "role": t.role, "created_at_ms": t.created_at_ms }))
+            .collect();
+        outln!("{:#}", serde_json::Value::Array(all))?;
+        return Ok(());
+    }
+    let mut table = Table::new(&["TOKEN", "ROLE", "CREATED"]);
+    for t in &reply.tokens {
+        table.row([t.name.clone(), t.role.clone(), time(t.created_at_ms)]);
+    }
+    table.print()
+}
+
+/// `porpoise token delete NAME`
+pub async fn token_delete(server: &Server, name: &str) -> Result<(), ClientError> {
+    let mut client = connect(server).await?;
+    client.delete_token(DeleteTokenRequest { name: name.to_string() }).await.map_err(from_status)?;
+    outln!("token {name} deleted: it stops working within seconds")?;
+    Ok(())
+}
+
 /// `porpoise rerun RUN [--failed | --from TASK]`
-pub async fn rerun(server: &str, run_id: i64, failed: bool, from: Option<&str>) -> Result<(), ClientError> {
+pub async fn rerun(server: &Server, run_id: i64, failed: bool, from: Option<&str>) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = RerunRunRequest { run_id, failed_only: failed, from_task: from.unwrap_or_default().to_string() };
     client.rerun_run(request).await.map_err(from_status)?;
@@ -425,7 +480,7 @@ pub async fn rerun(server: &str, run_id: i64, failed: bool, from: Option<&str>) 
 
 /// `porpoise runs list`
 pub async fn runs(
-    server: &str,
+    server: &Server,
     workflow: Option<&str>,
     state: Option<&str>,
     limit: u32,
@@ -482,7 +537,7 @@ pub async fn runs(
 
 /// `porpoise workflow show NAME [--version V] [--json]`: the stored spec, as applied (with
 /// `--json`: its name, version and the spec as a JSON object).
-pub async fn show(server: &str, name: &str, version: Option<i32>, json: bool) -> Result<(), ClientError> {
+pub async fn show(server: &Server, name: &str, version: Option<i32>, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = GetWorkflowRequest { name: name.to_string(), version: version.unwrap_or(0) };
     let reply = client.get_workflow(request).await.map_err(from_status)?.into_inner();
@@ -501,7 +556,7 @@ pub async fn show(server: &str, name: &str, version: Option<i32>, json: bool) ->
 }
 
 /// `porpoise logs TASK_INSTANCE`: the whole log of the task's latest attempt.
-pub async fn logs(server: &str, task_instance_id: i64) -> Result<(), ClientError> {
+pub async fn logs(server: &Server, task_instance_id: i64) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let mut offset = 0;
     loop {

@@ -18,6 +18,10 @@ struct Cli {
     /// The master to talk to.
     #[arg(long, global = true, env = "PORPOISE_SERVER", default_value = DEFAULT_SERVER)]
     server: String,
+    /// The API token to send (`porpoise token create` makes them; standalone on loopback needs
+    /// none).
+    #[arg(long, global = true, env = "PORPOISE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -115,6 +119,11 @@ enum Command {
         #[command(subcommand)]
         command: TaskGroupCommand,
     },
+    /// Work with API tokens (admin): who may read, operate or administer through this master.
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// Work with schedules: when a workflow runs by itself.
     Schedule {
         #[command(subcommand)]
@@ -134,6 +143,13 @@ enum Command {
         /// How many tasks run at once.
         #[arg(long, default_value_t = 16)]
         slots: u32,
+        /// The only users tasks may run as (their spec's `tenant`), comma-separated; any
+        /// existing user but root when unset.
+        #[arg(long, value_delimiter = ',')]
+        tenants: Option<Vec<String>>,
+        /// Lets tasks run as root (a `root` tenant, or no tenant when standalone runs as root).
+        #[arg(long, env = "PORPOISE_ALLOW_ROOT_TASKS")]
+        allow_root_tasks: bool,
     },
 }
 
@@ -262,6 +278,26 @@ enum TaskGroupCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Makes a token and prints it once (it is stored only hashed).
+    Create {
+        name: String,
+        /// viewer (reads), operator (also runs and controls), admin (also applies workflows and
+        /// manages task groups, schedules and tokens).
+        #[arg(long)]
+        role: String,
+    },
+    /// Lists the tokens: names, roles, when made.
+    List {
+        /// Prints JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Deletes a token: it stops working within seconds.
+    Delete { name: String },
+}
+
+#[derive(Debug, Subcommand)]
 enum RunsCommand {
     /// Lists runs, newest first.
     List {
@@ -301,7 +337,7 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(cli: Cli) -> ExitCode {
-    let server = cli.server.as_str();
+    let server = &client::Server { addr: cli.server.clone(), token: cli.token.clone() };
     let result = match cli.command {
         Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
         Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
@@ -347,6 +383,11 @@ async fn async_main(cli: Cli) -> ExitCode {
             TaskGroupCommand::List { json } => client::task_groups(server, json).await,
             TaskGroupCommand::Delete { name } => client::task_group_delete(server, &name).await,
         },
+        Command::Token { command } => match command {
+            TokenCommand::Create { name, role } => client::token_create(server, &name, &role).await,
+            TokenCommand::List { json } => client::tokens(server, json).await,
+            TokenCommand::Delete { name } => client::token_delete(server, &name).await,
+        },
         Command::Schedule { command } => match command {
             ScheduleCommand::Create { name, cron, timezone, start, end, catchup } => {
                 let new = porpoise_cli::schedule::NewSchedule { cron, timezone, start, end, catchup };
@@ -364,7 +405,10 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Workflow { command: WorkflowCommand::Show { name, version, json } } => {
             client::show(server, &name, version, json).await
         }
-        Command::Standalone { data_dir, listen, slots } => return standalone(data_dir, listen, slots).await,
+        Command::Standalone { data_dir, listen, slots, tenants, allow_root_tasks } => {
+            let tenants = porpoise_worker::tenant::TenantPolicy { allowed: tenants, allow_root: allow_root_tasks };
+            return standalone(data_dir, listen, slots, tenants).await;
+        }
         Command::Completions { .. } => Ok(()),
     };
     match result {
@@ -373,12 +417,20 @@ async fn async_main(cli: Cli) -> ExitCode {
     }
 }
 
-async fn standalone(data_dir: PathBuf, listen: SocketAddr, slots: u32) -> ExitCode {
+async fn standalone(
+    data_dir: PathBuf,
+    listen: SocketAddr,
+    slots: u32,
+    tenants: porpoise_worker::tenant::TenantPolicy,
+) -> ExitCode {
     init_tracing();
     if slots == 0 {
         return fail(EXIT_INVALID, "--slots must be at least 1");
     }
-    let s = match Standalone::start(data_dir.clone(), listen, slots).await {
+    if let Some(problem) = tenants.allowed.iter().flatten().find_map(|t| porpoise_core::spec::check_tenant(t).err()) {
+        return fail(EXIT_INVALID, format!("invalid setting --tenants: {problem}"));
+    }
+    let s = match Standalone::start(data_dir.clone(), listen, slots, tenants).await {
         Ok(s) => s,
         Err(e) => return fail(1, e),
     };

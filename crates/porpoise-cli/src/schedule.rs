@@ -6,7 +6,7 @@ use porpoise_proto::v1::{
     ScheduleRequest,
 };
 
-use crate::client::{ClientError, connect, from_status, parse_params, time};
+use crate::client::{ClientError, Server, connect, from_status, parse_params, time};
 use crate::outln;
 use crate::table::Table;
 
@@ -21,7 +21,7 @@ pub struct NewSchedule {
 }
 
 /// `porpoise schedule create NAME --cron EXPR …`
-pub async fn create(server: &str, name: &str, new: NewSchedule) -> Result<(), ClientError> {
+pub async fn create(server: &Server, name: &str, new: NewSchedule) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let request = ScheduleRequest {
         workflow_name: name.to_string(),
@@ -37,7 +37,7 @@ pub async fn create(server: &str, name: &str, new: NewSchedule) -> Result<(), Cl
 }
 
 /// `porpoise schedule list [--json]`
-pub async fn list(server: &str, json: bool) -> Result<(), ClientError> {
+pub async fn list(server: &Server, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply = client.list_schedules(ListSchedulesRequest {}).await.map_err(from_status)?.into_inner();
     if json {
@@ -60,7 +60,7 @@ pub async fn list(server: &str, json: bool) -> Result<(), ClientError> {
 }
 
 /// `porpoise schedule show NAME [--json]`
-pub async fn show(server: &str, name: &str, json: bool) -> Result<(), ClientError> {
+pub async fn show(server: &Server, name: &str, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let s = client.get_schedule(named(name)).await.map_err(from_status)?.into_inner();
     if json {
@@ -81,7 +81,7 @@ pub async fn show(server: &str, name: &str, json: bool) -> Result<(), ClientErro
 }
 
 /// `porpoise schedule pause|resume NAME`
-pub async fn pause(server: &str, name: &str, paused: bool) -> Result<(), ClientError> {
+pub async fn pause(server: &Server, name: &str, paused: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let reply =
         if paused { client.pause_schedule(named(name)).await } else { client.resume_schedule(named(name)).await };
@@ -95,7 +95,7 @@ pub async fn pause(server: &str, name: &str, paused: bool) -> Result<(), ClientE
 }
 
 /// `porpoise schedule delete NAME`
-pub async fn delete(server: &str, name: &str) -> Result<(), ClientError> {
+pub async fn delete(server: &Server, name: &str) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     client.delete_schedule(named(name)).await.map_err(from_status)?;
     outln!("workflow {name}: schedule deleted")?;
@@ -137,7 +137,7 @@ pub struct NewBackfill {
 
 /// `porpoise backfill NAME --from DATE --to DATE …`: starts it; prints its id, then each run's
 /// id and schedule time.
-pub async fn backfill(server: &str, new: NewBackfill) -> Result<(), ClientError> {
+pub async fn backfill(server: &Server, new: NewBackfill) -> Result<(), ClientError> {
     let params = parse_params(&new.params)?;
     if new.parallel == 0 {
         return Err(ClientError::invalid("--parallel must be at least 1"));
@@ -163,7 +163,7 @@ pub async fn backfill(server: &str, new: NewBackfill) -> Result<(), ClientError>
 }
 
 /// `porpoise backfill status ID [--json]`
-pub async fn backfill_status(server: &str, id: i64, json: bool) -> Result<(), ClientError> {
+pub async fn backfill_status(server: &Server, id: i64, json: bool) -> Result<(), ClientError> {
     let mut client = connect(server).await?;
     let b = client.get_backfill(GetBackfillRequest { backfill_id: id }).await.map_err(from_status)?.into_inner();
     if json {

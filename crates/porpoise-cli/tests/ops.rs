@@ -19,6 +19,8 @@ impl Daemon {
         let child = Command::new(binary)
             .args(args)
             .env("RUST_LOG", "info")
+            .env("PORPOISE_ADMIN_TOKEN", "pp_ops-test-admin")
+            .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -86,6 +88,7 @@ async fn until_logged(daemon: &Daemon, text: &str) {
 
 fn porpoise(server: &str, dir: &Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_porpoise"))
+        .env("PORPOISE_TOKEN", "pp_ops-test-admin")
         .args(["--server", server])
         .args(args)
         .current_dir(dir)
@@ -380,7 +383,13 @@ async fn a_worker_that_cannot_write_its_data_directory_takes_no_tasks_and_says_w
     worker_args.extend(registry.iter().cloned());
     let log = std::fs::File::create(dir.path().join("worker.log")).expect("a log file");
     let mut command = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"));
-    command.args(&worker_args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    command
+        .args(&worker_args)
+        .env("RUST_LOG", "info")
+        .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
     if let Some((uid, gid)) = ids {
         command.uid(uid).gid(gid);
     }

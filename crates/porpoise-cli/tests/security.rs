@@ -286,3 +286,102 @@ async fn a_flood_of_broken_events_is_summarised_not_stored_one_by_one() {
     assert_eq!(common::metric(&metrics, "porpoise_task_events_rejected_total"), FLOOD as f64);
     assert_eq!(common::metric(&metrics, "porpoise_dead_letters_suppressed_total"), summarised as f64);
 }
+
+/// Outside standalone, AdminService answers only calls that carry a token, and a token does
+/// only what its role allows; a deleted token stops working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_calls_need_a_token_whose_role_allows_them() {
+    let d = Deployment::cluster_on(TestPostgres::shared(), ClusterOptions::default()).await;
+    let with = |token: &str, args: &[&str]| {
+        let mut all = vec!["--token", token];
+        all.extend_from_slice(args);
+        cli(&d, &all)
+    };
+    d.apply("hello", "name: hello\ntasks:\n  - { name: a, command: 'true' }\n");
+
+    let (code, _, err) = with("", &["workflow", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("needs an API token: set PORPOISE_TOKEN"), "{err}");
+    let (code, _, err) = with("pp_not-a-token", &["workflow", "list"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("the API token is not valid"), "{err}");
+
+    // the admin (the deployment's bootstrap token) makes a viewer and an operator
+    let (code, viewer, err) = cli(&d, &["token", "create", "watcher", "--role", "viewer"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("shown only now"), "{err}");
+    let viewer = viewer.trim().to_string();
+    let (code, operator, err) = cli(&d, &["token", "create", "ci", "--role", "operator"]);
+    assert_eq!(code, 0, "{err}");
+    let operator = operator.trim().to_string();
+    assert!(viewer.starts_with("pp_") && operator.starts_with("pp_") && viewer != operator);
+
+    // a viewer reads, and cannot start a run
+    let (code, out, err) = with(&viewer, &["workflow", "list"]);
+    assert!(code == 0 && out.contains("hello"), "{out}{err}");
+    let (code, _, err) = with(&viewer, &["run", "hello"]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("token watcher is a viewer token: StartRun needs operator"), "{err}");
+    // an operator runs, and cannot apply or make tokens
+    let (code, out, err) = with(&operator, &["run", "hello", "--wait"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let spec = d.path("hello.yaml").display().to_string();
+    let (code, _, err) = with(&operator, &["workflow", "apply", "-f", &spec]);
+    assert!(code == 1 && err.contains("ApplyWorkflow needs admin"), "{err}");
+    let (code, _, err) = with(&operator, &["token", "create", "sneaky", "--role", "admin"]);
+    assert!(code == 1 && err.contains("CreateToken needs admin"), "{err}");
+
+    // tokens are listed without their secrets, and a deleted one stops working
+    let (code, out, _) = cli(&d, &["token", "list", "--json"]);
+    assert_eq!(code, 0);
+    let listed: serde_json::Value = serde_json::from_str(&out).expect("JSON");
+    let names: Vec<(&str, &str)> = listed
+        .as_array()
+        .expect("a list")
+        .iter()
+        .map(|t| (t["name"].as_str().unwrap_or(""), t["role"].as_str().unwrap_or("")))
+        .collect();
+    assert_eq!(names, [("ci", "operator"), ("watcher", "viewer")]);
+    assert!(!out.contains(&viewer) && !out.contains(&operator), "no secret is shown again");
+    let (code, _, err) = cli(&d, &["token", "create", "ci", "--role", "viewer"]);
+    assert!(code == 2 && err.contains("token ci exists already"), "{err}");
+    let (code, _, err) = cli(&d, &["token", "delete", "watcher"]);
+    assert_eq!(code, 0, "{err}");
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while with(&viewer, &["workflow", "list"]).0 == 0 {
+        assert!(Instant::now() < deadline, "a deleted token kept working");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let metrics = d.metrics_text().await;
+    assert!(common::metric(&metrics, r#"porpoise_admin_calls_refused_total{reason="role"}"#) >= 3.0, "{metrics}");
+    assert!(common::metric(&metrics, r#"porpoise_admin_calls_refused_total{reason="no_token"}"#) >= 1.0);
+    assert!(common::metric(&metrics, r#"porpoise_admin_calls_refused_total{reason="unknown_token"}"#) >= 2.0);
+}
+
+/// A task with `tenant: nobody` runs as `nobody`, in a working directory it owns (the worker
+/// runs as root). A worker that is not root cannot switch users and refuses the task, saying
+/// why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_runs_as_its_tenant() {
+    let mut d = Deployment::standalone().await;
+    let yaml = "name: tenant\ntasks:\n  - name: who\n    tenant: nobody\n    command: id -un; touch mine && echo wrote; echo \"home=$HOME user=$USER\"\n";
+    d.apply("tenant", yaml);
+    let (code, out, err) = cli(&d, &["run", "tenant", "--wait"]);
+    let id: i64 = out.trim().parse().expect("a run id");
+    let run = d.finished_run(id).await;
+    if nix_is_root() {
+        assert_eq!(code, 0, "{out}{err}");
+        let log = log_of(&mut d, id, "who").await;
+        assert!(log.starts_with("nobody\nwrote\nhome="), "{log}");
+        assert!(log.contains("user=nobody"), "{log}");
+    } else {
+        assert_eq!(code, 1, "{out}{err}");
+        let who = run.tasks.iter().find(|t| t.task_name == "who").expect("who");
+        assert_eq!(who.state, "failure", "{run:?}");
+    }
+}
+
+fn nix_is_root() -> bool {
+    // the owner of /proc/self is the process's effective user
+    std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
+}

@@ -21,6 +21,7 @@ async fn a_killed_worker_leaves_the_registry_within_twice_its_ttl() {
     let dir = tempfile::tempdir().expect("dir");
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
+        .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
         .args(["--listen", &addr, "--group", "etl", "--slots", "3", "--etcd", &etcd.endpoint()])
         .args(["--etcd-root", &root, "--lease-ttl-secs", &TTL_SECS.to_string()])
         .arg("--data-dir")
@@ -80,6 +81,7 @@ impl Drop for Worker {
 fn start_worker(data_dir: &std::path::Path, root: &str) -> (Worker, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
+        .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
         .args(["--listen", &addr, "--etcd", &TestEtcd::shared().endpoint(), "--etcd-root", root])
         .arg("--data-dir")
         .arg(data_dir)

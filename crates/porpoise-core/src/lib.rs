@@ -2,6 +2,8 @@
 //! states a run moves through and what each event does to a run, in what order ready tasks leave
 //! the queue, and how a state-event handler says whether its failure is worth retrying.
 
+/// Roles of API tokens and what each AdminService call needs.
+pub mod auth;
 /// Capped exponential backoff for retried work.
 pub mod backoff;
 /// The task graph of a workflow: roots, topological order, ready sets, cycles.

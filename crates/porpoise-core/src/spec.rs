@@ -63,6 +63,10 @@ pub struct TaskSpec {
     /// ([`crate::shell`]): the author's explicit opt-in.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub raw_params: Vec<String>,
+    /// The OS user the task runs as on its worker (DolphinScheduler's tenant); the worker's own
+    /// user when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// How long a task waits for a live worker of its group unless its spec says otherwise.
@@ -290,6 +294,7 @@ struct RawTask {
     task_group_priority: Option<i32>,
     #[serde(default)]
     raw_params: Vec<Scalar>,
+    tenant: Option<Scalar>,
 }
 
 impl WorkflowSpec {
@@ -571,6 +576,12 @@ impl Validator<'_> {
         if raw.task_group_priority.is_some() && task_group.is_none() {
             self.problem(t, Some("task_group_priority"), "task_group_priority without a task_group".into());
         }
+        let tenant = raw.tenant.map(|s| s.to_string());
+        if let Some(user) = &tenant
+            && let Err(m) = check_tenant(user)
+        {
+            self.problem(t, Some("tenant"), m);
+        }
         let mut raw_params = Vec::new();
         for p in raw.raw_params.iter().map(Scalar::to_string) {
             if let Err(m) = check_param_name(&p) {
@@ -595,6 +606,7 @@ impl Validator<'_> {
             task_group,
             task_group_priority: raw.task_group_priority.unwrap_or(0),
             raw_params,
+            tenant,
         }
     }
 
@@ -678,6 +690,19 @@ pub fn check_name(s: &str) -> Result<(), String> {
         return Err(format!("{s:?} must start with a letter or a digit"));
     }
     Ok(())
+}
+
+/// Checks a tenant (an OS user name): what `useradd` accepts, up to 32 characters.
+pub fn check_tenant(user: &str) -> Result<(), String> {
+    let mut chars = user.chars();
+    let ok = user.len() <= 32
+        && matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c == '_')
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("tenant {user:?} is not a user name: lower-case letters, digits, '_' and '-', at most 32"))
+    }
 }
 
 /// Environment variables that change how bash, the dynamic loader or libc behave: a param of

@@ -7,15 +7,16 @@ use porpoise_core::schedule::{Catchup, ScheduleSpec};
 use porpoise_core::{ExecutionState, Priority};
 use porpoise_proto::v1::admin_service_server::AdminService;
 use porpoise_proto::v1::{
-    ApplyWorkflowReply, ApplyWorkflowRequest, BackfillReply, BackfillRequest, DeleteScheduleReply,
-    DeleteTaskGroupReply, DeleteTaskGroupRequest, GetBackfillRequest, GetRunReply, GetRunRequest,
-    GetTaskInstanceLogReply, GetTaskInstanceLogRequest, GetWorkflowReply, GetWorkflowRequest, ListRunsReply,
-    ListRunsRequest, ListSchedulesReply, ListSchedulesRequest, ListTaskGroupsReply, ListTaskGroupsRequest,
-    ListWorkflowsReply, ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary,
-    ScheduleInfo, ScheduleName, ScheduleRequest, StartRunReply, StartRunRequest, TaskControlRequest, TaskGroupInfo,
-    TaskGroupRequest, TaskInstanceInfo, WorkflowSummary,
+    ApplyWorkflowReply, ApplyWorkflowRequest, BackfillReply, BackfillRequest, CreateTokenReply, CreateTokenRequest,
+    DeleteScheduleReply, DeleteTaskGroupReply, DeleteTaskGroupRequest, DeleteTokenReply, DeleteTokenRequest,
+    GetBackfillRequest, GetRunReply, GetRunRequest, GetTaskInstanceLogReply, GetTaskInstanceLogRequest,
+    GetWorkflowReply, GetWorkflowRequest, ListRunsReply, ListRunsRequest, ListSchedulesReply, ListSchedulesRequest,
+    ListTaskGroupsReply, ListTaskGroupsRequest, ListTokensReply, ListTokensRequest, ListWorkflowsReply,
+    ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary, ScheduleInfo, ScheduleName,
+    ScheduleRequest, StartRunReply, StartRunRequest, TaskControlRequest, TaskGroupInfo, TaskGroupRequest,
+    TaskInstanceInfo, TokenInfo, WorkflowSummary,
 };
-use porpoise_store::{BackfillRow, TaskGroup, TaskInstance, WorkflowInstance};
+use porpoise_store::{ApiToken, BackfillRow, TaskGroup, TaskInstance, WorkflowInstance};
 use tonic::{Request, Response, Status};
 
 use crate::app::{self, App, AppError, Controlled, RerunScope, RunView, ScheduleView};
@@ -111,6 +112,10 @@ fn schedule_spec(req: ScheduleRequest) -> Result<ScheduleSpec, Status> {
         end: instant("--end", &req.end)?,
         catchup,
     })
+}
+
+fn token_info(t: ApiToken) -> TokenInfo {
+    TokenInfo { name: t.name, role: t.role, created_at_ms: t.created_at.timestamp_millis() }
 }
 
 fn task_info(t: TaskInstance) -> TaskInstanceInfo {
@@ -320,6 +325,22 @@ impl AdminService for Admin {
     async fn get_backfill(&self, request: Request<GetBackfillRequest>) -> Result<Response<BackfillReply>, Status> {
         let (row, runs) = self.0.backfill_status(request.into_inner().backfill_id).await.map_err(status)?;
         Ok(Response::new(backfill_reply(row, runs)))
+    }
+
+    async fn create_token(&self, request: Request<CreateTokenRequest>) -> Result<Response<CreateTokenReply>, Status> {
+        let req = request.into_inner();
+        let (token, secret) = self.0.create_token(&req.name, &req.role).await.map_err(status)?;
+        Ok(Response::new(CreateTokenReply { token: Some(token_info(token)), secret }))
+    }
+
+    async fn list_tokens(&self, _: Request<ListTokensRequest>) -> Result<Response<ListTokensReply>, Status> {
+        let tokens = self.0.tokens().await.map_err(status)?.into_iter().map(token_info).collect();
+        Ok(Response::new(ListTokensReply { tokens }))
+    }
+
+    async fn delete_token(&self, request: Request<DeleteTokenRequest>) -> Result<Response<DeleteTokenReply>, Status> {
+        self.0.delete_token(&request.into_inner().name).await.map_err(status)?;
+        Ok(Response::new(DeleteTokenReply {}))
     }
 
     async fn get_task_log(

@@ -12,8 +12,8 @@ use porpoise_core::schedule::{Schedule, ScheduleSpec};
 use porpoise_core::{ExecutionState, Priority, WorkflowSpec};
 use porpoise_proto::v1::GetTaskLogRequest;
 use porpoise_store::{
-    ApplyOutcome, BackfillRow, CommandKind, NewBackfill, NewCommand, NewRun, RunKind, ScheduleRow, StoreError,
-    TASK_INSTANCE_PARAM, TaskGroup, TaskInstance, WorkflowDefinition, WorkflowInstance,
+    ApiToken, ApplyOutcome, BackfillRow, CommandKind, NewBackfill, NewCommand, NewRun, RunKind, ScheduleRow,
+    StoreError, TASK_INSTANCE_PARAM, TaskGroup, TaskInstance, WorkflowDefinition, WorkflowInstance,
 };
 use tracing::info;
 
@@ -427,6 +427,35 @@ impl App {
 
     /// Deletes task group `name`, unless a task instance not yet ended or the newest version of
     /// a workflow names it.
+    /// Makes API token `name` with `role`; returns it and its secret (stored only hashed).
+    pub async fn create_token(&self, name: &str, role: &str) -> Result<(ApiToken, String)> {
+        porpoise_core::spec::check_name(name).map_err(|e| AppError::Invalid(format!("token name {e}")))?;
+        let role: porpoise_core::auth::Role = role.parse().map_err(AppError::Invalid)?;
+        let secret = crate::auth::new_secret().map_err(AppError::Internal)?;
+        let token = match self.0.store.create_api_token(name, role.as_str(), &crate::auth::hash(&secret)).await {
+            Err(StoreError::Conflict { .. }) => {
+                return Err(AppError::WrongState(format!("token {name} exists already (delete it first)")));
+            }
+            other => other?,
+        };
+        info!(token = name, %role, "API token created");
+        Ok((token, secret))
+    }
+
+    /// Every API token (names and roles; the secrets are not kept).
+    pub async fn tokens(&self) -> Result<Vec<ApiToken>> {
+        Ok(self.0.store.api_tokens().await?)
+    }
+
+    /// Deletes API token `name`: it stops working within seconds.
+    pub async fn delete_token(&self, name: &str) -> Result<()> {
+        if !self.0.store.delete_api_token(name).await? {
+            return Err(AppError::NotFound(format!("no token {name}")));
+        }
+        info!(token = name, "API token deleted");
+        Ok(())
+    }
+
     pub async fn delete_task_group(&self, name: &str) -> Result<()> {
         let group = self.0.store.task_group(name).await?;
         let group = group.ok_or_else(|| AppError::NotFound(format!("no task group {name}")))?;

@@ -101,6 +101,7 @@ pub(crate) async fn send(shared: Arc<Shared>, task: QueuedTask, worker: String) 
         timeout_ms: task.timeout_ms,
         master_addr: shared.addr.clone(),
         epoch: task.epoch,
+        tenant: task.tenant.clone(),
     };
     let backoff = Backoff { initial: Duration::from_millis(100), max: Duration::from_secs(10), multiplier: 2.0 };
     let mut failures = 0u32;

@@ -6,6 +6,8 @@
 mod admin;
 /// Operators' actions as a plain Rust API: what the AdminService translates.
 pub mod app;
+/// Who may call AdminService: API tokens and roles.
+mod auth;
 /// The command consumer.
 mod consumer;
 /// Writes dead letters, bounded per source.
@@ -68,6 +70,32 @@ pub struct MasterConfig {
     pub worker_failover_grace: Duration,
     /// How often runs without a live owner are looked for (also at once when a master leaves).
     pub takeover_sweep: Duration,
+    /// Who may call AdminService.
+    pub admin_auth: AdminAuth,
+}
+
+/// Who may call AdminService.
+#[derive(Clone, Default)]
+pub enum AdminAuth {
+    /// API tokens with roles, as `porpoise token create` makes them.
+    #[default]
+    Tokens,
+    /// The same, and an admin token held only in memory, to make the first ones
+    /// (`PORPOISE_ADMIN_TOKEN`).
+    TokensWithBootstrap(String),
+    /// Every call is allowed: only for a master reachable from this host alone (standalone on
+    /// loopback).
+    Open,
+}
+
+impl std::fmt::Debug for AdminAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Tokens => "Tokens",
+            Self::TokensWithBootstrap(_) => "TokensWithBootstrap(<secret>)",
+            Self::Open => "Open",
+        })
+    }
 }
 
 impl Default for MasterConfig {
@@ -85,6 +113,7 @@ impl Default for MasterConfig {
             command_poll: Duration::from_secs(5),
             worker_failover_grace: Duration::from_secs(2),
             takeover_sweep: Duration::from_secs(1),
+            admin_auth: AdminAuth::default(),
         }
     }
 }
@@ -360,8 +389,19 @@ impl MasterHandle {
 
         let events = TaskEventServiceServer::new(events::TaskEvents(shared.clone()))
             .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
-        let admin = AdminServiceServer::new(admin::Admin(app::App(shared.clone())))
-            .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
+        let tokens = match &config.admin_auth {
+            AdminAuth::Open => {
+                warn!("AdminService is open: every call is allowed without a token (loopback only)");
+                auth::Tokens::new(shared.store.clone(), false, None)
+            }
+            AdminAuth::Tokens => auth::Tokens::new(shared.store.clone(), true, None),
+            AdminAuth::TokensWithBootstrap(secret) => auth::Tokens::new(shared.store.clone(), true, Some(secret)),
+        };
+        let admin = auth::Authorized {
+            inner: AdminServiceServer::new(admin::Admin(app::App(shared.clone())))
+                .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES),
+            tokens,
+        };
         // the standard health service (grpc.health.v1) and reflection, for probes and grpcurl
         let (health, health_service) = tonic_health::server::health_reporter();
         health.set_serving::<TaskEventServiceServer<events::TaskEvents>>().await;

@@ -35,6 +35,10 @@ pub const WORKFLOWS_STALLED: &str = "porpoise_workflow_instances_stalled";
 pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const TASK_EVENTS_REFUSED: &str = "porpoise_task_events_refused_total";
 pub const DEAD_LETTERS_SUPPRESSED: &str = "porpoise_dead_letters_suppressed_total";
+pub const ADMIN_CALLS_REFUSED: &str = "porpoise_admin_calls_refused_total";
+
+/// Why [`ADMIN_CALLS_REFUSED`] counts a call: no token, a token nobody holds, a role too low.
+pub const ADMIN_REFUSALS: [&str; 3] = ["no_token", "unknown_token", "role"];
 
 /// Why [`TASK_EVENTS_REFUSED`] counts an event: its sender is not the worker it claims to be,
 /// or not the worker that holds the attempt.
@@ -48,7 +52,7 @@ pub const QUEUE_DEPTH: &str = "porpoise_task_queue_depth";
 pub const LATENCIES: [&str; 3] = [DISPATCH_SECONDS, STATE_EVENT_SECONDS, TAKEOVER_SECONDS];
 
 /// The operations [`DATABASE_ERRORS`] counts, as its label values.
-pub const DATABASE_OPERATIONS: [&str; 10] = [
+pub const DATABASE_OPERATIONS: [&str; 11] = [
     "persist",
     "load_run",
     "read_run",
@@ -59,6 +63,7 @@ pub const DATABASE_OPERATIONS: [&str; 10] = [
     "sweep",
     "fire_schedules",
     "release_runs",
+    "read_token",
 ];
 
 /// Counts a failed database call of `operation` (a refused conditional write is no error: it
@@ -103,6 +108,7 @@ pub const ALL: &[&str] = &[
     TASK_EVENTS_REJECTED,
     TASK_EVENTS_REFUSED,
     DEAD_LETTERS_SUPPRESSED,
+    ADMIN_CALLS_REFUSED,
     DISPATCH_SECONDS,
     STATE_EVENT_SECONDS,
     QUEUE_DEPTH,
@@ -165,6 +171,10 @@ pub fn describe() {
         "Task events refused and never applied, by reason: unauthenticated (the sender is not the worker it claims), not_the_attempts_worker"
     );
     describe_counter!(
+        ADMIN_CALLS_REFUSED,
+        "AdminService calls refused, by reason: no_token, unknown_token, role (the token's role is too low)"
+    );
+    describe_counter!(
         DEAD_LETTERS_SUPPRESSED,
         "Dead letters not stored one by one because their source sent too many at once (each source's are summarised in one row)"
     );
@@ -222,6 +232,9 @@ fn register_at_zero() {
         counter!(TASK_EVENTS_REFUSED, "reason" => reason).increment(0);
     }
     counter!(DEAD_LETTERS_SUPPRESSED).increment(0);
+    for reason in ADMIN_REFUSALS {
+        counter!(ADMIN_CALLS_REFUSED, "reason" => reason).increment(0);
+    }
     for reason in ["invalid", "full", "draining", "unreachable"] {
         counter!(TASKS_DISPATCH_FAILED, "reason" => reason).increment(0);
     }

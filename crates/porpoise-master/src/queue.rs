@@ -25,6 +25,8 @@ pub(crate) struct QueuedTask {
     pub params: HashMap<String, String>,
     pub timeout_ms: u64,
     pub worker_group: String,
+    /// The OS user the task runs as (empty: the worker's own).
+    pub tenant: String,
     pub workflow_priority: Priority,
     pub task_priority: Priority,
     pub queued_at: Instant,

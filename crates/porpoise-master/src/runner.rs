@@ -679,6 +679,7 @@ impl Runner {
                 _ => 0,
             },
             worker_group: task.worker_group.clone(),
+            tenant: task.tenant.clone().unwrap_or_default(),
             workflow_priority: self.workflow.spec.priority,
             task_priority: task.priority,
             queued_at: Instant::now(),

@@ -191,6 +191,16 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes task group `name` ([`StoreError::NotFound`] if none).
     async fn delete_task_group(&self, name: &str) -> Result<()>;
 
+    /// Stores API token `name` with `role`, as the hash of its secret
+    /// ([`StoreError::Conflict`] if the name is taken).
+    async fn create_api_token(&self, name: &str, role: &str, token_hash: &str) -> Result<ApiToken>;
+    /// The token whose secret hashes to `token_hash`.
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<ApiToken>>;
+    /// Every API token, by name.
+    async fn api_tokens(&self) -> Result<Vec<ApiToken>>;
+    /// Deletes token `name`; `false` if there was none.
+    async fn delete_api_token(&self, name: &str) -> Result<bool>;
+
     /// Records a state event that was dropped, with the reason.
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64>;
     /// The newest dead letters first.

@@ -313,6 +313,19 @@ pub(crate) fn task_group_select(filter: &str) -> String {
 }
 
 #[derive(Debug, sqlx::FromRow)]
+pub(crate) struct ApiTokenRow {
+    name: String,
+    role: String,
+    created_at: DateTime<Utc>,
+}
+
+impl From<ApiTokenRow> for crate::ApiToken {
+    fn from(r: ApiTokenRow) -> Self {
+        crate::ApiToken { name: r.name, role: r.role, created_at: r.created_at }
+    }
+}
+
+#[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TaskGroupRow {
     name: String,
     slots: i32,
@@ -1358,6 +1371,61 @@ macro_rules! impl_store {
                 .bind(id)
                 .execute(&self.pool)
                 .await?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn create_api_token(
+                &self,
+                name: &str,
+                role: &str,
+                token_hash: &str,
+            ) -> $crate::Result<$crate::ApiToken> {
+                let t = $crate::sql::now();
+                let done = sqlx::query::<$db>(
+                    "INSERT INTO api_token (name, role, token_hash, created_at) VALUES ($1, $2, $3, $4) \
+                     ON CONFLICT (name) DO NOTHING",
+                )
+                .bind(name)
+                .bind(role)
+                .bind(token_hash)
+                .bind(t)
+                .execute(&self.pool)
+                .await?;
+                if done.rows_affected() == 0 {
+                    return Err($crate::StoreError::Conflict {
+                        entity: "api token",
+                        id: 0,
+                        expected: format!("no token named {name}"),
+                        found: format!("token {name} exists"),
+                    });
+                }
+                Ok($crate::ApiToken { name: name.to_string(), role: role.to_string(), created_at: t })
+            }
+
+            async fn api_token_by_hash(&self, token_hash: &str) -> $crate::Result<Option<$crate::ApiToken>> {
+                let row = sqlx::query_as::<$db, $crate::sql::ApiTokenRow>(
+                    "SELECT name, role, created_at FROM api_token WHERE token_hash = $1",
+                )
+                .bind(token_hash)
+                .fetch_optional(&self.pool)
+                .await?;
+                Ok(row.map(Into::into))
+            }
+
+            async fn api_tokens(&self) -> $crate::Result<Vec<$crate::ApiToken>> {
+                let rows = sqlx::query_as::<$db, $crate::sql::ApiTokenRow>(
+                    "SELECT name, role, created_at FROM api_token ORDER BY name",
+                )
+                .fetch_all(&self.pool)
+                .await?;
+                Ok(rows.into_iter().map(Into::into).collect())
+            }
+
+            async fn delete_api_token(&self, name: &str) -> $crate::Result<bool> {
+                let done = sqlx::query::<$db>("DELETE FROM api_token WHERE name = $1")
+                    .bind(name)
+                    .execute(&self.pool)
+                    .await?;
                 Ok(done.rows_affected() == 1)
             }
 

@@ -348,6 +348,15 @@ pub struct TaskGroup {
     pub updated_at: DateTime<Utc>,
 }
 
+/// An API token as stored: its name, its role and when it was made (the token itself is kept
+/// only as its hash).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApiToken {
+    pub name: String,
+    pub role: String,
+    pub created_at: DateTime<Utc>,
+}
+
 /// A dropped state event to record.
 #[derive(Debug, Clone, PartialEq)]
 pub struct NewDeadLetter {

@@ -335,6 +335,24 @@ async fn a_failover_starts_a_new_attempt_and_is_counted(store: Arc<dyn Store>) {
     assert_eq!(store.task_instance(a).await.expect("read").expect("exists").failovers, 1);
 }
 
+/// API tokens are found by the hash of their secret, listed by name, unique by name, and gone
+/// once deleted.
+async fn api_tokens_are_found_by_hash_and_unique_by_name(store: Arc<dyn Store>) {
+    let made = store.create_api_token("ci", "operator", "hash-ci").await.expect("create");
+    assert_eq!((made.name.as_str(), made.role.as_str()), ("ci", "operator"));
+    store.create_api_token("alice", "admin", "hash-alice").await.expect("create");
+    let taken = store.create_api_token("ci", "viewer", "hash-other").await.expect_err("the name is taken");
+    assert!(matches!(taken, porpoise_store::StoreError::Conflict { .. }), "{taken:?}");
+    let found = store.api_token_by_hash("hash-ci").await.expect("read").expect("found");
+    assert_eq!((found.name.as_str(), found.role.as_str()), ("ci", "operator"));
+    assert_eq!(store.api_token_by_hash("hash-other").await.expect("read"), None);
+    let names: Vec<String> = store.api_tokens().await.expect("list").into_iter().map(|t| t.name).collect();
+    assert_eq!(names, ["alice", "ci"]);
+    assert!(store.delete_api_token("ci").await.expect("delete"));
+    assert!(!store.delete_api_token("ci").await.expect("delete again"));
+    assert_eq!(store.api_token_by_hash("hash-ci").await.expect("read"), None);
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -534,6 +552,7 @@ async fn schedules_fire_each_time_once(store: Arc<dyn Store>) {
 }
 
 suites!(
+    api_tokens_are_found_by_hash_and_unique_by_name,
     schedules_fire_each_time_once,
     task_group_slots_are_taken_by_priority_and_given_back,
     an_engine_transition_is_persisted_all_or_nothing,

@@ -48,6 +48,14 @@ pub struct Args {
     /// Log lines as text or as one JSON object per line (text, json).
     #[arg(long, env = "PORPOISE_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// The only users tasks may run as (their spec's `tenant`), comma-separated; any existing
+    /// user but root when unset.
+    #[arg(long, env = "PORPOISE_WORKER_TENANTS", value_delimiter = ',')]
+    pub tenants: Option<Vec<String>>,
+    /// Lets tasks run as root: a `root` tenant, or a task without a tenant on a worker run as
+    /// root. Off by default.
+    #[arg(long, env = "PORPOISE_ALLOW_ROOT_TASKS")]
+    pub allow_root_tasks: bool,
 }
 
 /// A setting that cannot work, named.
@@ -85,6 +93,11 @@ impl TryFrom<&Args> for WorkerConfig {
                 problem: format!("listening on {} needs an address masters can reach (host:port)", a.listen),
             });
         }
+        if let Some(tenants) = &a.tenants
+            && let Some(problem) = tenants.iter().find_map(|t| porpoise_core::spec::check_tenant(t).err())
+        {
+            return Err(ConfigError { field: "tenants", problem });
+        }
         Ok(WorkerConfig {
             listen: a.listen,
             advertise: a.advertise.clone(),
@@ -93,6 +106,7 @@ impl TryFrom<&Args> for WorkerConfig {
             data_dir: a.data_dir.clone(),
             lease_ttl: Duration::from_secs(a.lease_ttl_secs),
             shutdown_grace: a.shutdown_grace,
+            tenants: crate::tenant::TenantPolicy { allowed: a.tenants.clone(), allow_root: a.allow_root_tasks },
         })
     }
 }

@@ -30,6 +30,8 @@ pub struct Attempt {
     pub command: String,
     pub params: HashMap<String, String>,
     pub timeout: Option<Duration>,
+    /// The user the task runs as; the worker's own when `None`.
+    pub run_as: Option<crate::tenant::RunAs>,
 }
 
 /// The directory of one attempt below the worker's `tasks/` directory.
@@ -66,15 +68,39 @@ pub async fn run(
     if let Err(e) = std::fs::create_dir_all(&dir) {
         return failed(format!("cannot create working directory {}: {e}", dir.display()));
     }
+    if let Some(user) = &attempt.run_as
+        && let Err(e) = std::os::unix::fs::chown(&dir, Some(user.uid), Some(user.gid))
+    {
+        return failed(format!("cannot give working directory {} to tenant {}: {e}", dir.display(), user.name));
+    }
     let (stdout, stderr) = match open_log(&log) {
         Ok(files) => files,
         Err(e) => return failed(format!("cannot open log file {}: {e}", log.display())),
     };
     let token = format!("{worker_token}.{}.{}", attempt.task_instance_id, attempt.attempt);
-    let mut cmd = Command::new("bash");
-    cmd.arg("-c")
-        .arg(porpoise_core::shell::reference_params(&attempt.command, |name| attempt.params.contains_key(name)))
-        .current_dir(&dir)
+    let script = porpoise_core::shell::reference_params(&attempt.command, |name| attempt.params.contains_key(name));
+    let mut cmd = match &attempt.run_as {
+        // setpriv (util-linux) becomes the tenant — uid, gid and the user's groups — and execs
+        // bash in place: the same process, group and environment marker
+        Some(user) => {
+            let mut cmd = Command::new("setpriv");
+            cmd.arg(format!("--reuid={}", user.uid))
+                .arg(format!("--regid={}", user.gid))
+                .arg("--init-groups")
+                .args(["--", "bash", "-c"])
+                .arg(&script)
+                .env("HOME", &user.home)
+                .env("USER", &user.name)
+                .env("LOGNAME", &user.name);
+            cmd
+        }
+        None => {
+            let mut cmd = Command::new("bash");
+            cmd.arg("-c").arg(&script);
+            cmd
+        }
+    };
+    cmd.current_dir(&dir)
         .envs(&attempt.params)
         .env("PORPOISE_TASK_INSTANCE_ID", attempt.task_instance_id.to_string())
         .env("PORPOISE_ATTEMPT", attempt.attempt.to_string())
@@ -86,6 +112,9 @@ pub async fn run(
         .kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(child) => child,
+        Err(e) if attempt.run_as.is_some() => {
+            return failed(format!("cannot start setpriv (util-linux), which runs the task as its tenant: {e}"));
+        }
         Err(e) => return failed(format!("cannot start bash: {e}")),
     };
     let processes = child.id().map(|pid| TaskProcesses { leader: pid as i32, token });

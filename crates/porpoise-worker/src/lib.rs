@@ -20,6 +20,8 @@ pub mod reporter;
 pub mod server;
 /// CPU, memory and load readings for the heartbeat.
 pub mod system;
+/// Which OS user a task runs as.
+pub mod tenant;
 /// The watchdog that ends the tasks of a dead or paused worker.
 pub mod watchdog;
 
@@ -52,6 +54,8 @@ pub struct WorkerConfig {
     pub lease_ttl: Duration,
     /// How long [`WorkerHandle::stop`] lets running tasks go on before it kills them.
     pub shutdown_grace: Duration,
+    /// Which OS users tasks may run as.
+    pub tenants: tenant::TenantPolicy,
 }
 
 /// Errors starting a worker.
@@ -170,6 +174,7 @@ impl WorkerHandle {
         let reporter = Reporter::start(addr.clone(), &token, registry.clone(), Arc::new(journal), replay, &spawner);
         let server =
             Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token, spawner.clone()));
+        server.set_tenants(config.tenants.clone());
         let svc =
             porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()))
                 .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);

@@ -58,6 +58,8 @@ pub struct WorkerServer {
     sampler: crate::system::SystemSampler,
     /// Spawns the attempts, so that stopping the worker ends them all.
     spawner: Spawner,
+    /// Which OS users tasks may run as.
+    tenants: Mutex<crate::tenant::TenantPolicy>,
 }
 
 impl WorkerServer {
@@ -85,7 +87,13 @@ impl WorkerServer {
             attempts: Mutex::new(HashMap::new()),
             started_at,
             sampler: Default::default(),
+            tenants: Mutex::default(),
         }
+    }
+
+    /// Sets which OS users tasks may run as.
+    pub fn set_tenants(&self, policy: crate::tenant::TenantPolicy) {
+        *self.tenants.lock().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
     fn attempts(&self) -> MutexGuard<'_, HashMap<AttemptKey, Slot>> {
@@ -187,13 +195,19 @@ impl WorkerServer {
         })
     }
 
-    fn start_attempt(self: &Arc<Self>, req: DispatchTaskRequest, kill: Arc<Notify>) {
+    fn start_attempt(
+        self: &Arc<Self>,
+        req: DispatchTaskRequest,
+        run_as: Option<crate::tenant::RunAs>,
+        kill: Arc<Notify>,
+    ) {
         let attempt = Attempt {
             task_instance_id: req.task_instance_id,
             attempt: req.attempt,
             command: req.command,
             params: req.params,
             timeout: (req.timeout_ms > 0).then(|| Duration::from_millis(req.timeout_ms)),
+            run_as,
         };
         let master = req.master_addr;
         let workflow_instance_id = req.workflow_instance_id;
@@ -298,6 +312,14 @@ impl WorkerService for WorkerGrpc {
             warn!(task_instance_id = req.task_instance_id, %problem, "rejected malformed dispatch");
             return Ok(self.reply(DispatchStatus::Invalid, problem));
         }
+        let policy = self.0.tenants.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let run_as = match crate::tenant::resolve(&req.tenant, &policy) {
+            Ok(run_as) => run_as,
+            Err(problem) => {
+                warn!(task_instance_id = req.task_instance_id, tenant = %req.tenant, %problem, "refused the task's tenant");
+                return Ok(self.reply(DispatchStatus::Invalid, problem));
+            }
+        };
         let key = (req.task_instance_id, req.attempt);
         if self.0.draining.load(std::sync::atomic::Ordering::SeqCst) {
             return Ok(self.reply(DispatchStatus::Draining, "the worker is shutting down"));
@@ -326,7 +348,7 @@ impl WorkerService for WorkerGrpc {
         };
         // durable before the answer: a worker dying from here on still reports the attempt
         self.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id);
-        self.start_attempt(req, kill);
+        self.start_attempt(req, run_as, kill);
         Ok(self.reply(DispatchStatus::Accepted, ""))
     }
 

@@ -138,6 +138,8 @@ async fn worker_with_grace(slots: u32, shutdown_grace: Duration) -> Setup {
         data_dir: dir.path().to_path_buf(),
         lease_ttl: Duration::from_secs(5),
         shutdown_grace,
+        // the test process may be root: its tasks run as it does
+        tenants: porpoise_worker::tenant::TenantPolicy { allowed: None, allow_root: true },
     };
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");
@@ -157,6 +159,7 @@ fn dispatch(ti: i64, command: &str, master: SocketAddr) -> DispatchTaskRequest {
         timeout_ms: 0,
         master_addr: master.to_string(),
         epoch: 0,
+        tenant: String::new(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use porpoise_cli::{EXIT_INVALID, LogFormat, fail, init_logs, ops, outln, shutdown_signal, wait_for};
-use porpoise_master::{MasterConfig, MasterHandle, WorkerSelector};
+use porpoise_master::{AdminAuth, MasterConfig, MasterHandle, WorkerSelector};
 use porpoise_registry::EtcdRegistry;
 use porpoise_store::{PgStore, Store};
 
@@ -50,6 +50,10 @@ struct Args {
     /// Log lines as text or as one JSON object per line.
     #[arg(long, env = "PORPOISE_LOG_FORMAT", value_enum, default_value = "text")]
     log_format: LogFormat,
+    /// An admin API token this master accepts without a database row: how the first tokens
+    /// are made (`porpoise token create`). Without it, only stored tokens work.
+    #[arg(long, env = "PORPOISE_ADMIN_TOKEN", hide_env_values = true)]
+    admin_token: Option<String>,
 }
 
 #[tokio::main]
@@ -96,6 +100,13 @@ async fn main() -> ExitCode {
         advertise: args.advertise.clone(),
         selector,
         lease_ttl: Duration::from_secs(args.lease_ttl_secs),
+        admin_auth: match args.admin_token.clone().filter(|t| !t.trim().is_empty()) {
+            Some(token) => AdminAuth::TokensWithBootstrap(token),
+            None => {
+                tracing::warn!("no PORPOISE_ADMIN_TOKEN: only API tokens already stored are accepted");
+                AdminAuth::Tokens
+            }
+        },
         ..MasterConfig::default()
     };
     let store: Arc<dyn Store> = Arc::new(store);

@@ -67,6 +67,16 @@ pub struct ClusterOptions {
     pub worker_metrics: bool,
 }
 
+/// The bootstrap admin token every master of a test deployment accepts (its CLI calls send it).
+pub const ADMIN_TOKEN: &str = "pp_test-admin-token";
+
+/// An AdminService client of `server` that sends `token`.
+pub async fn admin_client(server: &str, token: Option<&str>) -> porpoise_proto::AdminClient {
+    let channel = Channel::from_shared(server.to_string()).expect("a server address").connect().await.expect("connect");
+    let bearer = porpoise_proto::Bearer::new(token).expect("a token");
+    AdminServiceClient::with_interceptor(channel, bearer)
+}
+
 fn bin(name: &str) -> &'static str {
     match name {
         "porpoise" => env!("CARGO_BIN_EXE_porpoise"),
@@ -89,6 +99,9 @@ impl Deployment {
         let child = Command::new(bin(binary))
             .args(args)
             .env("RUST_LOG", "info")
+            .env("PORPOISE_ADMIN_TOKEN", ADMIN_TOKEN)
+            // the tests may run as root; their workers are told to run tasks as root then
+            .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
@@ -378,6 +391,7 @@ impl Deployment {
     /// Runs the `porpoise` CLI against this deployment.
     pub fn porpoise(&self, args: &[&str]) -> Output {
         Command::new(bin("porpoise"))
+            .env("PORPOISE_TOKEN", ADMIN_TOKEN)
             .arg("--server")
             .arg(&self.server)
             .args(args)
@@ -390,6 +404,7 @@ impl Deployment {
     pub fn porpoise_with_input(&self, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
         let mut child = Command::new(bin("porpoise"))
+            .env("PORPOISE_TOKEN", ADMIN_TOKEN)
             .arg("--server")
             .arg(&self.server)
             .args(args)
@@ -411,6 +426,7 @@ impl Deployment {
         let (reader, writer) = std::io::pipe().expect("pipe");
         drop(reader);
         Command::new(bin("porpoise"))
+            .env("PORPOISE_TOKEN", ADMIN_TOKEN)
             .arg("--server")
             .arg(&self.server)
             .args(args)
@@ -429,8 +445,9 @@ impl Deployment {
         assert!(out.status.success(), "apply failed: {}\n{}", String::from_utf8_lossy(&out.stderr), self.logs_text());
     }
 
-    pub async fn admin(&self) -> AdminServiceClient<Channel> {
-        AdminServiceClient::connect(self.server.clone()).await.expect("connect to the master")
+    /// An AdminService client with the deployment's admin token.
+    pub async fn admin(&self) -> porpoise_proto::AdminClient {
+        admin_client(&self.server, Some(ADMIN_TOKEN)).await
     }
 
     /// Starts a run of workflow `name` through the API and returns its id.

@@ -261,6 +261,17 @@ fn raw_params_must_be_params_the_command_names() {
 }
 
 #[test]
+fn a_tenant_is_a_user_name() {
+    let ok = "name: x\ntasks:\n  - { name: a, command: echo, tenant: etl_user-1 }\n";
+    assert_eq!(WorkflowSpec::parse("wf.yaml", ok).expect("valid").tasks[0].tenant.as_deref(), Some("etl_user-1"));
+    for bad in ["'Bad Name'", "'-rf'", "'a/b'", "''"] {
+        let p = single(&format!("name: x\ntasks:\n  - {{ name: a, command: echo, tenant: {bad} }}\n"));
+        assert_eq!(p.field.as_deref(), Some("tenant"), "{bad}");
+        assert!(p.message.contains("is not a user name"), "{bad}: {}", p.message);
+    }
+}
+
+#[test]
 fn a_command_must_fit_one_exec_argument() {
     // quoting adds two bytes per `${name}`: the limit counts the command as bash gets it
     let refs = "${d}".repeat(30_000);

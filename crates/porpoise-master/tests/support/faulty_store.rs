@@ -275,6 +275,18 @@ impl Store for FaultyStore {
     async fn delete_task_group(&self, name: &str) -> Result<()> {
         self.inner.delete_task_group(name).await
     }
+    async fn create_api_token(&self, name: &str, role: &str, token_hash: &str) -> Result<porpoise_store::ApiToken> {
+        self.inner.create_api_token(name, role, token_hash).await
+    }
+    async fn api_token_by_hash(&self, token_hash: &str) -> Result<Option<porpoise_store::ApiToken>> {
+        self.inner.api_token_by_hash(token_hash).await
+    }
+    async fn api_tokens(&self) -> Result<Vec<porpoise_store::ApiToken>> {
+        self.inner.api_tokens().await
+    }
+    async fn delete_api_token(&self, name: &str) -> Result<bool> {
+        self.inner.delete_api_token(name).await
+    }
     async fn record_dead_letter(&self, letter: &NewDeadLetter) -> Result<i64> {
         self.inner.record_dead_letter(letter).await
     }

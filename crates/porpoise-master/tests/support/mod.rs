@@ -74,6 +74,8 @@ impl Cluster {
         config.event_backoff.initial = Duration::from_millis(20);
         config.event_backoff.max = Duration::from_millis(200);
         config.worker_failover_grace = Duration::from_millis(100);
+        // these tests are about the engine; API tokens have their own (porpoise-cli::security)
+        config.admin_auth = porpoise_master::AdminAuth::Open;
         config
     }
 
