@@ -70,6 +70,8 @@ pub(crate) fn from_status(s: tonic::Status) -> ClientError {
 pub struct Server {
     pub addr: String,
     pub token: Option<String>,
+    /// The cluster CA, to check an `https://` master's certificate.
+    pub tls_ca: Option<PathBuf>,
 }
 
 impl std::fmt::Display for Server {
@@ -82,9 +84,19 @@ impl std::fmt::Display for Server {
 pub async fn connect(server: &Server) -> Result<AdminClient, ClientError> {
     let bearer =
         Bearer::new(server.token.as_deref()).map_err(|e| ClientError::invalid(format!("PORPOISE_TOKEN: {e}")))?;
-    let endpoint = Channel::from_shared(server.addr.clone())
-        .map_err(|e| ClientError::invalid(format!("bad server address {server:?}: {e}")))?
-        .connect_timeout(Duration::from_secs(5));
+    let endpoint = match (server.addr.strip_prefix("https://"), &server.tls_ca) {
+        (Some(addr), Some(ca)) => porpoise_proto::tls::Transport::server_checked(ca)
+            .and_then(|t| t.endpoint(addr, porpoise_proto::tls::MASTER))
+            .map_err(ClientError::invalid)?,
+        (Some(_), None) => {
+            return Err(ClientError::invalid(format!(
+                "{server} is https: give the cluster CA with --tls-ca (or PORPOISE_TLS_CA)"
+            )));
+        }
+        (None, _) => Channel::from_shared(server.addr.clone())
+            .map_err(|e| ClientError::invalid(format!("bad server address {server:?}: {e}")))?,
+    }
+    .connect_timeout(Duration::from_secs(5));
     let channel = endpoint
         .connect()
         .await

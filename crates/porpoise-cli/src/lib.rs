@@ -1,6 +1,8 @@
 //! The code behind Porpoise's three binaries: the `porpoise` command's client subcommands and
 //! standalone mode, and the start-up shared by `porpoise-master` and `porpoise-worker`.
 
+/// `porpoise cert`: a cluster CA and node certificates.
+pub mod cert;
 /// `porpoise` subcommands that talk to a master's AdminService.
 pub mod client;
 /// The daemons' operations listener: metrics, liveness and readiness.
@@ -112,3 +114,6 @@ pub fn fail(code: u8, message: impl std::fmt::Display) -> ExitCode {
     output::error_line(format_args!("porpoise: {message}"));
     ExitCode::from(code)
 }
+
+/// How a daemon talks to the other nodes (the master binary shares the worker's settings).
+pub use porpoise_worker::config::TlsArgs;

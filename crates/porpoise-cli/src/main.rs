@@ -22,6 +22,9 @@ struct Cli {
     /// none).
     #[arg(long, global = true, env = "PORPOISE_TOKEN", hide_env_values = true)]
     token: Option<String>,
+    /// The cluster CA's certificate, to check an `https://` server.
+    #[arg(long, global = true, env = "PORPOISE_TLS_CA")]
+    tls_ca: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -123,6 +126,11 @@ enum Command {
     Token {
         #[command(subcommand)]
         command: TokenCommand,
+    },
+    /// Makes a cluster CA and node certificates for mutual TLS between masters and workers.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
     },
     /// Work with schedules: when a workflow runs by itself.
     Schedule {
@@ -278,6 +286,26 @@ enum TaskGroupCommand {
 }
 
 #[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Makes the cluster CA: DIR/ca.pem (every node's --tls-ca) and DIR/ca.key.
+    Ca {
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Makes DIR/NAME.pem and DIR/NAME.key for a master or a worker, signed by DIR/ca.*.
+    Node {
+        name: String,
+        #[arg(long, value_enum)]
+        role: porpoise_cli::cert::Role,
+        #[arg(long)]
+        dir: PathBuf,
+        /// A host name or IP address the node is reached at; repeatable.
+        #[arg(long = "host")]
+        hosts: Vec<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
 enum TokenCommand {
     /// Makes a token and prints it once (it is stored only hashed).
     Create {
@@ -329,6 +357,16 @@ fn main() -> ExitCode {
     if let Command::Workflow { command: WorkflowCommand::Validate { files } } = &cli.command {
         return validate(files);
     }
+    if let Command::Cert { command } = &cli.command {
+        let done = match command {
+            CertCommand::Ca { dir } => porpoise_cli::cert::ca(dir),
+            CertCommand::Node { name, role, dir, hosts } => porpoise_cli::cert::node(dir, name, *role, hosts),
+        };
+        return match done {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => e.exit(),
+        };
+    }
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => return fail(1, format!("cannot start the async runtime: {e}")),
@@ -337,7 +375,7 @@ fn main() -> ExitCode {
 }
 
 async fn async_main(cli: Cli) -> ExitCode {
-    let server = &client::Server { addr: cli.server.clone(), token: cli.token.clone() };
+    let server = &client::Server { addr: cli.server.clone(), token: cli.token.clone(), tls_ca: cli.tls_ca.clone() };
     let result = match cli.command {
         Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
         Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
@@ -409,7 +447,7 @@ async fn async_main(cli: Cli) -> ExitCode {
             let tenants = porpoise_worker::tenant::TenantPolicy { allowed: tenants, allow_root: allow_root_tasks };
             return standalone(data_dir, listen, slots, tenants).await;
         }
-        Command::Completions { .. } => Ok(()),
+        Command::Completions { .. } | Command::Cert { .. } => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

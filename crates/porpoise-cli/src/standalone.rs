@@ -66,6 +66,8 @@ impl Standalone {
             lease_ttl: Duration::from_secs(10),
             shutdown_grace: Duration::from_secs(10),
             tenants,
+            // master and worker in one process, on loopback: plain TCP between them
+            transport: Default::default(),
         };
         let worker =
             WorkerHandle::start(worker_config, registry).await.map_err(|e| format!("cannot start the worker: {e}"))?;

@@ -21,6 +21,7 @@ impl Daemon {
             .env("RUST_LOG", "info")
             .env("PORPOISE_ADMIN_TOKEN", "pp_ops-test-admin")
             .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+            .env("PORPOISE_INSECURE", "true")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(file)
@@ -387,6 +388,7 @@ async fn a_worker_that_cannot_write_its_data_directory_takes_no_tasks_and_says_w
         .args(&worker_args)
         .env("RUST_LOG", "info")
         .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+        .env("PORPOISE_INSECURE", "true")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);

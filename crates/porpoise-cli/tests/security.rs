@@ -385,3 +385,167 @@ fn nix_is_root() -> bool {
     // the owner of /proc/self is the process's effective user
     std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false)
 }
+
+/// A daemon of the mutual-TLS test, killed when dropped.
+struct Node(std::process::Child);
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn node(binary: &str, args: &[String], log: std::path::PathBuf) -> Node {
+    let file = std::fs::File::create(log).expect("a log file");
+    let child = std::process::Command::new(binary)
+        .args(args)
+        .env("PORPOISE_ADMIN_TOKEN", common::ADMIN_TOKEN)
+        .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(file)
+        .spawn()
+        .expect("start a daemon");
+    Node(child)
+}
+
+/// Runs `porpoise ARGS` (no server needed); fails the test if it fails.
+fn porpoise_ok(args: &[&str]) -> String {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_porpoise")).args(args).output().expect("run porpoise");
+    assert!(out.status.success(), "porpoise {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// A master and a worker over mutual TLS with certificates from `porpoise cert`: a run
+/// completes, driven by the CLI over https. A worker takes no dispatch from a client without a
+/// certificate of the cluster CA, with another CA's, or with a worker's; a master takes no task
+/// event without a worker's certificate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_take_calls_only_from_certificates_of_their_cluster() {
+    use porpoise_proto::tls::{MASTER, Transport, WORKER};
+    use porpoise_proto::v1::DispatchTaskRequest;
+    use porpoise_proto::v1::worker_service_client::WorkerServiceClient;
+
+    let dir = tempfile::tempdir().expect("a directory");
+    let (tls, other) = (dir.path().join("tls"), dir.path().join("other"));
+    let (tls_s, other_s) = (tls.display().to_string(), other.display().to_string());
+    porpoise_ok(&["cert", "ca", "--dir", &tls_s]);
+    porpoise_ok(&["cert", "node", "master", "--role", "master", "--host", "127.0.0.1", "--dir", &tls_s]);
+    porpoise_ok(&["cert", "node", "worker", "--role", "worker", "--host", "127.0.0.1", "--dir", &tls_s]);
+    porpoise_ok(&["cert", "ca", "--dir", &other_s]);
+    porpoise_ok(&["cert", "node", "master", "--role", "master", "--host", "127.0.0.1", "--dir", &other_s]);
+    let file = |d: &std::path::Path, f: &str| d.join(f).display().to_string();
+    let tls_args = |name: &str| {
+        vec![
+            "--tls-ca".to_string(),
+            file(&tls, "ca.pem"),
+            "--tls-cert".into(),
+            file(&tls, &format!("{name}.pem")),
+            "--tls-key".into(),
+            file(&tls, &format!("{name}.key")),
+        ]
+    };
+
+    let url = TestPostgres::shared().fresh_database().await;
+    let etcd = porpoise_testkit::TestEtcd::shared().endpoint();
+    let root = format!("/porpoise-mtls-{}", std::process::id());
+    let master_addr = format!("127.0.0.1:{}", porpoise_testkit::free_port());
+    let worker_addr = format!("127.0.0.1:{}", porpoise_testkit::free_port());
+    let mut args = vec!["--listen".to_string(), master_addr.clone(), "--database-url".into(), url];
+    args.extend(["--etcd".to_string(), etcd.clone(), "--etcd-root".into(), root.clone()]);
+    args.extend(tls_args("master"));
+    let _master = node(env!("CARGO_BIN_EXE_porpoise-master"), &args, dir.path().join("master.log"));
+    let mut args = vec!["--listen".to_string(), worker_addr.clone(), "--data-dir".into(), file(dir.path(), "worker")];
+    args.extend(["--etcd".to_string(), etcd, "--etcd-root".into(), root]);
+    args.extend(tls_args("worker"));
+    let _worker = node(env!("CARGO_BIN_EXE_porpoise-worker"), &args, dir.path().join("worker.log"));
+
+    // the CLI over https, checking the master's certificate
+    let spec = dir.path().join("hello.yaml");
+    std::fs::write(&spec, "name: hello\ntasks:\n  - { name: a, command: 'echo over tls' }\n").expect("write");
+    let server = format!("https://{master_addr}");
+    let ca = file(&tls, "ca.pem");
+    let cli = |args: &[&str]| {
+        let mut all = vec!["--server", &server, "--tls-ca", &ca, "--token", common::ADMIN_TOKEN];
+        all.extend_from_slice(args);
+        std::process::Command::new(env!("CARGO_BIN_EXE_porpoise")).args(&all).output().expect("run porpoise")
+    };
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while !cli(&["workflow", "apply", "-f", &spec.display().to_string()]).status.success() {
+        assert!(
+            Instant::now() < deadline,
+            "the master never answered over TLS:\n{}",
+            std::fs::read_to_string(dir.path().join("master.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let out = cli(&["run", "hello", "--wait"]);
+        if out.status.success() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the run never completed over TLS: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(dir.path().join("worker.log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+
+    let dispatch = DispatchTaskRequest {
+        task_instance_id: 999,
+        attempt: 1,
+        command: "touch /tmp/never".into(),
+        master_addr: master_addr.clone(),
+        ..Default::default()
+    };
+    let callers = [
+        ("no TLS", Transport::Insecure),
+        ("no certificate", Transport::server_checked(&tls.join("ca.pem")).expect("the CA")),
+        (
+            "another CA's master",
+            Transport::tls(&tls.join("ca.pem"), &other.join("master.pem"), &other.join("master.key")).expect("certs"),
+        ),
+        (
+            "a worker's certificate",
+            Transport::tls(&tls.join("ca.pem"), &tls.join("worker.pem"), &tls.join("worker.key")).expect("certs"),
+        ),
+    ];
+    for (who, transport) in callers {
+        let endpoint = transport.endpoint(&worker_addr, WORKER).expect("an endpoint");
+        let refused = match endpoint.connect().await {
+            Err(_) => true,
+            Ok(channel) => WorkerServiceClient::new(channel).dispatch_task(dispatch.clone()).await.is_err(),
+        };
+        assert!(refused, "a worker took a dispatch from {who}");
+    }
+    // a master's own certificate is what a worker takes (the check above can pass)
+    let master_tls =
+        Transport::tls(&tls.join("ca.pem"), &tls.join("master.pem"), &tls.join("master.key")).expect("certs");
+    let channel = master_tls.endpoint(&worker_addr, WORKER).expect("endpoint").connect().await.expect("connect");
+    let answer = WorkerServiceClient::new(channel)
+        .dispatch_task(DispatchTaskRequest { command: String::new(), ..dispatch.clone() })
+        .await
+        .expect("a master's call is answered");
+    assert_eq!(
+        answer.into_inner().status,
+        porpoise_proto::v1::DispatchStatus::Invalid as i32,
+        "an empty command is refused as invalid"
+    );
+
+    // task events: only from a worker's certificate
+    let event =
+        ReportTaskEventsRequest { worker_addr: worker_addr.clone(), events: vec![forged_success("x", 1, 1, 1)] };
+    for (who, transport) in [
+        ("no certificate", Transport::server_checked(&tls.join("ca.pem")).expect("the CA")),
+        ("a master's certificate", master_tls.clone()),
+    ] {
+        let channel = transport.endpoint(&master_addr, MASTER).expect("endpoint").connect().await.expect("connect");
+        let refused =
+            TaskEventServiceClient::new(channel).report_task_events(event.clone()).await.expect_err("refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{who}: {refused:?}");
+    }
+}

@@ -22,6 +22,7 @@ async fn a_killed_worker_leaves_the_registry_within_twice_its_ttl() {
     let addr = format!("127.0.0.1:{}", free_port());
     let mut child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
         .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+        .env("PORPOISE_INSECURE", "true")
         .args(["--listen", &addr, "--group", "etl", "--slots", "3", "--etcd", &etcd.endpoint()])
         .args(["--etcd-root", &root, "--lease-ttl-secs", &TTL_SECS.to_string()])
         .arg("--data-dir")
@@ -59,6 +60,22 @@ fn bad_settings_exit_2_naming_the_setting() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--slots: must be at least 1"), "{stderr}");
+    // nodes talk over mutual TLS unless told --insecure; half the TLS settings is no setting
+    for (extra, says) in [
+        (&[][..], "invalid setting --tls-ca: nodes talk over mutual TLS"),
+        (&["--tls-ca", "/nonexistent/ca.pem"][..], "--tls-ca, --tls-cert and --tls-key go together"),
+        (&["--tls-ca", "/x", "--tls-cert", "/x", "--tls-key", "/x", "--insecure"][..], "--insecure excludes"),
+    ] {
+        let out = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
+            .args(["--etcd", "http://127.0.0.1:1", "--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env_remove("PORPOISE_INSECURE")
+            .output()
+            .expect("run porpoise-worker");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(says), "{stderr}");
+    }
 }
 
 /// A worker process, killed when dropped (also when the test fails).
@@ -82,6 +99,7 @@ fn start_worker(data_dir: &std::path::Path, root: &str) -> (Worker, String) {
     let addr = format!("127.0.0.1:{}", free_port());
     let child = Command::new(env!("CARGO_BIN_EXE_porpoise-worker"))
         .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+        .env("PORPOISE_INSECURE", "true")
         .args(["--listen", &addr, "--etcd", &TestEtcd::shared().endpoint(), "--etcd-root", root])
         .arg("--data-dir")
         .arg(data_dir)

@@ -185,6 +185,13 @@ impl TaskEventService for TaskEvents {
         &self,
         request: Request<ReportTaskEventsRequest>,
     ) -> Result<Response<ReportTaskEventsReply>, Status> {
+        if !porpoise_proto::tls::peer_is(&self.0.transport, &request, porpoise_proto::tls::WORKER) {
+            metrics::counter!(m::TASK_EVENTS_REFUSED, "reason" => "unauthenticated").increment(1);
+            warn!(peer = ?request.remote_addr(), "task events without a worker's certificate refused");
+            return Err(Status::permission_denied(
+                "only a worker of this cluster (its certificate) may report task events",
+            ));
+        }
         let peer = request.remote_addr();
         let req = request.into_inner();
         if let Err(why) = peer_speaks_for(peer, &req.worker_addr).await {
@@ -252,6 +259,9 @@ impl TaskEventService for TaskEvents {
         &self,
         request: Request<ProbeRegistryRequest>,
     ) -> Result<Response<ProbeRegistryReply>, Status> {
+        if !porpoise_proto::tls::peer_is(&self.0.transport, &request, porpoise_proto::tls::WORKER) {
+            return Err(Status::permission_denied("only a worker of this cluster (its certificate) may ask"));
+        }
         let worker = request.into_inner().worker_addr;
         let read = tokio::time::timeout(PROBE_WAIT, self.0.registry.members(&Selector::Workers { group: None })).await;
         let reply = match read {

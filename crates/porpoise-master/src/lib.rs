@@ -72,6 +72,8 @@ pub struct MasterConfig {
     pub takeover_sweep: Duration,
     /// Who may call AdminService.
     pub admin_auth: AdminAuth,
+    /// Mutual TLS with workers, or plain TCP (`--insecure`).
+    pub transport: porpoise_proto::tls::Transport,
 }
 
 /// Who may call AdminService.
@@ -114,6 +116,7 @@ impl Default for MasterConfig {
             worker_failover_grace: Duration::from_secs(2),
             takeover_sweep: Duration::from_secs(1),
             admin_auth: AdminAuth::default(),
+            transport: porpoise_proto::tls::Transport::default(),
         }
     }
 }
@@ -127,6 +130,9 @@ pub enum MasterError {
     Register(#[from] porpoise_registry::RegistryError),
     #[error("{0}")]
     Reflection(String),
+    /// The TLS settings cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// State shared by the master's parts.
@@ -159,6 +165,8 @@ pub(crate) struct Shared {
     pub draining: CancellationToken,
     /// Bounds the dead letters each source writes.
     pub dead_letters: dead_letters::Limiter,
+    /// How this master reaches workers, and whose task events it takes.
+    pub transport: porpoise_proto::tls::Transport,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -358,7 +366,7 @@ impl MasterHandle {
             store,
             queue: DispatchQueue::new(spawner.clone()),
             spawner: spawner.clone(),
-            workers: WorkerDirectory::new(config.selector),
+            workers: WorkerDirectory::new(config.selector, config.transport.clone()),
             event_backoff: config.event_backoff,
             consumer_wake: Notify::new(),
             command_poll: config.command_poll,
@@ -373,6 +381,7 @@ impl MasterHandle {
             registry: registry.clone(),
             draining: CancellationToken::new(),
             dead_letters: dead_letters::Limiter::default(),
+            transport: config.transport.clone(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
@@ -408,8 +417,10 @@ impl MasterHandle {
         health.set_serving::<AdminServiceServer<admin::Admin>>().await;
         let reflection = porpoise_proto::reflection().map_err(MasterError::Reflection)?;
         let stopping = spawner.stopping();
+        // the CLI comes without a certificate; TaskEventService asks workers for theirs
+        let mut builder = config.transport.server(true).map_err(MasterError::Tls)?;
         spawner.spawn(async move {
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(events)

@@ -84,10 +84,12 @@ pub(crate) struct WorkerDirectory {
     seed: Arc<AtomicU64>,
     /// True once the registry's first list of workers is in.
     listed: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Mutual TLS with workers, or plain TCP.
+    transport: porpoise_proto::tls::Transport,
 }
 
 impl WorkerDirectory {
-    pub fn new(selector: WorkerSelector) -> Self {
+    pub fn new(selector: WorkerSelector, transport: porpoise_proto::tls::Transport) -> Self {
         let seed = std::hash::BuildHasher::hash_one(&std::collections::hash_map::RandomState::new(), 0u8);
         Self {
             state: Arc::default(),
@@ -95,6 +97,7 @@ impl WorkerDirectory {
             clients: Arc::default(),
             seed: Arc::new(AtomicU64::new(seed | 1)),
             listed: Arc::new(tokio::sync::watch::Sender::new(false)),
+            transport,
         }
     }
 
@@ -286,8 +289,9 @@ impl WorkerDirectory {
         if let Some(c) = clients.get(addr) {
             return Ok(c.clone());
         }
-        let channel = Channel::from_shared(format!("http://{addr}"))
-            .map_err(|e| format!("bad worker address {addr:?}: {e}"))?
+        let channel = self
+            .transport
+            .endpoint(addr, porpoise_proto::tls::WORKER)?
             .connect_timeout(Duration::from_secs(3))
             .timeout(Duration::from_secs(30))
             .connect_lazy();

@@ -2,6 +2,9 @@
 //!
 //! `WorkerService` is served by workers, `TaskEventService` and `AdminService` by masters.
 
+/// Mutual TLS between nodes, or plain TCP with `--insecure`.
+pub mod tls;
+
 /// Version 1 of every Porpoise service and message.
 #[allow(missing_debug_implementations, clippy::all, clippy::pedantic)]
 pub mod v1 {

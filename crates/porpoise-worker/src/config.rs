@@ -56,6 +56,8 @@ pub struct Args {
     /// root. Off by default.
     #[arg(long, env = "PORPOISE_ALLOW_ROOT_TASKS")]
     pub allow_root_tasks: bool,
+    #[command(flatten)]
+    pub tls: TlsArgs,
 }
 
 /// A setting that cannot work, named.
@@ -98,6 +100,7 @@ impl TryFrom<&Args> for WorkerConfig {
         {
             return Err(ConfigError { field: "tenants", problem });
         }
+        let transport = a.tls.transport().map_err(|problem| ConfigError { field: "tls-ca", problem })?;
         Ok(WorkerConfig {
             listen: a.listen,
             advertise: a.advertise.clone(),
@@ -107,6 +110,43 @@ impl TryFrom<&Args> for WorkerConfig {
             lease_ttl: Duration::from_secs(a.lease_ttl_secs),
             shutdown_grace: a.shutdown_grace,
             tenants: crate::tenant::TenantPolicy { allowed: a.tenants.clone(), allow_root: a.allow_root_tasks },
+            transport,
         })
+    }
+}
+
+/// How a daemon talks to the other nodes: mutual TLS, or plain TCP with `--insecure`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TlsArgs {
+    /// The cluster CA's certificate (PEM): peers must show a certificate it signed.
+    #[arg(long, env = "PORPOISE_TLS_CA")]
+    pub tls_ca: Option<std::path::PathBuf>,
+    /// This node's certificate (PEM), from `porpoise cert node`.
+    #[arg(long, env = "PORPOISE_TLS_CERT")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// This node's private key (PEM).
+    #[arg(long, env = "PORPOISE_TLS_KEY")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// Plain TCP between nodes, with no authentication: only for a cluster on one host's
+    /// loopback (tests). Every other check stays.
+    #[arg(long, env = "PORPOISE_INSECURE")]
+    pub insecure: bool,
+}
+
+impl TlsArgs {
+    /// The transport asked for; an incomplete or contradictory setting is an error naming it.
+    pub fn transport(&self) -> Result<porpoise_proto::tls::Transport, String> {
+        let t = porpoise_proto::tls::Transport::from_settings(
+            self.tls_ca.as_deref(),
+            self.tls_cert.as_deref(),
+            self.tls_key.as_deref(),
+            self.insecure,
+        )?;
+        if !t.is_tls() {
+            tracing::warn!(
+                "--insecure: nodes talk plain TCP and do not authenticate each other (loopback test clusters only)"
+            );
+        }
+        Ok(t)
     }
 }

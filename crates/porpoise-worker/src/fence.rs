@@ -10,11 +10,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use porpoise_proto::tls::Transport;
 use porpoise_proto::v1::ProbeRegistryRequest;
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
 use porpoise_registry::{Registration, Registry, Selector};
 use tokio::task::JoinSet;
-use tonic::transport::Channel;
 use tracing::{debug, info};
 
 use crate::server::WorkerServer;
@@ -63,7 +63,7 @@ pub(crate) async fn run(
         if let Ok(Ok(_)) = tokio::time::timeout(SELF_CHECK_WAIT, registry.members(&Selector::Masters)).await {
             continue;
         }
-        match ask_masters(&server.masters(), &addr).await {
+        match ask_masters(&server.transport(), &server.masters(), &addr).await {
             Verdict::CutOff(master) => {
                 server.fence(format!("master {master} reads the registry, this worker has not for {silent:?}"))
             }
@@ -77,12 +77,12 @@ pub(crate) async fn run(
 }
 
 /// Asks every master in `masters` at once whether it reads the registry.
-async fn ask_masters(masters: &[String], addr: &str) -> Verdict {
+async fn ask_masters(transport: &Transport, masters: &[String], addr: &str) -> Verdict {
     let mut asks = JoinSet::new();
     for master in masters {
-        let (master, addr) = (master.clone(), addr.to_string());
+        let (master, addr, transport) = (master.clone(), addr.to_string(), transport.clone());
         asks.spawn(async move {
-            let answer = tokio::time::timeout(PROBE_WAIT, probe(&master, &addr)).await;
+            let answer = tokio::time::timeout(PROBE_WAIT, probe(&transport, &master, &addr)).await;
             (master, answer)
         });
     }
@@ -100,10 +100,9 @@ async fn ask_masters(masters: &[String], addr: &str) -> Verdict {
 }
 
 /// Whether `master` reads the registry.
-async fn probe(master: &str, addr: &str) -> Result<bool, String> {
-    let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
-    let channel = Channel::from_shared(url)
-        .map_err(|e| e.to_string())?
+async fn probe(transport: &Transport, master: &str, addr: &str) -> Result<bool, String> {
+    let channel = transport
+        .endpoint(master, porpoise_proto::tls::MASTER)?
         .connect_timeout(PROBE_WAIT)
         .connect()
         .await

@@ -56,6 +56,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Which OS users tasks may run as.
     pub tenants: tenant::TenantPolicy,
+    /// Mutual TLS with masters, or plain TCP (`--insecure`).
+    pub transport: porpoise_proto::tls::Transport,
 }
 
 /// Errors starting a worker.
@@ -69,6 +71,9 @@ pub enum WorkerError {
     Register(#[from] porpoise_registry::RegistryError),
     #[error("{0}")]
     Reflection(String),
+    /// The TLS settings cannot be used.
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// How long a stopping worker waits for killed tasks to end and be reported.
@@ -171,10 +176,19 @@ impl WorkerHandle {
         if !replay.is_empty() {
             info!(events = replay.len(), "delivering the events a previous worker on this data directory left");
         }
-        let reporter = Reporter::start(addr.clone(), &token, registry.clone(), Arc::new(journal), replay, &spawner);
+        let reporter = Reporter::start(
+            addr.clone(),
+            &token,
+            registry.clone(),
+            Arc::new(journal),
+            replay,
+            config.transport.clone(),
+            &spawner,
+        );
         let server =
             Arc::new(WorkerServer::new(addr.clone(), config.slots, tasks_dir, reporter, token, spawner.clone()));
         server.set_tenants(config.tenants.clone());
+        server.set_transport(config.transport.clone());
         let svc =
             porpoise_proto::v1::worker_service_server::WorkerServiceServer::new(server::WorkerGrpc(server.clone()))
                 .max_decoding_message_size(porpoise_proto::MAX_MESSAGE_BYTES);
@@ -185,9 +199,11 @@ impl WorkerHandle {
             .await;
         let reflection = porpoise_proto::reflection().map_err(WorkerError::Reflection)?;
         let stopping = spawner.stopping();
+        // under TLS only a client with a certificate of the cluster CA gets through the handshake
+        let mut builder = config.transport.server(false).map_err(WorkerError::Tls)?;
         spawner.spawn(async move {
             let incoming = tonic::transport::server::TcpIncoming::from(listener);
-            let result = tonic::transport::Server::builder()
+            let result = builder
                 .add_service(health_service)
                 .add_service(reflection)
                 .add_service(svc)

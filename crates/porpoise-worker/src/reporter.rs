@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use porpoise_core::Backoff;
+use porpoise_proto::tls::Transport;
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
 use porpoise_proto::v1::{AckStatus, ReportTaskEventsRequest, TaskEvent};
 use porpoise_registry::{Registry, Selector};
@@ -45,6 +46,7 @@ impl Reporter {
         registry: Arc<dyn Registry>,
         journal: Arc<Journal>,
         replay: Vec<(String, TaskEvent)>,
+        transport: Transport,
         spawner: &Spawner,
     ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -52,7 +54,7 @@ impl Reporter {
         for event in replay {
             let _ = tx.send(event);
         }
-        spawner.spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone()));
+        spawner.spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone(), transport));
         let id_prefix = format!("{worker_addr}#{token}");
         Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, id_prefix, journal }
     }
@@ -99,6 +101,7 @@ async fn deliver(
     pending: Arc<AtomicUsize>,
     registry: Arc<dyn Registry>,
     journal: Arc<Journal>,
+    transport: Transport,
 ) {
     // seq → (master, event): insertion order is delivery order
     let mut queue: BTreeMap<u64, (String, TaskEvent)> = BTreeMap::new();
@@ -138,10 +141,10 @@ async fn deliver(
                 .map(|(s, (_, e))| (*s, e.clone()))
                 .collect();
             let client = clients.remove(&master);
-            let worker_addr = worker_addr.clone();
+            let (worker_addr, transport) = (worker_addr.clone(), transport.clone());
             sends.spawn(async move {
                 let events = batch.iter().map(|(_, e)| e.clone()).collect();
-                let result = send_batch(client, &worker_addr, &master, events).await;
+                let result = send_batch(client, &transport, &worker_addr, &master, events).await;
                 (master, batch, result)
             });
         }
@@ -219,6 +222,7 @@ async fn deliver(
 /// and which events the master ACKed as handled and which went elsewhere.
 async fn send_batch(
     client: Option<TaskEventServiceClient<Channel>>,
+    transport: &Transport,
     worker_addr: &str,
     master: &str,
     events: Vec<TaskEvent>,
@@ -226,8 +230,7 @@ async fn send_batch(
     let mut client = match client {
         Some(c) => c,
         None => {
-            let url = if master.starts_with("http") { master.to_string() } else { format!("http://{master}") };
-            let endpoint = Channel::from_shared(url).map_err(|e| format!("bad master address {master:?}: {e}"))?;
+            let endpoint = transport.endpoint(master, porpoise_proto::tls::MASTER)?;
             let channel = endpoint
                 .connect_timeout(Duration::from_secs(3))
                 // a master answers within its reply wait (5 s); longer means it is not running

@@ -60,6 +60,8 @@ pub struct WorkerServer {
     spawner: Spawner,
     /// Which OS users tasks may run as.
     tenants: Mutex<crate::tenant::TenantPolicy>,
+    /// How the worker reaches masters, and whom it takes calls from.
+    transport: Mutex<porpoise_proto::tls::Transport>,
 }
 
 impl WorkerServer {
@@ -88,6 +90,27 @@ impl WorkerServer {
             started_at,
             sampler: Default::default(),
             tenants: Mutex::default(),
+            transport: Mutex::default(),
+        }
+    }
+
+    /// Sets how the worker talks to masters.
+    pub fn set_transport(&self, transport: porpoise_proto::tls::Transport) {
+        *self.transport.lock().unwrap_or_else(|p| p.into_inner()) = transport;
+    }
+
+    /// How the worker talks to masters.
+    pub fn transport(&self) -> porpoise_proto::tls::Transport {
+        self.transport.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Refuses a call whose peer did not show a master's certificate (under TLS).
+    fn check_caller_is_a_master<T>(&self, request: &Request<T>) -> Result<(), Status> {
+        if porpoise_proto::tls::peer_is(&self.transport(), request, porpoise_proto::tls::MASTER) {
+            Ok(())
+        } else {
+            warn!(peer = ?request.remote_addr(), "a call without a master's certificate refused");
+            Err(Status::permission_denied("only a master of this cluster (its certificate) may call a worker"))
         }
     }
 
@@ -307,6 +330,7 @@ impl WorkerService for WorkerGrpc {
         &self,
         request: Request<DispatchTaskRequest>,
     ) -> Result<Response<DispatchTaskReply>, Status> {
+        self.check_caller_is_a_master(&request)?;
         let req = request.into_inner();
         if let Some(problem) = invalid(&req) {
             warn!(task_instance_id = req.task_instance_id, %problem, "rejected malformed dispatch");
@@ -353,6 +377,7 @@ impl WorkerService for WorkerGrpc {
     }
 
     async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskReply>, Status> {
+        self.check_caller_is_a_master(&request)?;
         let req = request.into_inner();
         let found = match self.attempts().get(&(req.task_instance_id, req.attempt)) {
             Some(Slot::Running(kill)) => {
@@ -365,6 +390,7 @@ impl WorkerService for WorkerGrpc {
     }
 
     async fn get_task_log(&self, request: Request<GetTaskLogRequest>) -> Result<Response<GetTaskLogReply>, Status> {
+        self.check_caller_is_a_master(&request)?;
         let req = request.into_inner();
         let path = executor::log_path(&self.tasks_dir, req.task_instance_id, req.attempt);
         let mut file = std::fs::File::open(&path).map_err(|e| {

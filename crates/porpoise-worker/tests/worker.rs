@@ -140,6 +140,7 @@ async fn worker_with_grace(slots: u32, shutdown_grace: Duration) -> Setup {
         shutdown_grace,
         // the test process may be root: its tasks run as it does
         tenants: porpoise_worker::tenant::TenantPolicy { allowed: None, allow_root: true },
+        transport: Default::default(),
     };
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");

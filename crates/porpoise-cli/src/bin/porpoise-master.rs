@@ -54,6 +54,8 @@ struct Args {
     /// are made (`porpoise token create`). Without it, only stored tokens work.
     #[arg(long, env = "PORPOISE_ADMIN_TOKEN", hide_env_values = true)]
     admin_token: Option<String>,
+    #[command(flatten)]
+    tls: porpoise_cli::TlsArgs,
 }
 
 #[tokio::main]
@@ -73,6 +75,10 @@ async fn main() -> ExitCode {
             format!("invalid setting --advertise: listening on {} needs an address workers can reach", args.listen),
         );
     }
+    let transport = match args.tls.transport() {
+        Ok(t) => t,
+        Err(e) => return fail(EXIT_INVALID, format!("invalid setting --tls-ca: {e}")),
+    };
     let ops = match args.metrics_listen {
         Some(addr) => match ops::serve(addr).await {
             Ok(ops) => Some(ops),
@@ -107,6 +113,7 @@ async fn main() -> ExitCode {
                 AdminAuth::Tokens
             }
         },
+        transport,
         ..MasterConfig::default()
     };
     let store: Arc<dyn Store> = Arc::new(store);

@@ -102,6 +102,9 @@ impl Deployment {
             .env("PORPOISE_ADMIN_TOKEN", ADMIN_TOKEN)
             // the tests may run as root; their workers are told to run tasks as root then
             .env("PORPOISE_ALLOW_ROOT_TASKS", "true")
+            // a loopback test cluster: plain TCP between nodes (crates/porpoise-cli/tests/security.rs
+            // and the README's cluster run over mutual TLS)
+            .env("PORPOISE_INSECURE", "true")
             .stdin(Stdio::null())
             .stdout(file)
             .stderr(err)
