@@ -211,23 +211,6 @@ async fn late_and_duplicate_events_change_nothing() {
     assert!(d.dead_letters().await.is_empty(), "late and duplicate events are not errors");
 }
 
-/// A RESULT SUCCESS event as a worker would send it.
-fn success_event(event_id: &str, run: i64, task_instance_id: i64, attempt: i32) -> TaskEvent {
-    TaskEvent {
-        event_id: event_id.into(),
-        task_instance_id,
-        attempt,
-        workflow_instance_id: run,
-        kind: Some(task_event::Kind::Result(TaskResult {
-            outcome: TaskOutcome::Success as i32,
-            exit_code: Some(0),
-            started_at_ms: 1,
-            ended_at_ms: 2,
-            message: String::new(),
-        })),
-    }
-}
-
 fn rand_suffix() -> u64 {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
@@ -354,7 +337,7 @@ async fn events_that_cannot_be_handled_are_dead_lettered_and_counted() {
     assert_eq!(out.status.code(), Some(0));
     let id = common::run_id(&out);
     let mut events = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
-    let unknown = success_event("unknown-1", id, 987_654, 1);
+    let unknown = common::success_event("unknown-1", id, 987_654, 1);
     let malformed = TaskEvent {
         event_id: "malformed-1".into(),
         task_instance_id: 5,
@@ -407,9 +390,9 @@ async fn a_live_runs_runner_ignores_stale_events_and_dead_letters_impossible_one
     let run = d.admin().await.get_run(GetRunRequest { run_id: id }).await.expect("get").into_inner();
     let ti = |name: &str| run.tasks.iter().find(|t| t.task_name == name).expect("task").task_instance_id;
     let events = vec![
-        success_event("earlier-attempt", id, ti("retried"), 1),
-        success_event("attempt-ahead", id, ti("retried"), 7),
-        success_event("never-dispatched", id, ti("stuck"), 1),
+        common::success_event("earlier-attempt", id, ti("retried"), 1),
+        common::success_event("attempt-ahead", id, ti("retried"), 7),
+        common::success_event("never-dispatched", id, ti("stuck"), 1),
     ];
     let mut client = TaskEventServiceClient::connect(d.server.clone()).await.expect("connect");
     let worker = run.tasks.iter().find(|t| t.task_name == "retried").expect("retried").worker_addr.clone();

@@ -7,10 +7,7 @@ use std::time::Instant;
 
 use common::{ClusterOptions, Deployment};
 use porpoise_proto::v1::task_event_service_client::TaskEventServiceClient;
-use porpoise_proto::v1::{
-    AckStatus, ApplyWorkflowRequest, GetRunRequest, ReportTaskEventsRequest, TaskEvent, TaskOutcome, TaskResult,
-    task_event,
-};
+use porpoise_proto::v1::{AckStatus, ApplyWorkflowRequest, GetRunRequest, ReportTaskEventsRequest, TaskEvent};
 use porpoise_testkit::TestPostgres;
 use tonic::transport::Channel;
 
@@ -146,23 +143,6 @@ async fn hostile_specs_are_refused_naming_the_limit() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("(standard input):2: the spec nests deeper than 64 levels"));
 }
 
-/// A RESULT SUCCESS for `(task_instance_id, attempt)` of run `run`, as a worker would send it.
-fn forged_success(event_id: &str, run: i64, task_instance_id: i64, attempt: i32) -> TaskEvent {
-    TaskEvent {
-        event_id: event_id.into(),
-        task_instance_id,
-        attempt,
-        workflow_instance_id: run,
-        kind: Some(task_event::Kind::Result(TaskResult {
-            outcome: TaskOutcome::Success as i32,
-            exit_code: Some(0),
-            started_at_ms: 1,
-            ended_at_ms: 2,
-            message: "forged".into(),
-        })),
-    }
-}
-
 /// A TaskEventService client whose connections come from `local` (any of 127/8 is loopback).
 async fn events_from(server: &str, local: &str) -> TaskEventServiceClient<Channel> {
     let endpoint = Channel::from_shared(server.to_string()).expect("the master's address");
@@ -194,7 +174,7 @@ async fn forged_results_change_nothing_and_are_counted() {
     let one = run.tasks.iter().find(|t| t.task_name == "one").expect("one").clone();
     let holder = one.worker_addr.clone();
     let other = d.worker_addrs.keys().find(|w| **w != holder).expect("the other worker").clone();
-    let forged = |n: &str| forged_success(n, id, one.task_instance_id, 1);
+    let forged = |n: &str| common::success_event(n, id, one.task_instance_id, 1);
 
     // from 127.0.0.2, in the holder's name: not the holder's address
     let mut outsider = events_from(&d.server, "127.0.0.2").await;
@@ -538,7 +518,7 @@ async fn nodes_take_calls_only_from_certificates_of_their_cluster() {
 
     // task events: only from a worker's certificate
     let event =
-        ReportTaskEventsRequest { worker_addr: worker_addr.clone(), events: vec![forged_success("x", 1, 1, 1)] };
+        ReportTaskEventsRequest { worker_addr: worker_addr.clone(), events: vec![common::success_event("x", 1, 1, 1)] };
     for (who, transport) in [
         ("no certificate", Transport::server_checked(&tls.join("ca.pem")).expect("the CA")),
         ("a master's certificate", master_tls.clone()),

@@ -78,38 +78,37 @@ pub fn reference_params(command: &str, is_param: impl Fn(&str) -> bool) -> Strin
             continue;
         }
         let c = b[i];
+        // a backslash escapes the next character everywhere but in single quotes and arithmetic
+        if c == b'\\' && !matches!(ctx, Ctx::Single | Ctx::Arith(_)) {
+            i = copy(command, &mut out, i, 2);
+            continue;
+        }
+        // `$((`, `$(`, `${` (and in code `$'`) open a context wherever `$` is special
+        let quoted = match ctx {
+            Ctx::Single | Ctx::AnsiC => None,
+            Ctx::Code(_) => Some(false),
+            Ctx::Double | Ctx::Arith(_) => Some(true),
+            Ctx::Brace { quoted } => Some(quoted),
+        };
+        if c == b'$'
+            && let Some(quoted) = quoted
+            && let Some((opened, len)) = opening_at(b, i, quoted)
+        {
+            stack.push(opened);
+            i = copy(command, &mut out, i, len);
+            continue;
+        }
         match ctx {
-            Ctx::Single => {
+            Ctx::Single | Ctx::AnsiC => {
                 if c == b'\'' {
                     stack.pop();
                 }
             }
-            Ctx::AnsiC => match c {
-                b'\\' => {
-                    i = copy(command, &mut out, i, 2);
-                    continue;
-                }
-                b'\'' => {
-                    stack.pop();
-                }
-                _ => {}
-            },
             Ctx::Double => match c {
-                b'\\' => {
-                    i = copy(command, &mut out, i, 2);
-                    continue;
-                }
                 b'"' => {
                     stack.pop();
                 }
                 b'`' => stack.push(Ctx::Code(Close::Backtick)),
-                b'$' => {
-                    if let Some((ctx, len)) = opening_at(b, i, true) {
-                        stack.push(ctx);
-                        i = copy(command, &mut out, i, len);
-                        continue;
-                    }
-                }
                 _ => {}
             },
             Ctx::Arith(open) => match c {
@@ -120,39 +119,17 @@ pub fn reference_params(command: &str, is_param: impl Fn(&str) -> bool) -> Strin
                     continue;
                 }
                 b')' => set_top(&mut stack, Ctx::Arith(open.saturating_sub(1))),
-                b'$' => {
-                    if let Some((ctx, len)) = opening_at(b, i, true) {
-                        stack.push(ctx);
-                        i = copy(command, &mut out, i, len);
-                        continue;
-                    }
-                }
                 _ => {}
             },
             Ctx::Brace { quoted } => match c {
                 b'}' => {
                     stack.pop();
                 }
-                b'\\' => {
-                    i = copy(command, &mut out, i, 2);
-                    continue;
-                }
                 b'\'' if !quoted => stack.push(Ctx::Single),
                 b'"' if !quoted => stack.push(Ctx::Double),
-                b'$' => {
-                    if let Some((ctx, len)) = opening_at(b, i, quoted) {
-                        stack.push(ctx);
-                        i = copy(command, &mut out, i, len);
-                        continue;
-                    }
-                }
                 _ => {}
             },
             Ctx::Code(close) => match c {
-                b'\\' => {
-                    i = copy(command, &mut out, i, 2);
-                    continue;
-                }
                 b'\'' => stack.push(Ctx::Single),
                 b'"' => stack.push(Ctx::Double),
                 b'`' if close == Close::Backtick => {
@@ -177,13 +154,6 @@ pub fn reference_params(command: &str, is_param: impl Fn(&str) -> bool) -> Strin
                         } else {
                             set_top(&mut stack, Ctx::Code(Close::Paren(open - 1)));
                         }
-                    }
-                }
-                b'$' => {
-                    if let Some((ctx, len)) = opening_at(b, i, false) {
-                        stack.push(ctx);
-                        i = copy(command, &mut out, i, len);
-                        continue;
                     }
                 }
                 b'<' if b.get(i + 1) == Some(&b'<') && b.get(i + 2) != Some(&b'<') => {

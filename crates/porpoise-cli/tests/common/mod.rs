@@ -677,3 +677,23 @@ pub fn most_at_once(markers: &[(u128, bool, String)]) -> usize {
     }
     most
 }
+
+/// A RESULT SUCCESS event for `(task_instance_id, attempt)` of run `run`, as a worker would send
+/// it (or a forger would).
+#[allow(dead_code)]
+pub fn success_event(event_id: &str, run: i64, task_instance_id: i64, attempt: i32) -> porpoise_proto::v1::TaskEvent {
+    use porpoise_proto::v1::{TaskEvent, TaskOutcome, TaskResult, task_event};
+    TaskEvent {
+        event_id: event_id.into(),
+        task_instance_id,
+        attempt,
+        workflow_instance_id: run,
+        kind: Some(task_event::Kind::Result(TaskResult {
+            outcome: TaskOutcome::Success as i32,
+            exit_code: Some(0),
+            started_at_ms: 1,
+            ended_at_ms: 2,
+            message: String::new(),
+        })),
+    }
+}
