@@ -29,6 +29,13 @@ impl Role {
             Self::Worker => porpoise_proto::tls::WORKER,
         }
     }
+
+    fn shared_name(self) -> &'static str {
+        match self {
+            Self::Master => porpoise_proto::tls::SHARED_MASTER,
+            Self::Worker => porpoise_proto::tls::SHARED_WORKER,
+        }
+    }
 }
 
 fn failed(what: &str, e: impl std::fmt::Display) -> ClientError {
@@ -101,6 +108,10 @@ pub fn node(dir: &Path, name: &str, role: Role, hosts: &[String]) -> Result<(), 
     let issuer = Issuer::new(ca_params(), ca_key);
     let mut names = vec![role.name().to_string()];
     names.extend(hosts.iter().cloned());
+    if hosts.is_empty() {
+        // replicas that share one certificate: it speaks for any host of its role
+        names.push(role.shared_name().to_string());
+    }
     let mut params = CertificateParams::new(names).map_err(|e| ClientError::invalid(format!("--host: {e}")))?;
     params.distinguished_name.push(DnType::CommonName, name);
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
@@ -111,7 +122,11 @@ pub fn node(dir: &Path, name: &str, role: Role, hosts: &[String]) -> Result<(), 
     let (cert_path, key_path): (PathBuf, PathBuf) = (dir.join(format!("{name}.pem")), dir.join(format!("{name}.key")));
     write_new(&key_path, &key.serialize_pem(), true)?;
     write_new(&cert_path, &cert.pem(), false)?;
-    outln!("{}: {} certificate for {}", cert_path.display(), role.name(), hosts.join(", "))?;
+    if hosts.is_empty() {
+        outln!("{}: {} certificate shared by replicas: it speaks for any host", cert_path.display(), role.name())?;
+    } else {
+        outln!("{}: {} certificate for {}", cert_path.display(), role.name(), hosts.join(", "))?;
+    }
     outln!("{}: its key (--tls-key)", key_path.display())?;
     Ok(())
 }

@@ -413,6 +413,9 @@ async fn nodes_take_calls_only_from_certificates_of_their_cluster() {
     porpoise_ok(&["cert", "ca", "--dir", &tls_s]);
     porpoise_ok(&["cert", "node", "master", "--role", "master", "--host", "127.0.0.1", "--dir", &tls_s]);
     porpoise_ok(&["cert", "node", "worker", "--role", "worker", "--host", "127.0.0.1", "--dir", &tls_s]);
+    porpoise_ok(&["cert", "node", "elsewhere", "--role", "worker", "--host", "10.9.9.9", "--dir", &tls_s]);
+    let shared = porpoise_ok(&["cert", "node", "replicas", "--role", "worker", "--dir", &tls_s]);
+    assert!(shared.contains("shared by replicas"), "{shared}");
     porpoise_ok(&["cert", "ca", "--dir", &other_s]);
     porpoise_ok(&["cert", "node", "master", "--role", "master", "--host", "127.0.0.1", "--dir", &other_s]);
     let file = |d: &std::path::Path, f: &str| d.join(f).display().to_string();
@@ -519,13 +522,26 @@ async fn nodes_take_calls_only_from_certificates_of_their_cluster() {
     // task events: only from a worker's certificate
     let event =
         ReportTaskEventsRequest { worker_addr: worker_addr.clone(), events: vec![common::success_event("x", 1, 1, 1)] };
+    let worker_cert = |name: &str| {
+        Transport::tls(&tls.join("ca.pem"), &tls.join(format!("{name}.pem")), &tls.join(format!("{name}.key")))
+            .expect("certs")
+    };
     for (who, transport) in [
         ("no certificate", Transport::server_checked(&tls.join("ca.pem")).expect("the CA")),
         ("a master's certificate", master_tls.clone()),
+        ("a worker's certificate for another host", worker_cert("elsewhere")),
     ] {
         let channel = transport.endpoint(&master_addr, MASTER).expect("endpoint").connect().await.expect("connect");
         let refused =
             TaskEventServiceClient::new(channel).report_task_events(event.clone()).await.expect_err("refused");
         assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{who}: {refused:?}");
+    }
+    // the worker's own certificate, and one shared by replicas, are heard (the event itself is
+    // then dropped: no such task)
+    for name in ["worker", "replicas"] {
+        let channel =
+            worker_cert(name).endpoint(&master_addr, MASTER).expect("endpoint").connect().await.expect("connect");
+        let reply = TaskEventServiceClient::new(channel).report_task_events(event.clone()).await;
+        assert!(reply.is_ok(), "{name}: {reply:?}");
     }
 }

@@ -193,8 +193,14 @@ impl TaskEventService for TaskEvents {
             ));
         }
         let peer = request.remote_addr();
+        let certified =
+            porpoise_proto::tls::peer_speaks_for_worker(&self.0.transport, &request, &request.get_ref().worker_addr);
         let req = request.into_inner();
-        if let Err(why) = peer_speaks_for(peer, &req.worker_addr).await {
+        let authentic = match certified {
+            true => peer_speaks_for(peer, &req.worker_addr).await,
+            false => Err(format!("the certificate shown does not name worker {}'s host", req.worker_addr)),
+        };
+        if let Err(why) = authentic {
             // nothing of the batch is looked at, stored or ACKed: a genuine worker keeps its events
             metrics::counter!(m::TASK_EVENTS_REFUSED, "reason" => "unauthenticated").increment(req.events.len() as u64);
             warn!(worker = %req.worker_addr, peer = ?peer, %why, events = req.events.len(), "task events refused");

@@ -17,6 +17,11 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity, Server,
 pub const MASTER: &str = "porpoise-master";
 /// The name in a worker's certificate.
 pub const WORKER: &str = "porpoise-worker";
+/// The name in a certificate that replicas share (made without `--host`): its holder may speak
+/// for any host of its role.
+pub const SHARED_WORKER: &str = "shared.porpoise-worker";
+/// As [`SHARED_WORKER`], for masters.
+pub const SHARED_MASTER: &str = "shared.porpoise-master";
 
 /// A node's own certificate and the cluster's CA.
 #[derive(Clone)]
@@ -142,6 +147,18 @@ pub fn peer_is<T>(transport: &Transport, request: &tonic::Request<T>, role: &str
     let Some(certs) = request.peer_certs() else { return false };
     let Some(leaf) = certs.first() else { return false };
     names(leaf, role)
+}
+
+/// Whether `request`'s peer may speak for the worker at `worker_addr` (host:port): its
+/// certificate names the worker role and that host — or is a certificate the workers share
+/// ([`SHARED_WORKER`]). Always `true` on an insecure transport (the address check still holds).
+pub fn peer_speaks_for_worker<T>(transport: &Transport, request: &tonic::Request<T>, worker_addr: &str) -> bool {
+    if !transport.is_tls() {
+        return true;
+    }
+    let Some(leaf) = request.peer_certs().and_then(|c| c.first().cloned()) else { return false };
+    let host = worker_addr.rsplit_once(':').map_or(worker_addr, |(h, _)| h).trim_matches(['[', ']']);
+    names(&leaf, WORKER) && (names(&leaf, host) || names(&leaf, SHARED_WORKER))
 }
 
 fn names(cert: &CertificateDer<'_>, role: &str) -> bool {
