@@ -20,6 +20,8 @@ pub struct TestPostgres {
     data_dir: PathBuf,
     pg_ctl: PathBuf,
     ids: Option<(u32, u32)>,
+    /// Tests trade durability for speed; a benchmark measures with it.
+    durable: bool,
     // Dropped first: stops the server before the directory goes.
     _guardian: Guardian,
     _root: tempfile::TempDir,
@@ -34,6 +36,16 @@ impl TestPostgres {
 
     /// Starts a new private server. Panics with a clear message when it cannot.
     pub fn start() -> TestPostgres {
+        Self::start_with(false)
+    }
+
+    /// Starts a private server as production runs one: every commit synced to disk, and
+    /// `pg_stat_statements` loaded so that a benchmark can count statements.
+    pub fn start_durable() -> TestPostgres {
+        Self::start_with(true)
+    }
+
+    fn start_with(durable: bool) -> TestPostgres {
         let bin_dirs = postgres_bin_dirs();
         let initdb = find_binary("initdb", &bin_dirs, INSTALL_HINT);
         let pg_ctl = find_binary("pg_ctl", &bin_dirs, INSTALL_HINT);
@@ -64,7 +76,7 @@ impl TestPostgres {
             "--locale=C",
         ]);
         run(as_user(&mut init, ids), "initdb");
-        let pg = TestPostgres { port: 0, data_dir, pg_ctl, ids, _root: root, _guardian: guardian };
+        let pg = TestPostgres { port: 0, data_dir, pg_ctl, ids, durable, _root: root, _guardian: guardian };
         // A port taken by another process between our probe and the bind makes the start fail:
         // try a few ports before giving up.
         let mut last = String::new();
@@ -79,9 +91,14 @@ impl TestPostgres {
     }
 
     fn pg_ctl_start(&self, port: u16) -> Result<(), String> {
+        let durability = if self.durable {
+            "-c shared_preload_libraries=pg_stat_statements -c pg_stat_statements.track=all"
+        } else {
+            "-c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+        };
         let opts = format!(
-            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} -c fsync=off \
-             -c synchronous_commit=off -c full_page_writes=off -c max_connections=300",
+            "-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories={} {durability} \
+             -c max_connections=300",
             self.data_dir.display()
         );
         let log = self.data_dir.join("server.log");
