@@ -97,12 +97,16 @@ async fn open_feed(shared: &Shared) -> Option<Box<dyn CommandFeed>> {
     }
 }
 
-/// Waits for the next wake-up; `false` when the feed broke (after a pause, so that a broken
-/// feed is not reopened in a tight loop).
+/// Waits for the next wake-up, and takes every other one already there with it (one claim
+/// serves them all); `false` when the feed broke (after a pause, so that a broken feed is not
+/// reopened in a tight loop).
 async fn next_wakeup(feed: &mut Option<Box<dyn CommandFeed>>) -> bool {
     match feed {
         Some(f) => match f.next().await {
-            Ok(()) => true,
+            Ok(()) => {
+                while let Ok(Ok(())) = tokio::time::timeout(Duration::ZERO, f.next()).await {}
+                true
+            }
             Err(e) => {
                 warn!(error = %e, "command wake-ups broke; polling until they are back");
                 tokio::time::sleep(REOPEN_AFTER).await;

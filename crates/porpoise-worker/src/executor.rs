@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use porpoise_proto::v1::{TaskOutcome, TaskResult, TaskRunning};
@@ -21,6 +21,32 @@ use crate::process::{TOKEN_VAR, TaskProcesses};
 
 /// How long a kill keeps hunting an attempt's processes before it reports survivors.
 const KILL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// `name` looked up on `PATH` once (the first executable file of that name), so that starting
+/// a task does not try every `PATH` entry again; `name` itself when none is found (the start
+/// then fails saying so).
+fn resolved(name: &'static str, cache: &'static OnceLock<PathBuf>) -> &'static Path {
+    use std::os::unix::fs::PermissionsExt;
+    cache.get_or_init(|| {
+        std::env::var_os("PATH")
+            .and_then(|paths| {
+                std::env::split_paths(&paths)
+                    .map(|dir| dir.join(name))
+                    .find(|p| std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0))
+            })
+            .unwrap_or_else(|| PathBuf::from(name))
+    })
+}
+
+fn bash() -> &'static Path {
+    static BASH: OnceLock<PathBuf> = OnceLock::new();
+    resolved("bash", &BASH)
+}
+
+fn setpriv() -> &'static Path {
+    static SETPRIV: OnceLock<PathBuf> = OnceLock::new();
+    resolved("setpriv", &SETPRIV)
+}
 
 /// One attempt to run.
 #[derive(Debug, Clone)]
@@ -83,11 +109,13 @@ pub async fn run(
         // setpriv (util-linux) becomes the tenant — uid, gid and the user's groups — and execs
         // bash in place: the same process, group and environment marker
         Some(user) => {
-            let mut cmd = Command::new("setpriv");
+            let mut cmd = Command::new(setpriv());
             cmd.arg(format!("--reuid={}", user.uid))
                 .arg(format!("--regid={}", user.gid))
                 .arg("--init-groups")
-                .args(["--", "bash", "-c"])
+                .arg("--")
+                .arg(bash())
+                .arg("-c")
                 .arg(&script)
                 .env("HOME", &user.home)
                 .env("USER", &user.name)
@@ -95,7 +123,7 @@ pub async fn run(
             cmd
         }
         None => {
-            let mut cmd = Command::new("bash");
+            let mut cmd = Command::new(bash());
             cmd.arg("-c").arg(&script);
             cmd
         }

@@ -3,6 +3,8 @@
 //! events to the dispatching master, keeping every event until the master ACKs it.
 
 /// Command line and environment settings.
+/// The attempts a worker runs and recently ran.
+mod attempts;
 pub mod config;
 /// Running one task attempt: working directory, command, log, timeout, kill.
 pub mod executor;

@@ -1,7 +1,6 @@
 //! The `WorkerService` gRPC server: dispatches are accepted up to the slot count and are
 //! idempotent per (task instance, attempt); kills and log reads address an attempt.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -24,13 +23,7 @@ use crate::{Reporter, heartbeat};
 /// The most a log read returns at once.
 const LOG_SLICE: u32 = 256 * 1024;
 
-type AttemptKey = (i64, i32);
-
-#[derive(Debug)]
-enum Slot {
-    Running(Arc<Notify>),
-    Done,
-}
+use crate::attempts::Attempts;
 
 /// The worker's service state.
 #[derive(Debug)]
@@ -39,7 +32,7 @@ pub struct WorkerServer {
     slots: u32,
     tasks_dir: PathBuf,
     reporter: Reporter,
-    attempts: Mutex<HashMap<AttemptKey, Slot>>,
+    attempts: Mutex<Attempts>,
     started_at: chrono::DateTime<chrono::Utc>,
     /// Unique to this worker process: marks its tasks' processes (see [`crate::process`]).
     token: String,
@@ -86,7 +79,7 @@ impl WorkerServer {
             slots,
             tasks_dir,
             reporter,
-            attempts: Mutex::new(HashMap::new()),
+            attempts: Mutex::default(),
             started_at,
             sampler: Default::default(),
             tenants: Mutex::default(),
@@ -119,7 +112,7 @@ impl WorkerServer {
         *self.tenants.lock().unwrap_or_else(|p| p.into_inner()) = policy;
     }
 
-    fn attempts(&self) -> MutexGuard<'_, HashMap<AttemptKey, Slot>> {
+    fn attempts(&self) -> MutexGuard<'_, Attempts> {
         self.attempts.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -162,11 +155,9 @@ impl WorkerServer {
             let attempts = self.attempts();
             *self.fenced.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason.clone());
             let mut killed = 0;
-            for slot in attempts.values() {
-                if let Slot::Running(kill) = slot {
-                    kill.notify_one();
-                    killed += 1;
-                }
+            for kill in attempts.kill_switches() {
+                kill.notify_one();
+                killed += 1;
             }
             killed
         };
@@ -192,16 +183,14 @@ impl WorkerServer {
     /// Kills every running task (the shutdown grace ran out); each is reported WORKER_STOPPED.
     pub fn kill_running(&self) {
         self.stopping.store(true, std::sync::atomic::Ordering::SeqCst);
-        for slot in self.attempts().values() {
-            if let Slot::Running(kill) = slot {
-                kill.notify_one();
-            }
+        for kill in self.attempts().kill_switches() {
+            kill.notify_one();
         }
     }
 
     /// Tasks running now.
     pub fn running(&self) -> u32 {
-        self.attempts().values().filter(|s| matches!(s, Slot::Running(_))).count() as u32
+        self.attempts().running() as u32
     }
 
     pub fn heartbeat(&self) -> Heartbeat {
@@ -277,7 +266,7 @@ impl WorkerServer {
             // the result is queued (pending) before the attempt stops counting as running, so a
             // stopping worker never sees neither and leaves the registry before reporting it
             this.reporter.send(&master, event(task_event::Kind::Result(result)));
-            this.attempts().insert((attempt.task_instance_id, attempt.attempt), Slot::Done);
+            this.attempts().finish((attempt.task_instance_id, attempt.attempt), std::time::Instant::now());
         });
     }
 }
@@ -358,16 +347,16 @@ impl WorkerService for WorkerGrpc {
             if let Some(reason) = self.0.fenced.lock().unwrap_or_else(|p| p.into_inner()).clone() {
                 return Ok(self.reply(DispatchStatus::Full, format!("cut off from the registry ({reason})")));
             }
-            if attempts.contains_key(&key) {
+            if attempts.knows(&key) {
                 // a resent dispatch (the reply was lost): the attempt runs or ran once already
                 return Ok(self.reply(DispatchStatus::Accepted, "already accepted"));
             }
-            let running = attempts.values().filter(|s| matches!(s, Slot::Running(_))).count() as u32;
+            let running = attempts.running() as u32;
             if running >= self.slots {
                 return Ok(self.reply(DispatchStatus::Full, format!("all {} slots are busy", self.slots)));
             }
             let kill = Arc::new(Notify::new());
-            attempts.insert(key, Slot::Running(kill.clone()));
+            attempts.start(key, kill.clone());
             kill
         };
         // durable before the answer: a worker dying from here on still reports the attempt
@@ -379,12 +368,12 @@ impl WorkerService for WorkerGrpc {
     async fn kill_task(&self, request: Request<KillTaskRequest>) -> Result<Response<KillTaskReply>, Status> {
         self.check_caller_is_a_master(&request)?;
         let req = request.into_inner();
-        let found = match self.attempts().get(&(req.task_instance_id, req.attempt)) {
-            Some(Slot::Running(kill)) => {
+        let found = match self.attempts().kill_switch(&(req.task_instance_id, req.attempt)) {
+            Some(kill) => {
                 kill.notify_one();
                 true
             }
-            _ => false,
+            None => false,
         };
         Ok(Response::new(KillTaskReply { found }))
     }
@@ -403,7 +392,7 @@ impl WorkerService for WorkerGrpc {
         let mut content = Vec::new();
         file.take(u64::from(limit)).read_to_end(&mut content).map_err(|e| Status::internal(e.to_string()))?;
         let next_offset = offset + content.len() as u64;
-        let done = !matches!(self.attempts().get(&(req.task_instance_id, req.attempt)), Some(Slot::Running(_)));
+        let done = !self.attempts().is_running(&(req.task_instance_id, req.attempt));
         Ok(Response::new(GetTaskLogReply { content, next_offset, eof: done && next_offset >= len }))
     }
 }
