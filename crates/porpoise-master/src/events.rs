@@ -197,7 +197,7 @@ impl TaskEventService for TaskEvents {
             porpoise_proto::tls::peer_speaks_for_worker(&self.0.transport, &request, &request.get_ref().worker_addr);
         let req = request.into_inner();
         let authentic = match certified {
-            true => peer_speaks_for(peer, &req.worker_addr).await,
+            true => self.0.host_addrs.peer_speaks_for(peer, &req.worker_addr).await,
             false => Err(format!("the certificate shown does not name worker {}'s host", req.worker_addr)),
         };
         if let Err(why) = authentic {
@@ -285,29 +285,79 @@ impl TaskEventService for TaskEvents {
     }
 }
 
-/// Whether the peer at `peer` may speak for worker `claimed` (its advertised `host:port`): the
-/// peer's address must be one the worker's host resolves to. (A worker on the master's own host
-/// can still claim another's name on that host; node certificates tell them apart.)
-async fn peer_speaks_for(peer: Option<std::net::SocketAddr>, claimed: &str) -> Result<(), String> {
-    let Some(peer) = peer else { return Err("the connection has no peer address".into()) };
-    let peer_ip = peer.ip().to_canonical();
-    let ips: Vec<std::net::IpAddr> = match claimed.parse::<std::net::SocketAddr>() {
-        Ok(addr) => vec![addr.ip()],
-        Err(_) => match tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host(claimed)).await {
-            Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
-            Ok(Err(e)) => return Err(format!("worker address {claimed:?} does not resolve: {e}")),
-            Err(_) => return Err(format!("worker address {claimed:?} did not resolve in time")),
-        },
-    };
-    if ips.iter().any(|ip| ip.to_canonical() == peer_ip) {
-        Ok(())
-    } else {
-        Err(format!("events from {peer_ip} cannot speak for worker {claimed}"))
-    }
+/// Workers' host names resolved to addresses, kept [`RESOLVED_FOR`]: a worker that advertises
+/// a name (not an address) costs one lookup every so often, not one per batch of events.
+#[derive(Debug, Default)]
+pub(crate) struct HostAddrs {
+    cache: std::sync::Mutex<std::collections::HashMap<String, (Vec<std::net::IpAddr>, std::time::Instant)>>,
 }
+
+/// How long a resolved worker host is trusted.
+const RESOLVED_FOR: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// How long resolving a worker's host name may take.
 const RESOLVE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
+impl HostAddrs {
+    /// The addresses of worker `claimed` (`host:port`).
+    async fn of(&self, claimed: &str) -> Result<Vec<std::net::IpAddr>, String> {
+        if let Ok(addr) = claimed.parse::<std::net::SocketAddr>() {
+            return Ok(vec![addr.ip()]);
+        }
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(claimed).cloned();
+        if let Some((ips, at)) = cached
+            && at.elapsed() < RESOLVED_FOR
+        {
+            return Ok(ips);
+        }
+        let ips: Vec<std::net::IpAddr> =
+            match tokio::time::timeout(RESOLVE_WAIT, tokio::net::lookup_host(claimed)).await {
+                Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                Ok(Err(e)) => return Err(format!("worker address {claimed:?} does not resolve: {e}")),
+                Err(_) => return Err(format!("worker address {claimed:?} did not resolve in time")),
+            };
+        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 10_000 {
+            cache.clear();
+        }
+        cache.insert(claimed.to_string(), (ips.clone(), std::time::Instant::now()));
+        Ok(ips)
+    }
+
+    /// Whether the peer at `peer` may speak for worker `claimed`: the peer's address must be
+    /// one the worker's host resolves to. (A worker on the master's own host can still claim
+    /// another's name on that host; node certificates tell them apart.)
+    async fn peer_speaks_for(&self, peer: Option<std::net::SocketAddr>, claimed: &str) -> Result<(), String> {
+        let Some(peer) = peer else { return Err("the connection has no peer address".into()) };
+        let peer_ip = peer.ip().to_canonical();
+        if self.of(claimed).await?.iter().any(|ip| ip.to_canonical() == peer_ip) {
+            Ok(())
+        } else {
+            Err(format!("events from {peer_ip} cannot speak for worker {claimed}"))
+        }
+    }
+}
+
 /// How long a registry probe waits for the registry.
 const PROBE_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_peer_speaks_for_a_worker_only_from_an_address_of_its_host() {
+        let hosts = HostAddrs::default();
+        let local = Some("127.0.0.1:40000".parse().expect("an address"));
+        let elsewhere = Some("127.0.0.2:40000".parse().expect("an address"));
+        assert_eq!(hosts.peer_speaks_for(local, "127.0.0.1:5679").await, Ok(()));
+        assert!(hosts.peer_speaks_for(elsewhere, "127.0.0.1:5679").await.is_err());
+        // a host name is resolved, and the answer kept for the next batches
+        assert_eq!(hosts.peer_speaks_for(local, "localhost:5679").await, Ok(()));
+        assert!(hosts.cache.lock().expect("lock").contains_key("localhost:5679"));
+        let refused = hosts.peer_speaks_for(elsewhere, "localhost:5679").await.expect_err("not localhost");
+        assert!(refused.contains("cannot speak for worker localhost:5679"), "{refused}");
+        assert!(hosts.peer_speaks_for(local, "no-such-host.invalid:1").await.is_err());
+        assert!(hosts.peer_speaks_for(None, "127.0.0.1:5679").await.is_err());
+    }
+}

@@ -167,6 +167,8 @@ pub(crate) struct Shared {
     pub dead_letters: dead_letters::Limiter,
     /// How this master reaches workers, and whose task events it takes.
     pub transport: porpoise_proto::tls::Transport,
+    /// Workers' host names, resolved.
+    pub host_addrs: events::HostAddrs,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -382,6 +384,7 @@ impl MasterHandle {
             draining: CancellationToken::new(),
             dead_letters: dead_letters::Limiter::default(),
             transport: config.transport.clone(),
+            host_addrs: events::HostAddrs::default(),
         });
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
