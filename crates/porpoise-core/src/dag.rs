@@ -1,13 +1,15 @@
 //! The task graph of one workflow: tasks are nodes by index, `depends_on` are edges from the
 //! upstream task to the downstream one.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 
 /// A directed graph of tasks. Built by [`crate::WorkflowSpec::dag`] for a validated spec, which
 /// has no cycle; [`Dag::new`] accepts any graph so validation can ask [`Dag::find_cycle`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Dag {
     names: Vec<String>,
+    /// The index of each name (the first, if a name repeats: validation refuses that).
+    index: HashMap<String, usize>,
     upstream: Vec<Vec<usize>>,
     downstream: Vec<Vec<usize>>,
 }
@@ -21,14 +23,19 @@ impl Dag {
         let n = names.len();
         let mut upstream = vec![Vec::new(); n];
         let mut downstream = vec![Vec::new(); n];
+        let mut seen = std::collections::HashSet::with_capacity(edges.len());
         for &(from, to) in edges {
             assert!(from < n && to < n, "edge ({from}, {to}) out of range for {n} tasks");
-            if !upstream[to].contains(&from) {
+            if seen.insert((from, to)) {
                 upstream[to].push(from);
                 downstream[from].push(to);
             }
         }
-        Dag { names, upstream, downstream }
+        let mut index = HashMap::with_capacity(n);
+        for (i, name) in names.iter().enumerate() {
+            index.entry(name.clone()).or_insert(i);
+        }
+        Dag { names, index, upstream, downstream }
     }
 
     pub fn len(&self) -> usize {
@@ -44,7 +51,7 @@ impl Dag {
     }
 
     pub fn index_of(&self, name: &str) -> Option<usize> {
-        self.names.iter().position(|n| n == name)
+        self.index.get(name).copied()
     }
 
     pub fn upstream(&self, task: usize) -> &[usize] {

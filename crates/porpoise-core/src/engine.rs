@@ -4,7 +4,7 @@
 //! effects (queue a task, free a slot, set a timer, count and log). Nothing here reads a clock,
 //! a database or the network: the time is an argument, so tests drive it directly.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
@@ -180,11 +180,24 @@ impl TaskState {
 }
 
 /// A run: its state and its task instances, by the task's index in the workflow.
+///
+/// Every event derives a new state from the current one, and the runner adopts it only once
+/// the event's writes are durable. The task instances live in persistent collections, so that
+/// copy costs what the event touches, not the size of the run; counts of tasks by kind and of
+/// each task's upstream tasks that have not succeeded are kept as tasks change, so moving the
+/// run on never rescans it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RunState {
     pub state: ExecutionState,
-    tasks: Vec<Option<TaskState>>,
-    by_id: HashMap<i64, usize>,
+    dag: Arc<Dag>,
+    tasks: imbl::Vector<Option<TaskState>>,
+    by_id: imbl::HashMap<i64, usize>,
+    /// Per task: how many of its upstream tasks have not succeeded.
+    blocked: imbl::Vector<u32>,
+    /// Tasks whose upstream tasks all succeeded that are not created yet, or that a rerun made
+    /// wait for them: what moving the run on starts next.
+    ready: imbl::OrdSet<usize>,
+    tally: Tally,
     /// Why the run fails, once a task failed: nothing new starts, and the run ends `failure`.
     pub failing: Option<String>,
     /// A stop or pause under way, with its command: nothing new starts, and the run ends
@@ -201,6 +214,89 @@ pub struct RunState {
     pub started_at: Option<DateTime<Utc>>,
 }
 
+/// How many task instances of a run are of each kind that moving the run on asks about.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Tally {
+    created: usize,
+    succeeded: usize,
+    /// Not ended, and not waiting for upstream tasks (what waits for a slot is active).
+    active: usize,
+    on_worker: usize,
+    delayed: usize,
+    awaiting_slot: usize,
+}
+
+/// What [`Tally`] and the ready set count a task as.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Kind {
+    created: bool,
+    succeeded: bool,
+    active: bool,
+    on_worker: bool,
+    delayed: bool,
+    awaiting_slot: bool,
+    /// Waiting for its upstream tasks (a rerun made it).
+    parked: bool,
+}
+
+impl Kind {
+    fn of(task: Option<&TaskState>) -> Kind {
+        let Some(t) = task else { return Kind::default() };
+        let waiting = t.state == Waiting;
+        Kind {
+            created: true,
+            succeeded: t.state.is_success(),
+            active: !t.state.is_terminal() && (!waiting || t.awaiting_slot),
+            on_worker: t.is_on_worker(),
+            delayed: t.state == Delayed,
+            awaiting_slot: waiting && t.awaiting_slot,
+            parked: waiting && !t.awaiting_slot,
+        }
+    }
+}
+
+impl Tally {
+    fn count(&mut self, kind: Kind, sign: isize) {
+        let add = |n: &mut usize, on: bool| {
+            if on {
+                *n = n.wrapping_add_signed(sign);
+            }
+        };
+        add(&mut self.created, kind.created);
+        add(&mut self.succeeded, kind.succeeded);
+        add(&mut self.active, kind.active);
+        add(&mut self.on_worker, kind.on_worker);
+        add(&mut self.delayed, kind.delayed);
+        add(&mut self.awaiting_slot, kind.awaiting_slot);
+    }
+}
+
+/// Task `idx` of a run, borrowed to change: the run's counts follow when it is given back.
+struct TaskMut<'a> {
+    run: &'a mut RunState,
+    idx: usize,
+    before: Kind,
+}
+
+impl std::ops::Deref for TaskMut<'_> {
+    type Target = TaskState;
+    fn deref(&self) -> &TaskState {
+        self.run.tasks[self.idx].as_ref().expect("the engine changes only tasks it found")
+    }
+}
+
+impl std::ops::DerefMut for TaskMut<'_> {
+    fn deref_mut(&mut self) -> &mut TaskState {
+        self.run.tasks[self.idx].as_mut().expect("the engine changes only tasks it found")
+    }
+}
+
+impl Drop for TaskMut<'_> {
+    fn drop(&mut self) {
+        self.run.recount(self.idx, self.before);
+    }
+}
+
 impl RunState {
     /// A run of `workflow` in `state` with the task instances `rows` (by task name) that the
     /// database holds; a new run has none. Returns the run and the names of rows that match
@@ -210,10 +306,18 @@ impl RunState {
         state: ExecutionState,
         rows: impl IntoIterator<Item = (String, TaskState)>,
     ) -> (RunState, Vec<String>) {
+        let dag = workflow.dag.clone();
+        let n = dag.len();
+        let blocked: imbl::Vector<u32> = (0..n).map(|i| dag.upstream(i).len() as u32).collect();
+        let ready = (0..n).filter(|&i| blocked[i] == 0).collect();
         let mut run = RunState {
             state,
-            tasks: vec![None; workflow.dag.len()],
-            by_id: HashMap::new(),
+            tasks: std::iter::repeat_n(None, n).collect(),
+            dag,
+            by_id: imbl::HashMap::new(),
+            blocked,
+            ready,
+            tally: Tally::default(),
             failing: None,
             control: None,
             last_command: 0,
@@ -244,8 +348,13 @@ impl RunState {
     }
 
     fn insert(&mut self, idx: usize, task: TaskState) {
+        let before = Kind::of(self.task(idx));
+        if let Some(old) = self.task(idx).map(|t| t.id) {
+            self.by_id.remove(&old);
+        }
         self.by_id.insert(task.id, idx);
-        self.tasks[idx] = Some(task);
+        self.tasks.set(idx, Some(task));
+        self.recount(idx, before);
     }
 
     /// Task `idx`'s instance, once created.
@@ -264,8 +373,40 @@ impl RunState {
         self.tasks.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
     }
 
-    fn task_mut(&mut self, idx: usize) -> &mut TaskState {
-        self.tasks[idx].as_mut().expect("the engine changes only tasks it found")
+    /// Task `idx`'s instance, to change; it must exist.
+    fn task_mut(&mut self, idx: usize) -> TaskMut<'_> {
+        let before = Kind::of(self.task(idx));
+        TaskMut { run: self, idx, before }
+    }
+
+    /// Brings the counts and the ready set up to date after task `idx`, counted as `before`,
+    /// changed.
+    fn recount(&mut self, idx: usize, before: Kind) {
+        let after = Kind::of(self.task(idx));
+        if after == before {
+            return;
+        }
+        self.tally.count(before, -1);
+        self.tally.count(after, 1);
+        if before.succeeded != after.succeeded {
+            let dag = self.dag.clone();
+            for &d in dag.downstream(idx) {
+                if let Some(b) = self.blocked.get_mut(d) {
+                    *b = if after.succeeded { b.saturating_sub(1) } else { *b + 1 };
+                }
+                self.refresh_ready(d);
+            }
+        }
+        self.refresh_ready(idx);
+    }
+
+    fn refresh_ready(&mut self, idx: usize) {
+        let kind = Kind::of(self.task(idx));
+        if self.blocked.get(idx) == Some(&0) && (!kind.created || kind.parked) {
+            self.ready.insert(idx);
+        } else {
+            self.ready.remove(&idx);
+        }
     }
 
     /// Adds task instances the database created for a transition's [`Write::CreateTasks`];
@@ -373,6 +514,57 @@ impl TaskWrite {
     fn new(task: &TaskState, new: ExecutionState) -> Self {
         Self::change(task.id, task.state, task.attempt, new)
     }
+
+    /// `next` expects what this write leaves: the two can be one write.
+    fn continues_into(&self, next: &TaskWrite) -> bool {
+        next.id == self.id
+            && next.expected == self.new
+            && next.expected_attempt == self.attempt.unwrap_or(self.expected_attempt)
+            && !(self.failover && next.failover)
+    }
+
+    /// This write followed by `next`, as one.
+    fn absorb(&mut self, next: TaskWrite) {
+        self.new = next.new;
+        self.attempt = next.attempt.or(self.attempt);
+        self.worker = next.worker.or(self.worker.take());
+        self.exit_code = next.exit_code.or(self.exit_code);
+        self.started_at = next.started_at.or(self.started_at);
+        self.ended_at = next.ended_at.or(self.ended_at);
+        self.warning = next.warning.or(self.warning.take());
+        self.failover |= next.failover;
+        self.await_slot = next.await_slot;
+    }
+}
+
+/// `writes` with each task write merged into the one before it on the same task instance when
+/// it continues it, so that a task instance several events of one transaction change is
+/// written once (dispatched, running and ended together: one update). The database ends in
+/// the same state; the other writes keep their order.
+pub fn coalesce(writes: Vec<Write>) -> Vec<Write> {
+    let mut out: Vec<Write> = Vec::with_capacity(writes.len());
+    let mut last: std::collections::HashMap<i64, usize> = std::collections::HashMap::new();
+    for w in writes {
+        match w {
+            Write::Task(t) => {
+                if let Some(&i) = last.get(&t.id)
+                    && let Some(Write::Task(prev)) = out.get_mut(i)
+                    && prev.continues_into(&t)
+                {
+                    prev.absorb(t);
+                    continue;
+                }
+                last.insert(t.id, out.len());
+                out.push(Write::Task(t));
+            }
+            Write::TakeSlot(t) => {
+                last.remove(&t.id);
+                out.push(Write::TakeSlot(t));
+            }
+            other => out.push(other),
+        }
+    }
+    out
 }
 
 /// A conditional update of the run itself.
@@ -479,12 +671,12 @@ pub enum Outcome {
 #[derive(Debug, Clone)]
 pub struct Workflow {
     pub spec: WorkflowSpec,
-    pub dag: Dag,
+    pub dag: Arc<Dag>,
 }
 
 impl Workflow {
     pub fn new(spec: WorkflowSpec) -> Self {
-        let dag = spec.dag();
+        let dag = Arc::new(spec.dag());
         Self { spec, dag }
     }
 
@@ -696,9 +888,10 @@ impl Workflow {
             return Ok(Outcome::Ignored); // it took one, ended, or the run holds still: a resume asks again
         }
         let mut state = run.clone();
-        let task = state.task_mut(idx);
+        let mut task = state.task_mut(idx);
         task.state = Submitted;
         task.awaiting_slot = false;
+        drop(task);
         Ok(Outcome::Changed(Transition {
             state,
             writes: vec![Write::TakeSlot(TaskWrite::new(cur, Submitted))],
@@ -986,7 +1179,7 @@ impl Workflow {
         if change.timed_out {
             effects.push(Effect::Note(Note::TimedOut { task: idx, attempt: cur.attempt, warned }));
         }
-        let task = state.task_mut(idx);
+        let mut task = state.task_mut(idx);
         task.state = target;
         if matches!(target, Dispatched | Running) && change.worker.is_some() {
             task.worker = change.worker.clone();
@@ -1000,6 +1193,7 @@ impl Workflow {
         if ended_at.is_some() {
             task.ended_at = ended_at;
         }
+        drop(task);
         if cur.is_on_worker()
             && !matches!(target, Dispatched | Running)
             && let Some(worker) = cur.worker.clone().or_else(|| change.worker.clone())
@@ -1052,13 +1246,14 @@ impl Workflow {
         write.attempt = Some(cur.attempt + 1);
         write.await_slot = grouped;
         let mut state = run.clone();
-        let task = state.task_mut(idx);
+        let mut task = state.task_mut(idx);
         task.state = new;
         task.attempt = cur.attempt + 1;
         task.worker = None;
         task.awaiting_slot = grouped;
         let next =
             if grouped { task.slot_due() } else { Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None } };
+        drop(task);
         Ok(Outcome::Changed(Transition {
             state,
             writes: vec![Write::Task(write)],
@@ -1128,11 +1323,12 @@ impl Workflow {
         write.failover = true;
         write.warning = Some(format!("attempt {} failed over: its worker {worker} {why}", cur.attempt));
         let mut state = run.clone();
-        let task = state.task_mut(idx);
+        let mut task = state.task_mut(idx);
         task.state = Submitted;
         task.attempt = cur.attempt + 1;
         task.failovers += 1;
         task.worker = None;
+        drop(task);
         Ok(Outcome::Changed(Transition {
             state,
             writes: vec![Write::Task(write)],
@@ -1166,57 +1362,55 @@ impl Workflow {
         let mut effects = Vec::new();
         let ends = self.spec.failure_strategy == FailureStrategy::End;
         if run.failing.is_some() && ends {
-            for (idx, t) in run.tasks().filter(|(_, t)| t.state == Delayed) {
-                writes.push(Write::Task(TaskWrite::new(t, Failure)));
-                state.task_mut(idx).state = Failure;
-                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Failure }));
-                effects.push(Effect::Note(Note::RetryCalledOff { task: idx, attempt: t.attempt }));
+            if run.tally.delayed > 0 {
+                for (idx, t) in run.tasks().filter(|(_, t)| t.state == Delayed) {
+                    writes.push(Write::Task(TaskWrite::new(t, Failure)));
+                    state.task_mut(idx).state = Failure;
+                    effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Failure }));
+                    effects.push(Effect::Note(Note::RetryCalledOff { task: idx, attempt: t.attempt }));
+                }
             }
             // what waits for a task-group slot never gets one: it is stopped, and leaves the line
-            for (idx, t) in run.tasks().filter(|(_, t)| t.state == Waiting && t.awaiting_slot) {
-                writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
-                let task = state.task_mut(idx);
-                task.state = Stopped;
-                task.awaiting_slot = false;
-                effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
+            if run.tally.awaiting_slot > 0 {
+                for (idx, t) in run.tasks().filter(|(_, t)| t.state == Waiting && t.awaiting_slot) {
+                    writes.push(Write::Task(TaskWrite { ended_at: Some(now), ..TaskWrite::new(t, Stopped) }));
+                    let mut task = state.task_mut(idx);
+                    task.state = Stopped;
+                    task.awaiting_slot = false;
+                    drop(task);
+                    effects.push(Effect::Note(Note::TaskFinished { task: idx, state: Stopped }));
+                }
             }
         }
         let mut creating = false;
         if run.failing.is_none() || !ends {
-            let succeeded: Vec<bool> =
-                run.tasks.iter().map(|t| t.as_ref().is_some_and(|t| t.state.is_success())).collect();
-            let started: Vec<bool> = run.tasks.iter().map(Option::is_some).collect();
-            let ready = self.dag.ready(&succeeded, &started);
-            if !ready.is_empty() {
-                creating = true;
-                writes.push(Write::CreateTasks(ready.iter().map(|&i| self.new_task(i)).collect()));
-            }
-            // a task a rerun made wait for what it depends on goes once that has succeeded (to
-            // the line for a slot, if it has a task group)
-            let waiting: Vec<(usize, TaskState)> = run
-                .tasks()
-                .filter(|(i, t)| {
-                    t.state == Waiting && !t.awaiting_slot && self.dag.upstream(*i).iter().all(|&u| succeeded[u])
-                })
-                .map(|(i, t)| (i, t.clone()))
-                .collect();
-            for (idx, t) in waiting {
-                if self.task(idx).task_group.is_some() {
-                    writes.push(Write::Task(TaskWrite { await_slot: true, ..TaskWrite::new(&t, Waiting) }));
-                    state.task_mut(idx).awaiting_slot = true;
-                    effects.push(t.slot_due());
-                } else {
-                    writes.push(Write::Task(TaskWrite::new(&t, Submitted)));
-                    state.task_mut(idx).state = Submitted;
-                    effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+            // what is not created yet is created; what a rerun made wait for the tasks it
+            // depends on goes (to the line for a slot, if it has a task group)
+            let mut create = Vec::new();
+            for &idx in &run.ready {
+                match run.task(idx) {
+                    None => create.push(self.new_task(idx)),
+                    Some(t) if self.task(idx).task_group.is_some() => {
+                        writes.push(Write::Task(TaskWrite { await_slot: true, ..TaskWrite::new(t, Waiting) }));
+                        state.task_mut(idx).awaiting_slot = true;
+                        effects.push(t.slot_due());
+                    }
+                    Some(t) => {
+                        writes.push(Write::Task(TaskWrite::new(t, Submitted)));
+                        state.task_mut(idx).state = Submitted;
+                        effects.push(Effect::Enqueue { task: idx, after: Duration::ZERO, avoid: None });
+                    }
                 }
+            }
+            if !create.is_empty() {
+                creating = true;
+                writes.insert(0, Write::CreateTasks(create));
             }
         }
         // what is about to be created, and what waits for a slot, is active too; what waits
         // on a task that will never succeed is not
-        let active =
-            creating || state.tasks().any(|(_, t)| !t.state.is_terminal() && (t.state != Waiting || t.awaiting_slot));
-        let all_succeeded = state.tasks.iter().all(|t| t.as_ref().is_some_and(|t| t.state.is_success()));
+        let active = creating || state.tally.active > 0;
+        let all_succeeded = state.tally.succeeded == self.dag.len();
         let end = match &state.failing {
             _ if active => None,
             Some(reason) => Some((Failure, Some(reason.clone()))),
@@ -1242,7 +1436,7 @@ impl Workflow {
 
     /// Ends a stop or pause once no task is on a worker any more.
     fn advance_control(&self, run: &RunState, command: i64, action: Control, now: DateTime<Utc>) -> Option<Transition> {
-        if run.tasks().any(|(_, t)| t.is_on_worker()) {
+        if run.tally.on_worker > 0 {
             return None;
         }
         let new = if action == Control::Stop { Stopped } else { Paused };
@@ -1254,7 +1448,7 @@ impl Workflow {
             // a paused run holds no task-group slot: its queued tasks get back in line
             for (idx, t) in run.tasks().filter(|(i, t)| t.state == Submitted && self.task(*i).task_group.is_some()) {
                 writes.push(Write::Task(TaskWrite { await_slot: true, ..TaskWrite::new(t, Waiting) }));
-                let task = state.task_mut(idx);
+                let mut task = state.task_mut(idx);
                 task.state = Waiting;
                 task.awaiting_slot = true;
             }

@@ -12,7 +12,7 @@
 //! the run) is a separate step ([`Workflow::advance`]), retried on its own, so that a failure
 //! there never repeats the event's effects.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -129,6 +129,8 @@ pub(crate) struct Runner {
     advance_pending: bool,
     /// The run was taken over by this master (`None` inside: by none yet).
     moved_to: Option<Option<String>>,
+    /// Messages taken from the inbox and not handled yet.
+    backlog: VecDeque<Envelope>,
 }
 
 /// How many failed attempts at one event before the run is reported stalled.
@@ -136,6 +138,9 @@ const STALL_AFTER: u32 = 3;
 
 /// How often a task waiting for a task-group slot tries again without being woken.
 const SLOT_POLL: Duration = Duration::from_secs(1);
+
+/// The most events one transaction persists.
+const MAX_GROUP: usize = 512;
 
 impl Runner {
     /// Starts the runner of `instance` (owned by this master) unless one runs already. The
@@ -165,6 +170,7 @@ impl Runner {
             finished: false,
             advance_pending: false,
             moved_to: None,
+            backlog: VecDeque::new(),
         };
         if shared.draining.is_cancelled() || !shared.add_runner(id, handle.clone()) {
             return None;
@@ -186,13 +192,28 @@ impl Runner {
         }
         let draining = self.shared.draining.clone();
         while !self.finished {
-            let env = tokio::select! {
-                biased;
-                () = draining.cancelled() => break,
-                env = inbox.recv() => env,
-            };
-            let Some(env) = env else { break };
-            self.process(env).await;
+            if self.backlog.is_empty() {
+                let env = tokio::select! {
+                    biased;
+                    () = draining.cancelled() => break,
+                    env = inbox.recv() => env,
+                };
+                let Some(env) = env else { break };
+                self.backlog.push_back(env);
+            }
+            while self.backlog.len() < MAX_GROUP
+                && let Ok(env) = inbox.try_recv()
+            {
+                self.backlog.push_back(env);
+            }
+            if draining.is_cancelled() {
+                break;
+            }
+            if !self.process_group().await
+                && let Some(env) = self.backlog.pop_front()
+            {
+                self.process(env).await;
+            }
         }
         self.shared.remove_runner(id);
         inbox.close();
@@ -203,7 +224,8 @@ impl Runner {
             None if !self.finished => Ack::RetryLater("the master is stopping".into()),
             None => Ack::Ignored,
         };
-        while let Ok(env) = inbox.try_recv() {
+        let backlog = std::mem::take(&mut self.backlog);
+        for env in backlog.into_iter().chain(std::iter::from_fn(|| inbox.try_recv().ok())) {
             if let Some(tx) = env.reply {
                 let _ = tx.send(late.clone());
             }
@@ -292,6 +314,119 @@ impl Runner {
         if failures >= STALL_AFTER {
             self.shared.clear_stall(self.instance.id);
         }
+    }
+
+    /// Handles the events at the head of the backlog that a worker or the dispatcher sent
+    /// (dispatched, requeued, running, ended) together: applies them one after the other, moves
+    /// the run on, and persists it all in one transaction, then replies to each. `false` when
+    /// the head is not such an event, or the transaction failed: the caller then handles the
+    /// events one at a time, where every error has its own answer.
+    async fn process_group(&mut self) -> bool {
+        let now = Utc::now();
+        let began = Instant::now();
+        let mut state = self.run.clone();
+        let (mut writes, mut effects, mut advance) = (Vec::new(), Vec::new(), false);
+        let mut applied = Vec::new();
+        for env in &self.backlog {
+            let Msg::Event(event) = &env.msg else { break };
+            if !matches!(
+                event,
+                Event::Dispatched { .. } | Event::Requeue { .. } | Event::Running { .. } | Event::Ended(_)
+            ) {
+                break;
+            }
+            match self.workflow.apply(&state, event, now) {
+                Ok(Outcome::Ignored) => applied.push(false),
+                Ok(Outcome::Changed(t)) => {
+                    writes.extend(t.writes);
+                    effects.extend(t.effects);
+                    advance |= t.advance;
+                    state = t.state;
+                    applied.push(true);
+                }
+                Err(_) => break, // dropped on its own, with its reason
+            }
+        }
+        if applied.is_empty() {
+            return false;
+        }
+        // what the events made ready is created in the same transaction
+        if advance
+            && let Some(t) = self.workflow.advance(&state, now)
+            && !t.writes.iter().any(|w| matches!(w, Write::TakeSlot(_)))
+        {
+            writes.extend(t.writes);
+            effects.extend(t.effects);
+            state = t.state;
+        }
+        let taken = applied.len();
+        let last = self.backlog.get(taken - 1).and_then(|env| match &env.msg {
+            Msg::Event(event) => Some(event.clone()),
+            Msg::CheckOwnership => None,
+        });
+        let kind = last.as_ref().map_or("task_change", |e| e.kind().as_str());
+        let transition = Transition { state, writes: porpoise_core::engine::coalesce(writes), effects, advance };
+        let mut failures = 0u32;
+        while !transition.writes.is_empty() {
+            match self.commit(transition.clone()).await {
+                Ok(()) => break,
+                Err(HandlerError::Retryable { reason, after }) => {
+                    // the same transaction is tried again: one whose answer was lost is found done
+                    failures += 1;
+                    for env in self.backlog.iter_mut().take(taken).filter(|env| env.early) {
+                        if let Some(tx) = env.reply.take() {
+                            let _ = tx.send(Ack::RetryLater(reason.clone()));
+                        }
+                    }
+                    self.wait_to_retry(kind, failures, &reason, after).await;
+                    if self.shared.draining.is_cancelled() {
+                        return true; // the events stay with their senders, for the next owner
+                    }
+                }
+                Err(HandlerError::NotOwner { owner }) => {
+                    self.hand_over(owner.clone());
+                    for env in self.backlog.drain(..taken) {
+                        if let Some(tx) = env.reply {
+                            let _ = tx.send(Ack::Moved(owner.clone()));
+                        }
+                    }
+                    return true;
+                }
+                // an event to drop, a slot to wait for: each event on its own says which
+                Err(HandlerError::Drop(_) | HandlerError::Wait { .. }) if failures == 0 => return false,
+                Err(e) => {
+                    // the transaction was refused after a retry: its events go one at a time
+                    warn!(run_id = self.instance.id, error = %e, "a group of events was refused; handling them one at a time");
+                    if failures >= STALL_AFTER {
+                        self.shared.clear_stall(self.instance.id);
+                    }
+                    return false;
+                }
+            }
+        }
+        if failures >= STALL_AFTER {
+            self.shared.clear_stall(self.instance.id);
+        }
+        for (env, applied) in self.backlog.drain(..taken).zip(applied) {
+            let Msg::Event(event) = &env.msg else { continue };
+            let kind = event.kind().as_str();
+            let counter = if applied { m::STATE_EVENTS_HANDLED } else { m::STATE_EVENTS_IGNORED };
+            metrics::counter!(counter, "kind" => kind).increment(1);
+            metrics::histogram!(m::STATE_EVENT_SECONDS, "kind" => kind).record(began.elapsed().as_secs_f64());
+            if !applied {
+                debug!(run_id = self.instance.id, ?event, "event with nothing to do ignored");
+            }
+            if let Some(tx) = env.reply {
+                let _ = tx.send(if applied { Ack::Handled } else { Ack::Ignored });
+            }
+        }
+        if let Some(event) = last {
+            let failures = self.advance_until_done(&event, 0).await;
+            if failures >= STALL_AFTER {
+                self.shared.clear_stall(self.instance.id);
+            }
+        }
+        true
     }
 
     async fn process(&mut self, env: Envelope) {
@@ -747,8 +882,16 @@ impl Runner {
         let instance = self.still_owner().await?;
         let rows = self.shared.store.task_instances_of(self.instance.id).await.map_err(store_error)?;
         let mut created = Vec::new();
-        for w in writes {
+        for (i, w) in writes.iter().enumerate() {
             let held = match w {
+                // a task written more than once holds what its last write says
+                Write::Task(t) | Write::TakeSlot(t)
+                    if writes[i + 1..]
+                        .iter()
+                        .any(|l| matches!(l, Write::Task(n) | Write::TakeSlot(n) if n.id == t.id)) =>
+                {
+                    true
+                }
                 Write::Task(t) | Write::TakeSlot(t) => rows
                     .iter()
                     .any(|r| r.id == t.id && r.state == t.new && r.attempt == t.attempt.unwrap_or(t.expected_attempt)),

@@ -842,12 +842,22 @@ macro_rules! impl_store {
                 use porpoise_core::engine::Write;
                 let mut tx = self.pool.begin().await?;
                 let mut created = Vec::new();
-                for w in writes {
+                let mut next = 0;
+                while let Some(w) = writes.get(next) {
+                    next += 1;
                     match w {
-                        Write::Task(t) => {
-                            if Self::update_task_on(&mut tx, owner, t).await?.is_none() {
+                        Write::Task(first) => {
+                            // consecutive task writes of distinct task instances go together
+                            let mut chunk = vec![first];
+                            while let Some(Write::Task(t)) = writes.get(next)
+                                && !chunk.iter().any(|c| c.id == t.id)
+                            {
+                                chunk.push(t);
+                                next += 1;
+                            }
+                            if let Some(refused) = Self::update_tasks_on(&mut tx, owner, run, &chunk).await? {
                                 drop(tx);
-                                return Err(self.task_conflict(owner, t).await);
+                                return Err(self.task_conflict(owner, chunk[refused]).await);
                             }
                         }
                         Write::Workflow(wf) => {
@@ -1653,7 +1663,6 @@ macro_rules! impl_store {
                 run: i64,
                 names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
             ) -> $crate::Result<Option<Vec<$crate::sql::TaskRow>>> {
-                use $crate::sql::*;
                 let owned: Option<(i64,)> =
                     sqlx::query_as::<$db, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
                         .bind(run)
@@ -1663,36 +1672,7 @@ macro_rules! impl_store {
                 if owned.is_none() {
                     return Ok(None);
                 }
-                let t = now();
-                let mut rows = Vec::with_capacity(names.len());
-                for (new, state) in names {
-                    let name = &new.name;
-                    let waiting_since = (*state == porpoise_core::ExecutionState::Waiting).then_some(t);
-                    sqlx::query::<$db>(
-                        "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
-                         updated_at, task_group, task_group_priority, group_waiting_since) \
-                         VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7) \
-                         ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
-                    )
-                    .bind(run)
-                    .bind(name)
-                    .bind(state.as_str())
-                    .bind(t)
-                    .bind(&new.task_group)
-                    .bind(new.task_group_priority)
-                    .bind(waiting_since.filter(|_| new.task_group.is_some()))
-                    .execute(&mut *conn)
-                    .await?;
-                    let row = sqlx::query_as::<$db, TaskRow>(sqlx::AssertSqlSafe(format!(
-                        "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = $2"
-                    )))
-                    .bind(run)
-                    .bind(name)
-                    .fetch_one(&mut *conn)
-                    .await?;
-                    rows.push(row);
-                }
-                Ok(Some(rows))
+                Ok(Some(Self::insert_tasks_on(conn, run, names).await?))
             }
 
             /// Moves a waiting task instance to `submitted` by taking a slot of its task group:

@@ -78,3 +78,60 @@ impl_store!(
     claim = "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id IN \
              (SELECT id FROM command WHERE claimed_by IS NULL AND kind = 'start-workflow' ORDER BY priority, id LIMIT $3) RETURNING {}"
 );
+
+/// Task-instance writes and creations, a statement per row: SQLite runs in the process, so a
+/// statement costs no round trip, and one transaction holds them all.
+impl SqliteStore {
+    /// Applies `writes` in order on `conn`; the index of the first one refused, if any is.
+    async fn update_tasks_on(
+        conn: &mut sqlx::SqliteConnection,
+        owner: &str,
+        _run: i64,
+        writes: &[&porpoise_core::engine::TaskWrite],
+    ) -> Result<Option<usize>> {
+        for (i, w) in writes.iter().enumerate() {
+            if Self::update_task_on(conn, owner, w).await?.is_none() {
+                return Ok(Some(i));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Inserts the task instances `names` of run `run` that do not exist yet; returns all of them.
+    async fn insert_tasks_on(
+        conn: &mut sqlx::SqliteConnection,
+        run: i64,
+        names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
+    ) -> Result<Vec<crate::sql::TaskRow>> {
+        use crate::sql::{TASK_COLUMNS, TaskRow, now};
+        let t = now();
+        let mut rows = Vec::with_capacity(names.len());
+        for (new, state) in names {
+            let waiting_since = (*state == porpoise_core::ExecutionState::Waiting).then_some(t);
+            sqlx::query::<sqlx::Sqlite>(
+                "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, \
+                 updated_at, task_group, task_group_priority, group_waiting_since) \
+                 VALUES ($1, $2, $3, 1, $4, $4, $5, $6, $7) \
+                 ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
+            )
+            .bind(run)
+            .bind(&new.name)
+            .bind(state.as_str())
+            .bind(t)
+            .bind(&new.task_group)
+            .bind(new.task_group_priority)
+            .bind(waiting_since.filter(|_| new.task_group.is_some()))
+            .execute(&mut *conn)
+            .await?;
+            let row = sqlx::query_as::<sqlx::Sqlite, TaskRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = $2"
+            )))
+            .bind(run)
+            .bind(&new.name)
+            .fetch_one(&mut *conn)
+            .await?;
+            rows.push(row);
+        }
+        Ok(rows)
+    }
+}

@@ -353,6 +353,62 @@ async fn api_tokens_are_found_by_hash_and_unique_by_name(store: Arc<dyn Store>) 
     assert_eq!(store.api_token_by_hash("hash-ci").await.expect("read"), None);
 }
 
+/// A batch of task writes lands as the same writes one by one would: every field, each write
+/// on the state the one before left (a task written twice in one batch), and created tasks
+/// come back in the order they were asked for.
+async fn a_batch_of_task_writes_lands_as_one_by_one(store: Arc<dyn Store>) {
+    use porpoise_core::engine::Write;
+    let id = instance(&*store, "master-1").await;
+    let names: Vec<porpoise_core::engine::NewTask> = (0..5).map(|i| format!("t{i}").as_str().into()).collect();
+    let created = store.persist("master-1", id, &[Write::CreateTasks(names)]).await.expect("create");
+    let order: Vec<&str> = created.iter().map(|t| t.task_name.as_str()).collect();
+    assert_eq!(order, ["t0", "t1", "t2", "t3", "t4"]);
+    let ids: Vec<i64> = created.iter().map(|t| t.id).collect();
+    let start = chrono::Utc::now() - chrono::Duration::seconds(5);
+    let end = chrono::Utc::now();
+    let dispatched = |task: i64| {
+        Write::Task(TaskWrite { worker: Some("w-1:5679".into()), ..TaskWrite::change(task, Submitted, 1, Dispatched) })
+    };
+    let mut batch: Vec<Write> = ids.iter().map(|&t| dispatched(t)).collect();
+    // t0 runs and succeeds within the same batch
+    batch.push(Write::Task(TaskWrite { started_at: Some(start), ..TaskWrite::change(ids[0], Dispatched, 1, Running) }));
+    batch.push(Write::Task(TaskWrite {
+        exit_code: Some(0),
+        ended_at: Some(end),
+        ..TaskWrite::change(ids[0], Running, 1, Success)
+    }));
+    // t1 fails over to attempt 2 with a warning; t2 fails with its exit code
+    batch.push(Write::Task(TaskWrite {
+        attempt: Some(2),
+        failover: true,
+        warning: Some("failed over".into()),
+        ..TaskWrite::change(ids[1], Dispatched, 1, Submitted)
+    }));
+    batch.push(Write::Task(TaskWrite {
+        exit_code: Some(3),
+        ended_at: Some(end),
+        ..TaskWrite::change(ids[2], Dispatched, 1, Failure)
+    }));
+    store.persist("master-1", id, &batch).await.expect("the batch lands");
+    let rows = store.task_instances_of(id).await.expect("read");
+    let t = |i: usize| &rows[i];
+    assert_eq!((t(0).state, t(0).worker_addr.as_deref(), t(0).exit_code), (Success, Some("w-1:5679"), Some(0)));
+    let micros = |d: Option<chrono::DateTime<chrono::Utc>>| d.map(|d| d.timestamp_micros());
+    assert_eq!((micros(t(0).started_at), micros(t(0).ended_at)), (micros(Some(start)), micros(Some(end))));
+    assert_eq!((t(1).state, t(1).attempt, t(1).failovers), (Submitted, 2, 1));
+    assert_eq!(t(1).warning.as_deref(), Some("failed over"));
+    assert_eq!((t(2).state, t(2).exit_code), (Failure, Some(3)));
+    assert_eq!((t(3).state, t(4).state), (Dispatched, Dispatched));
+    // a batch with one stale write lands not at all
+    let stale = [
+        Write::Task(TaskWrite::change(ids[3], Dispatched, 1, Running)),
+        Write::Task(TaskWrite::change(ids[4], Running, 1, Success)),
+    ];
+    let err = store.persist("master-1", id, &stale).await.expect_err("t4 is not running");
+    assert!(matches!(err, StoreError::Conflict { id, .. } if id == ids[4]), "{err:?}");
+    assert_eq!(store.task_instance(ids[3]).await.expect("read").map(|t| t.state), Some(Dispatched));
+}
+
 macro_rules! suite {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -552,6 +608,7 @@ async fn schedules_fire_each_time_once(store: Arc<dyn Store>) {
 }
 
 suites!(
+    a_batch_of_task_writes_lands_as_one_by_one,
     api_tokens_are_found_by_hash_and_unique_by_name,
     schedules_fire_each_time_once,
     task_group_slots_are_taken_by_priority_and_given_back,

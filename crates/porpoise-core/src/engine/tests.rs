@@ -677,3 +677,89 @@ fn a_failing_run_stops_its_slot_waiters_or_with_continue_waits_for_them() {
     let (run, _) = RunState::rebuild(&wf, Running, rows());
     assert_eq!(wf.advance(&run, t0()), None, "the run waits for the task in line");
 }
+
+/// Drives a run of `workflow` to its end as the runner would, every task succeeding on its
+/// first attempt; returns the run's state and how many task instances were created.
+fn drive_to_end(wf: &Workflow) -> (RunState, usize) {
+    let mut run = new_run(wf);
+    step(wf, &mut run, Event::Start, t0());
+    let mut next_id = 1;
+    let mut created = 0;
+    loop {
+        let Some(t) = wf.advance(&run, t0()) else { panic!("the run stalled: {:?}", run.state) };
+        run = t.state.clone();
+        if run.state.is_terminal() {
+            return (run, created);
+        }
+        let effects = create(&mut run, wf, &t.writes, next_id);
+        let queued: Vec<i64> = effects
+            .iter()
+            .filter_map(|e| match e {
+                Effect::Enqueue { task, .. } => run.task(*task).map(|t| t.id),
+                _ => None,
+            })
+            .collect();
+        next_id += queued.len() as i64;
+        created += queued.len();
+        for id in queued {
+            run_task(wf, &mut run, id, 1, true);
+        }
+    }
+}
+
+#[test]
+fn a_ten_thousand_task_run_and_a_two_thousand_step_chain_run_to_success() {
+    let mut wide = String::from("name: wide\ntasks:\n");
+    for i in 0..10_000 {
+        wide.push_str(&format!("  - {{ name: t{i}, command: 'true' }}\n"));
+    }
+    let (run, created) = drive_to_end(&workflow(&wide));
+    assert_eq!((run.state, created), (Success, 10_000));
+    assert!(run.tasks().all(|(_, t)| t.state == Success));
+
+    let mut chain = String::from("name: long\ntasks:\n  - { name: s0, command: 'true' }\n");
+    for i in 1..2_000 {
+        chain.push_str(&format!("  - {{ name: s{i}, command: 'true', depends_on: [s{}] }}\n", i - 1));
+    }
+    let (run, created) = drive_to_end(&workflow(&chain));
+    assert_eq!((run.state, created), (Success, 2_000));
+}
+
+#[test]
+fn writes_that_continue_each_other_become_one() {
+    let w = |id, from, attempt, to| TaskWrite::change(id, from, attempt, to);
+    let writes = vec![
+        Write::Task(TaskWrite { worker: Some("w1".into()), ..w(1, Submitted, 1, Dispatched) }),
+        Write::Task(w(2, Submitted, 1, Dispatched)),
+        Write::Task(TaskWrite { started_at: Some(t0()), worker: Some("w1".into()), ..w(1, Dispatched, 1, Running) }),
+        Write::CompleteCommand(7),
+        Write::Task(TaskWrite { exit_code: Some(0), ended_at: Some(at(1)), ..w(1, Running, 1, Success) }),
+        // expects another state than the write before leaves: kept apart, to be refused
+        Write::Task(w(2, Running, 1, Success)),
+        // a failover starts attempt 2; the write after it continues attempt 2
+        Write::Task(TaskWrite { attempt: Some(2), failover: true, ..w(3, Running, 1, Submitted) }),
+        Write::Task(TaskWrite { worker: Some("w2".into()), ..w(3, Submitted, 2, Dispatched) }),
+    ];
+    let merged = coalesce(writes);
+    assert_eq!(
+        merged,
+        [
+            Write::Task(TaskWrite {
+                worker: Some("w1".into()),
+                started_at: Some(t0()),
+                exit_code: Some(0),
+                ended_at: Some(at(1)),
+                ..w(1, Submitted, 1, Success)
+            }),
+            Write::Task(w(2, Submitted, 1, Dispatched)),
+            Write::CompleteCommand(7),
+            Write::Task(w(2, Running, 1, Success)),
+            Write::Task(TaskWrite {
+                attempt: Some(2),
+                failover: true,
+                worker: Some("w2".into()),
+                ..w(3, Running, 1, Dispatched)
+            }),
+        ]
+    );
+}
