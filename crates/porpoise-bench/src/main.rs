@@ -28,6 +28,9 @@ struct Args {
     /// standalone, cluster or both.
     #[arg(long, default_value = "both", value_parser = ["both", "standalone", "cluster"])]
     mode: String,
+    /// Only the shapes whose name contains this text.
+    #[arg(long)]
+    only: Option<String>,
 }
 
 /// A workflow shape: `runs` runs of a spec of `tasks` tasks each.
@@ -78,7 +81,7 @@ fn fan(name: &str, width: usize) -> String {
 
 fn shapes(quick: bool) -> Vec<Shape> {
     let (chain_n, few, width, many, runs) = if quick { (5, 10, 10, 50, 20) } else { (50, 100, 200, 1000, 1000) };
-    vec![
+    let mut shapes = vec![
         Shape {
             name: format!("{chain_n}-task chain"),
             spec: chain("chain", chain_n),
@@ -108,7 +111,25 @@ fn shapes(quick: bool) -> Vec<Shape> {
             steps: None,
         },
         Shape { name: format!("{runs} runs of a 3-task chain"), spec: chain("runs", 3), runs, tasks: 3, steps: None },
-    ]
+    ];
+    if !quick {
+        // ten times the tasks and forty times the steps: the master's CPU per task must not grow
+        shapes.push(Shape {
+            name: "10000 independent tasks".into(),
+            spec: independent("huge", 10_000),
+            runs: 1,
+            tasks: 10_000,
+            steps: None,
+        });
+        shapes.push(Shape {
+            name: "2000-task chain".into(),
+            spec: chain("long", 2_000),
+            runs: 1,
+            tasks: 2_000,
+            steps: Some(2_000),
+        });
+    }
+    shapes
 }
 
 /// A process the benchmark started, killed when dropped.
@@ -379,7 +400,10 @@ async fn main() {
     let args = Args::parse();
     let dir = std::env::temp_dir().join(format!("porpoise-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a working directory");
-    let shapes = shapes(args.quick);
+    let mut shapes = shapes(args.quick);
+    if let Some(only) = &args.only {
+        shapes.retain(|s| s.name.contains(only.as_str()));
+    }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("# porpoise-bench{} on {cpus} CPUs", if args.quick { " --quick" } else { "" });
     if args.mode != "cluster" {

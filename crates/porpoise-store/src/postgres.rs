@@ -74,6 +74,17 @@ impl_store!(
 /// Task-instance writes and creations as one statement per batch: each row is a round trip to
 /// the server, so a batch binds its rows as arrays and unnests them.
 impl PgStore {
+    /// Whether run `run` is `owner`'s, read on `conn` (in the caller's transaction).
+    async fn owns(conn: &mut sqlx::PgConnection, owner: &str, run: i64) -> Result<bool> {
+        let found: Option<(i64,)> =
+            sqlx::query_as::<sqlx::Postgres, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
+                .bind(run)
+                .bind(owner)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(found.is_some())
+    }
+
     /// Applies `writes` (of distinct task instances of run `run`) on `conn`, each only if its
     /// task instance is still in the expected state and attempt and the run is `owner`'s; the
     /// index of one refused, if any is (the caller then rolls back).
@@ -129,26 +140,30 @@ impl PgStore {
     }
 
     /// Inserts the task instances `names` of run `run` that do not exist yet, in one
-    /// statement; returns all of them, in the order of `names`' creation.
+    /// statement that also checks the run is `owner`'s; returns all of them in the order they
+    /// were created, or `None` when the run is not `owner`'s. Only a retried creation (some
+    /// exist) or a refusal costs more statements.
     async fn insert_tasks_on(
         conn: &mut sqlx::PgConnection,
+        owner: &str,
         run: i64,
         names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
-    ) -> Result<Vec<crate::sql::TaskRow>> {
+    ) -> Result<Option<Vec<crate::sql::TaskRow>>> {
         use crate::sql::{TASK_COLUMNS, TaskRow, now};
         let t = now();
         let waiting_since = |new: &porpoise_core::engine::NewTask, state: porpoise_core::ExecutionState| {
             (state == porpoise_core::ExecutionState::Waiting && new.task_group.is_some()).then_some(t)
         };
         let task_names: Vec<String> = names.iter().map(|(n, _)| n.name.clone()).collect();
-        sqlx::query(
+        let mut rows = sqlx::query_as::<sqlx::Postgres, TaskRow>(sqlx::AssertSqlSafe(format!(
             "INSERT INTO task_instance (workflow_instance_id, task_name, state, attempt, created_at, updated_at, \
              task_group, task_group_priority, group_waiting_since) \
              SELECT $1, v.name, v.state, 1, $2, $2, v.task_group, v.priority, v.since \
              FROM unnest($3::text[], $4::text[], $5::text[], $6::int[], $7::timestamptz[]) WITH ORDINALITY \
-             AS v(name, state, task_group, priority, since, n) ORDER BY v.n \
-             ON CONFLICT (workflow_instance_id, task_name) DO NOTHING",
-        )
+             AS v(name, state, task_group, priority, since, n) \
+             WHERE EXISTS (SELECT 1 FROM workflow_instance w WHERE w.id = $1 AND w.owner = $8) ORDER BY v.n \
+             ON CONFLICT (workflow_instance_id, task_name) DO NOTHING RETURNING {TASK_COLUMNS}"
+        )))
         .bind(run)
         .bind(t)
         .bind(&task_names)
@@ -156,16 +171,23 @@ impl PgStore {
         .bind(names.iter().map(|(n, _)| n.task_group.clone()).collect::<Vec<_>>())
         .bind(names.iter().map(|(n, _)| n.task_group_priority).collect::<Vec<_>>())
         .bind(names.iter().map(|(n, s)| waiting_since(n, *s)).collect::<Vec<_>>())
-        .execute(&mut *conn)
-        .await?;
-        let rows = sqlx::query_as::<sqlx::Postgres, TaskRow>(sqlx::AssertSqlSafe(format!(
-            "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = ANY($2) \
-             ORDER BY id"
-        )))
-        .bind(run)
-        .bind(&task_names)
+        .bind(owner)
         .fetch_all(&mut *conn)
         .await?;
-        Ok(rows)
+        if rows.len() < names.len() {
+            // some existed (a retry after a lost answer), or the run is not the owner's
+            if !Self::owns(conn, owner, run).await? {
+                return Ok(None);
+            }
+            rows = sqlx::query_as::<sqlx::Postgres, TaskRow>(sqlx::AssertSqlSafe(format!(
+                "SELECT {TASK_COLUMNS} FROM task_instance WHERE workflow_instance_id = $1 AND task_name = ANY($2)"
+            )))
+            .bind(run)
+            .bind(&task_names)
+            .fetch_all(&mut *conn)
+            .await?;
+        }
+        rows.sort_by_key(|r| r.id);
+        Ok(Some(rows))
     }
 }

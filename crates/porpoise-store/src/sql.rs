@@ -234,7 +234,7 @@ impl TryFrom<ScheduleDbRow> for crate::ScheduleRow {
 
 #[derive(Debug, sqlx::FromRow)]
 pub(crate) struct TaskRow {
-    id: i64,
+    pub(crate) id: i64,
     workflow_instance_id: i64,
     task_name: String,
     state: String,
@@ -1663,16 +1663,7 @@ macro_rules! impl_store {
                 run: i64,
                 names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
             ) -> $crate::Result<Option<Vec<$crate::sql::TaskRow>>> {
-                let owned: Option<(i64,)> =
-                    sqlx::query_as::<$db, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
-                        .bind(run)
-                        .bind(owner)
-                        .fetch_optional(&mut *conn)
-                        .await?;
-                if owned.is_none() {
-                    return Ok(None);
-                }
-                Ok(Some(Self::insert_tasks_on(conn, run, names).await?))
+                Self::insert_tasks_on(conn, owner, run, names).await
             }
 
             /// Moves a waiting task instance to `submitted` by taking a slot of its task group:

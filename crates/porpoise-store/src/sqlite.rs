@@ -82,6 +82,17 @@ impl_store!(
 /// Task-instance writes and creations, a statement per row: SQLite runs in the process, so a
 /// statement costs no round trip, and one transaction holds them all.
 impl SqliteStore {
+    /// Whether run `run` is `owner`'s, read on `conn` (in the caller's transaction).
+    async fn owns(conn: &mut sqlx::SqliteConnection, owner: &str, run: i64) -> Result<bool> {
+        let found: Option<(i64,)> =
+            sqlx::query_as::<sqlx::Sqlite, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
+                .bind(run)
+                .bind(owner)
+                .fetch_optional(&mut *conn)
+                .await?;
+        Ok(found.is_some())
+    }
+
     /// Applies `writes` in order on `conn`; the index of the first one refused, if any is.
     async fn update_tasks_on(
         conn: &mut sqlx::SqliteConnection,
@@ -97,13 +108,18 @@ impl SqliteStore {
         Ok(None)
     }
 
-    /// Inserts the task instances `names` of run `run` that do not exist yet; returns all of them.
+    /// Inserts the task instances `names` of run `run` that do not exist yet; returns all of
+    /// them, or `None` when the run is not `owner`'s.
     async fn insert_tasks_on(
         conn: &mut sqlx::SqliteConnection,
+        owner: &str,
         run: i64,
         names: &[(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)],
-    ) -> Result<Vec<crate::sql::TaskRow>> {
+    ) -> Result<Option<Vec<crate::sql::TaskRow>>> {
         use crate::sql::{TASK_COLUMNS, TaskRow, now};
+        if !Self::owns(conn, owner, run).await? {
+            return Ok(None);
+        }
         let t = now();
         let mut rows = Vec::with_capacity(names.len());
         for (new, state) in names {
@@ -132,6 +148,6 @@ impl SqliteStore {
             .await?;
             rows.push(row);
         }
-        Ok(rows)
+        Ok(Some(rows))
     }
 }

@@ -25,6 +25,12 @@ use crate::journal::Journal;
 const BATCH: usize = 512;
 /// How long one report may take before the master counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long RUNNING events wait for more events (their tasks' results, most often) to go with.
+const RUNNING_LINGER: Duration = Duration::from_millis(20);
+
+fn is_running(event: &TaskEvent) -> bool {
+    matches!(event.kind, Some(porpoise_proto::v1::task_event::Kind::Running(_)))
+}
 
 /// The handle through which executors queue events.
 #[derive(Debug, Clone)]
@@ -122,6 +128,25 @@ async fn deliver(
         while let Ok((master, event)) = rx.try_recv() {
             queue.insert(seq, (master, event));
             seq += 1;
+        }
+        // a task that ends soon after it started reports both in one batch: the master then
+        // persists its attempt once (the dispatch is durable already, so a RUNNING held back
+        // a little loses nothing)
+        if failures == 0 && queue.values().all(|(_, e)| is_running(e)) {
+            let deadline = tokio::time::Instant::now() + RUNNING_LINGER;
+            while queue.values().all(|(_, e)| is_running(e)) {
+                match tokio::time::timeout_at(deadline, rx.recv()).await {
+                    Ok(Some((master, event))) => {
+                        queue.insert(seq, (master, event));
+                        seq += 1;
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            while let Ok((master, event)) = rx.try_recv() {
+                queue.insert(seq, (master, event));
+                seq += 1;
+            }
         }
         let mut all_ok = true;
         let masters: Vec<String> = {
