@@ -74,17 +74,6 @@ impl_store!(
 /// Task-instance writes and creations as one statement per batch: each row is a round trip to
 /// the server, so a batch binds its rows as arrays and unnests them.
 impl PgStore {
-    /// Whether run `run` is `owner`'s, read on `conn` (in the caller's transaction).
-    async fn owns(conn: &mut sqlx::PgConnection, owner: &str, run: i64) -> Result<bool> {
-        let found: Option<(i64,)> =
-            sqlx::query_as::<sqlx::Postgres, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
-                .bind(run)
-                .bind(owner)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(found.is_some())
-    }
-
     /// Applies `writes` (of distinct task instances of run `run`) on `conn`, each only if its
     /// task instance is still in the expected state and attempt and the run is `owner`'s; the
     /// index of one refused, if any is (the caller then rolls back).

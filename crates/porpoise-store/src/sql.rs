@@ -1593,6 +1593,21 @@ macro_rules! impl_store {
                 Ok(command_id)
             }
 
+            /// Whether run `run` is `owner`'s, read on `conn` (in the caller's transaction).
+            async fn owns(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                owner: &str,
+                run: i64,
+            ) -> $crate::Result<bool> {
+                let found: Option<(i64,)> =
+                    sqlx::query_as::<$db, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
+                        .bind(run)
+                        .bind(owner)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                Ok(found.is_some())
+            }
+
             /// Moves a workflow instance to a new state on `conn` if it is still in the expected
             /// state and owned by the expected owner; `None` when the write was refused.
             async fn update_workflow_on(

@@ -82,17 +82,6 @@ impl_store!(
 /// Task-instance writes and creations, a statement per row: SQLite runs in the process, so a
 /// statement costs no round trip, and one transaction holds them all.
 impl SqliteStore {
-    /// Whether run `run` is `owner`'s, read on `conn` (in the caller's transaction).
-    async fn owns(conn: &mut sqlx::SqliteConnection, owner: &str, run: i64) -> Result<bool> {
-        let found: Option<(i64,)> =
-            sqlx::query_as::<sqlx::Sqlite, (i64,)>("SELECT id FROM workflow_instance WHERE id = $1 AND owner = $2")
-                .bind(run)
-                .bind(owner)
-                .fetch_optional(&mut *conn)
-                .await?;
-        Ok(found.is_some())
-    }
-
     /// Applies `writes` in order on `conn`; the index of the first one refused, if any is.
     async fn update_tasks_on(
         conn: &mut sqlx::SqliteConnection,
