@@ -68,6 +68,7 @@ impl Standalone {
             tenants,
             // master and worker in one process, on loopback: plain TCP between them
             transport: Default::default(),
+            report_linger: porpoise_worker::DEFAULT_REPORT_LINGER,
         };
         let worker =
             WorkerHandle::start(worker_config, registry).await.map_err(|e| format!("cannot start the worker: {e}"))?;

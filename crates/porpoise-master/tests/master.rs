@@ -478,6 +478,54 @@ mod half_done_work {
     }
 }
 
+mod acks {
+    use porpoise_proto::v1::AckStatus;
+
+    use super::*;
+
+    /// A worker hears HANDLED for an event only once the transaction that saved it has
+    /// committed: while the commit of a task's result is held in the database, the worker's
+    /// report waits (and the events that arrive meanwhile wait behind it); once the commit
+    /// lands, every report is answered and everything answered is saved.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_result_is_acked_only_once_its_commit_has_landed() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let w = cluster.worker("default", 8).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("wide", 8, "default")).await;
+        let attempts = w.wait_accepted(8).await;
+        cluster.store.fail(Op::TaskTo(Success), When::Held, 1);
+        let mut first = tokio::spawn({
+            let (w, attempt) = (w.clone(), attempts[0]);
+            async move { w.report_once(&[attempt], TaskOutcome::Success).await }
+        });
+        let held =
+            wait_for("the first result's commit to reach the database", || cluster.store.held().first().cloned()).await;
+        assert!(held.iter().all(|&id| id == attempts[0].0), "the held commit saves the first task: {held:?}");
+        let rest = tokio::spawn({
+            let (w, rest) = (w.clone(), attempts[1..].to_vec());
+            async move { w.report_once(&rest, TaskOutcome::Success).await }
+        });
+        // an absence, so a window: an answer sent before the commit would arrive within it
+        let early = tokio::time::timeout(Duration::from_millis(300), &mut first).await;
+        assert!(early.is_err(), "the worker was answered before its result was committed: {early:?}");
+        let saved = cluster.tasks(run).await;
+        assert!(saved.iter().all(|t| t.state == Dispatched), "nothing is saved while held: {:?}", states(&saved));
+        cluster.store.release();
+        for report in [first, rest] {
+            let answered = report.await.expect("the report completes");
+            assert!(
+                answered.iter().all(|(_, status)| *status == AckStatus::Handled),
+                "every event handled once committed: {answered:?}"
+            );
+        }
+        let saved = cluster.tasks(run).await;
+        assert!(saved.iter().all(|t| t.state == Success), "every ACKed result is saved: {:?}", states(&saved));
+        assert_eq!(cluster.run_ends(run).await.state, Success);
+        assert_eq!(cluster.store.held().len(), 1, "one commit was held");
+    }
+}
+
 mod worker_failover {
     use super::*;
 

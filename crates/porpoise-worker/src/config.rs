@@ -56,6 +56,10 @@ pub struct Args {
     /// root. Off by default.
     #[arg(long, env = "PORPOISE_ALLOW_ROOT_TASKS")]
     pub allow_root_tasks: bool,
+    /// How long a RUNNING event waits for its task's result, so that a short task is reported
+    /// (and saved by the master) once; at most 1s.
+    #[arg(long, env = "PORPOISE_WORKER_REPORT_LINGER", default_value = "20ms", value_parser = humantime::parse_duration)]
+    pub report_linger: Duration,
     #[command(flatten)]
     pub tls: TlsArgs,
 }
@@ -100,6 +104,15 @@ impl TryFrom<&Args> for WorkerConfig {
         {
             return Err(ConfigError { field: "tenants", problem });
         }
+        if a.report_linger > Duration::from_secs(1) {
+            return Err(ConfigError {
+                field: "report-linger",
+                problem: format!(
+                    "{} delays every task's RUNNING; at most 1s",
+                    humantime::format_duration(a.report_linger)
+                ),
+            });
+        }
         let transport = a.tls.transport().map_err(|problem| ConfigError { field: "tls-ca", problem })?;
         Ok(WorkerConfig {
             listen: a.listen,
@@ -111,6 +124,7 @@ impl TryFrom<&Args> for WorkerConfig {
             shutdown_grace: a.shutdown_grace,
             tenants: crate::tenant::TenantPolicy { allowed: a.tenants.clone(), allow_root: a.allow_root_tasks },
             transport,
+            report_linger: a.report_linger,
         })
     }
 }

@@ -60,7 +60,13 @@ pub struct WorkerConfig {
     pub tenants: tenant::TenantPolicy,
     /// Mutual TLS with masters, or plain TCP (`--insecure`).
     pub transport: porpoise_proto::tls::Transport,
+    /// How long a RUNNING event waits for more events (its task's result, most often) to go
+    /// to the master in the same report; [`DEFAULT_REPORT_LINGER`] unless tuned.
+    pub report_linger: Duration,
 }
+
+/// The worker's default [`WorkerConfig::report_linger`].
+pub const DEFAULT_REPORT_LINGER: Duration = Duration::from_millis(20);
 
 /// Errors starting a worker.
 #[derive(Debug, thiserror::Error)]
@@ -184,7 +190,7 @@ impl WorkerHandle {
             registry.clone(),
             Arc::new(journal),
             replay,
-            config.transport.clone(),
+            reporter::Delivery { transport: config.transport.clone(), linger: config.report_linger },
             &spawner,
         );
         let server =

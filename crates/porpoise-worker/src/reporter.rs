@@ -25,11 +25,19 @@ use crate::journal::Journal;
 const BATCH: usize = 512;
 /// How long one report may take before the master counts as unreachable.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long RUNNING events wait for more events (their tasks' results, most often) to go with.
-const RUNNING_LINGER: Duration = Duration::from_millis(20);
 
 fn is_running(event: &TaskEvent) -> bool {
     matches!(event.kind, Some(porpoise_proto::v1::task_event::Kind::Running(_)))
+}
+
+/// How events go to masters.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    /// Mutual TLS, or plain TCP.
+    pub transport: Transport,
+    /// How long RUNNING events wait for more events (their tasks' results, most often) to go
+    /// with them.
+    pub linger: Duration,
 }
 
 /// The handle through which executors queue events.
@@ -52,7 +60,7 @@ impl Reporter {
         registry: Arc<dyn Registry>,
         journal: Arc<Journal>,
         replay: Vec<(String, TaskEvent)>,
-        transport: Transport,
+        delivery: Delivery,
         spawner: &Spawner,
     ) -> Reporter {
         let (tx, rx) = mpsc::unbounded_channel();
@@ -60,7 +68,7 @@ impl Reporter {
         for event in replay {
             let _ = tx.send(event);
         }
-        spawner.spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone(), transport));
+        spawner.spawn(deliver(worker_addr.clone(), rx, pending.clone(), registry, journal.clone(), delivery));
         let id_prefix = format!("{worker_addr}#{token}");
         Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, id_prefix, journal }
     }
@@ -107,8 +115,9 @@ async fn deliver(
     pending: Arc<AtomicUsize>,
     registry: Arc<dyn Registry>,
     journal: Arc<Journal>,
-    transport: Transport,
+    delivery: Delivery,
 ) {
+    let Delivery { transport, linger } = delivery;
     // seq → (master, event): insertion order is delivery order
     let mut queue: BTreeMap<u64, (String, TaskEvent)> = BTreeMap::new();
     let mut seq = 0u64;
@@ -133,7 +142,7 @@ async fn deliver(
         // persists its attempt once (the dispatch is durable already, so a RUNNING held back
         // a little loses nothing)
         if failures == 0 && queue.values().all(|(_, e)| is_running(e)) {
-            let deadline = tokio::time::Instant::now() + RUNNING_LINGER;
+            let deadline = tokio::time::Instant::now() + linger;
             while queue.values().all(|(_, e)| is_running(e)) {
                 match tokio::time::timeout_at(deadline, rx.recv()).await {
                     Ok(Some((master, event))) => {

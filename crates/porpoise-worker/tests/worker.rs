@@ -23,6 +23,8 @@ use tonic::{Request, Response, Status};
 #[derive(Debug, Default)]
 struct Master {
     handled: Mutex<Vec<TaskEvent>>,
+    /// The events of each call it handled, call by call.
+    calls_handled: Mutex<Vec<Vec<TaskEvent>>>,
     refuse_calls: Mutex<u32>,
     calls: Mutex<u32>,
     changed: Notify,
@@ -56,6 +58,7 @@ impl TaskEventService for MasterSvc {
             })
             .collect();
         if !refuse {
+            self.0.calls_handled.lock().expect("lock").push(events.clone());
             self.0.handled.lock().expect("lock").extend(events);
             self.0.changed.notify_waiters();
         }
@@ -92,6 +95,32 @@ impl Master {
 
     /// Waits until the events of attempt `(ti, attempt)` include a RESULT; returns them all.
     async fn wait_result(&self, ti: i64, attempt: i32) -> Vec<TaskEvent> {
+        self.wait_event(ti, attempt, |e| matches!(e.kind, Some(task_event::Kind::Result(_)))).await
+    }
+
+    /// For each call that carried events of task instance `ti`, their kinds ("running",
+    /// "result"), in order.
+    fn reports_of(&self, ti: i64) -> Vec<Vec<&'static str>> {
+        let calls = self.calls_handled.lock().expect("lock");
+        calls
+            .iter()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter(|e| e.task_instance_id == ti)
+                    .map(|e| match e.kind {
+                        Some(task_event::Kind::Running(_)) => "running",
+                        Some(task_event::Kind::Result(_)) => "result",
+                        None => "none",
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .filter(|kinds| !kinds.is_empty())
+            .collect()
+    }
+
+    /// Waits until an event of attempt `(ti, attempt)` satisfies `found`; returns them all.
+    async fn wait_event(&self, ti: i64, attempt: i32, found: impl Fn(&TaskEvent) -> bool) -> Vec<TaskEvent> {
         tokio::time::timeout(Duration::from_secs(30), async {
             loop {
                 let notified = self.changed.notified();
@@ -105,14 +134,14 @@ impl Master {
                     .filter(|e| e.task_instance_id == ti && e.attempt == attempt)
                     .cloned()
                     .collect();
-                if events.iter().any(|e| matches!(e.kind, Some(task_event::Kind::Result(_)))) {
+                if events.iter().any(&found) {
                     return events;
                 }
                 notified.await;
             }
         })
         .await
-        .expect("the task's RESULT arrives in time")
+        .expect("the task's event arrives in time")
     }
 }
 
@@ -128,20 +157,26 @@ async fn worker(slots: u32) -> Setup {
 }
 
 async fn worker_with_grace(slots: u32, shutdown_grace: Duration) -> Setup {
+    worker_with(slots, |c| c.shutdown_grace = shutdown_grace).await
+}
+
+async fn worker_with(slots: u32, tune: impl FnOnce(&mut WorkerConfig)) -> Setup {
     let dir = tempfile::tempdir().expect("temporary directory");
     let registry = MemoryRegistry::new();
-    let config = WorkerConfig {
+    let mut config = WorkerConfig {
         listen: "127.0.0.1:0".parse().expect("addr"),
         advertise: None,
         group: "default".into(),
         slots,
         data_dir: dir.path().to_path_buf(),
         lease_ttl: Duration::from_secs(5),
-        shutdown_grace,
+        shutdown_grace: Duration::from_secs(5),
         // the test process may be root: its tasks run as it does
         tenants: porpoise_worker::tenant::TenantPolicy { allowed: None, allow_root: true },
         transport: Default::default(),
+        report_linger: porpoise_worker::DEFAULT_REPORT_LINGER,
     };
+    tune(&mut config);
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");
     Setup { worker, client, registry, _dir: dir }
@@ -217,6 +252,29 @@ async fn a_failing_task_reports_its_exit_code() {
     send(&mut s.client, dispatch(12, "echo failing; exit 3", addr)).await;
     let result = result_of(&master.wait_result(12, 1).await);
     assert_eq!((result.outcome, result.exit_code), (TaskOutcome::Failure as i32, Some(3)));
+}
+
+/// A task that ends within the worker's report linger is reported in one call, RUNNING and
+/// RESULT together, so that the master saves its attempt once; a task that runs on past the
+/// linger has its RUNNING reported on its own while it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_tasks_running_and_result_go_in_one_report_a_long_tasks_running_goes_ahead() {
+    let (master, addr) = Master::start(0).await;
+    // long enough that `true` ends within it however loaded the machine is
+    let mut s = worker_with(4, |c| c.report_linger = Duration::from_secs(2)).await;
+    assert_eq!(send(&mut s.client, dispatch(21, "true", addr)).await, DispatchStatus::Accepted);
+    master.wait_result(21, 1).await;
+    assert_eq!(master.reports_of(21), [["running", "result"]], "one report with both events");
+
+    let gate = tempfile::tempdir().expect("dir");
+    let go = gate.path().join("go");
+    let cmd = format!("while [ ! -e {} ]; do sleep 0.01; done", go.display());
+    assert_eq!(send(&mut s.client, dispatch(22, &cmd, addr)).await, DispatchStatus::Accepted);
+    master.wait_event(22, 1, |e| matches!(e.kind, Some(task_event::Kind::Running(_)))).await;
+    assert_eq!(master.reports_of(22), [["running"]], "RUNNING reported while the task runs");
+    std::fs::write(&go, b"").expect("open the gate");
+    master.wait_result(22, 1).await;
+    assert_eq!(master.reports_of(22), [["running"], ["result"]]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,6 +47,8 @@ pub enum When {
     AnswerLost,
     /// The write waits this long first (a slow database), then happens.
     Slow(std::time::Duration),
+    /// The write waits until [`FaultyStore::release`], then happens.
+    Held,
 }
 
 #[derive(Debug)]
@@ -62,6 +64,10 @@ pub struct FaultyStore {
     inner: Arc<dyn Store>,
     faults: Mutex<Vec<Fault>>,
     fired: Mutex<Vec<(Op, When)>>,
+    /// Open once [`FaultyStore::release`] was called.
+    gate: tokio::sync::watch::Sender<bool>,
+    /// For each unit held at the gate, the task instances it writes.
+    held: Mutex<Vec<Vec<i64>>>,
 }
 
 fn outage() -> StoreError {
@@ -70,7 +76,13 @@ fn outage() -> StoreError {
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn Store>) -> Self {
-        Self { inner, faults: Mutex::default(), fired: Mutex::default() }
+        Self {
+            inner,
+            faults: Mutex::default(),
+            fired: Mutex::default(),
+            gate: tokio::sync::watch::channel(false).0,
+            held: Mutex::default(),
+        }
     }
 
     /// Fails the next `times` writes that match `op`, at `when`.
@@ -85,6 +97,20 @@ impl FaultyStore {
 
     fn armed(&self, op: Op) -> bool {
         self.faults.lock().expect("faults lock").iter().any(|f| f.op == op && f.left > 0)
+    }
+
+    fn armed_with(&self, op: Op, when: When) -> bool {
+        self.faults.lock().expect("faults lock").iter().any(|f| f.op == op && f.when == when && f.left > 0)
+    }
+
+    /// Lets every write [`When::Held`] at the gate, and every later one, go on.
+    pub fn release(&self) {
+        self.gate.send_replace(true);
+    }
+
+    /// For each unit held at the gate so far, the task instances it writes.
+    pub fn held(&self) -> Vec<Vec<i64>> {
+        self.held.lock().expect("held lock").clone()
     }
 
     /// The fault to apply to this call of `op`, if any is armed.
@@ -103,6 +129,10 @@ impl FaultyStore {
             Some(When::AnswerLost) => write.await.and_then(|_| Err(outage())),
             Some(When::Slow(delay)) => {
                 tokio::time::sleep(delay).await;
+                write.await
+            }
+            Some(When::Held) => {
+                let _ = self.gate.subscribe().wait_for(|open| *open).await;
                 write.await
             }
             None => write.await,
@@ -213,7 +243,19 @@ impl Store for FaultyStore {
     async fn persist(&self, owner: &str, run: i64, writes: &[Write]) -> Result<Vec<TaskInstance>> {
         let armed = writes.iter().map(Op::of).find(|op| self.armed(*op));
         match armed {
-            Some(op) => self.faulty(op, self.inner.persist(owner, run, writes)).await,
+            Some(op) => {
+                if self.armed_with(op, When::Held) {
+                    let tasks = writes
+                        .iter()
+                        .filter_map(|w| match w {
+                            Write::Task(t) | Write::TakeSlot(t) => Some(t.id),
+                            _ => None,
+                        })
+                        .collect();
+                    self.held.lock().expect("held lock").push(tasks);
+                }
+                self.faulty(op, self.inner.persist(owner, run, writes)).await
+            }
             None => self.inner.persist(owner, run, writes).await,
         }
     }

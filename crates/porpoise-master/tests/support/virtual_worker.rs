@@ -181,6 +181,29 @@ impl VirtualWorker {
         report(&self.registry, &request.master_addr, &self.addr, &request, None).await;
     }
 
+    /// Reports RUNNING and RESULT (`outcome`) of each accepted attempt of `attempts` to the
+    /// master that dispatched it, all in one call, once, as a worker reports short tasks;
+    /// returns the master's answer to each event.
+    pub async fn report_once(&self, attempts: &[Attempt], outcome: TaskOutcome) -> Vec<(String, AckStatus)> {
+        let requests: Vec<DispatchTaskRequest> = {
+            let mut st = self.state();
+            st.running.retain(|(a, _)| !attempts.contains(a));
+            attempts
+                .iter()
+                .map(|a| {
+                    let found = st.received.iter().rev().find(|r| (r.task_instance_id, r.attempt) == *a);
+                    found.cloned().expect("the attempt was dispatched here")
+                })
+                .collect()
+        };
+        let master = requests.first().map(|r| r.master_addr.clone()).expect("at least one attempt");
+        let events = requests.iter().flat_map(|r| events_of(r, &self.addr, Some(outcome))).collect();
+        let mut client = TaskEventServiceClient::connect(format!("http://{master}")).await.expect("reach the master");
+        let req = ReportTaskEventsRequest { worker_addr: self.addr.clone(), events };
+        let reply = client.report_task_events(req).await.expect("the master answers").into_inner();
+        reply.acks.into_iter().map(|a| (a.event_id, AckStatus::try_from(a.status).expect("a known status"))).collect()
+    }
+
     /// Finishes the running `attempt` with `outcome`: reports RUNNING and RESULT until ACKed.
     pub async fn finish(&self, attempt: Attempt, outcome: TaskOutcome) {
         let master = {
@@ -224,17 +247,8 @@ impl VirtualWorker {
     }
 }
 
-/// Sends RUNNING and, with an `outcome`, RESULT for `request` to `master`, each until a master
-/// ACKs it — following the run to its new owner when told, and to a live master when `master`
-/// cannot be reached, as a worker does.
-async fn report(
-    registry: &Arc<dyn Registry>,
-    master: &str,
-    worker: &str,
-    request: &DispatchTaskRequest,
-    outcome: Option<TaskOutcome>,
-) {
-    let target = Arc::new(Mutex::new(master.to_string()));
+/// RUNNING and, with an `outcome`, RESULT for `request`, as reported by `worker`.
+fn events_of(request: &DispatchTaskRequest, worker: &str, outcome: Option<TaskOutcome>) -> Vec<TaskEvent> {
     let now = chrono::Utc::now().timestamp_millis();
     let event = |id: &str, kind| TaskEvent {
         event_id: format!("{}-{}-{id}", request.task_instance_id, request.attempt),
@@ -267,7 +281,21 @@ async fn report(
             }),
         )
     });
-    for e in std::iter::once(running).chain(result) {
+    std::iter::once(running).chain(result).collect()
+}
+
+/// Sends RUNNING and, with an `outcome`, RESULT for `request` to `master`, each until a master
+/// ACKs it — following the run to its new owner when told, and to a live master when `master`
+/// cannot be reached, as a worker does.
+async fn report(
+    registry: &Arc<dyn Registry>,
+    master: &str,
+    worker: &str,
+    request: &DispatchTaskRequest,
+    outcome: Option<TaskOutcome>,
+) {
+    let target = Arc::new(Mutex::new(master.to_string()));
+    for e in events_of(request, worker, outcome) {
         wait_for_async(&format!("the master to ACK event {}", e.event_id), || {
             let e = e.clone();
             let target = target.clone();
