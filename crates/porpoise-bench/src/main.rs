@@ -31,6 +31,9 @@ struct Args {
     /// Only the shapes whose name contains this text.
     #[arg(long)]
     only: Option<String>,
+    /// After each shape on the cluster, the statements Postgres ran most, with calls per task.
+    #[arg(long)]
+    statements: bool,
 }
 
 /// A workflow shape: `runs` runs of a spec of `tasks` tasks each.
@@ -326,7 +329,25 @@ async fn cluster(bins: &Path, dir: &Path) -> Target {
     Target { name: "cluster", addr, procs, pg: Some(pool), _keep: vec![Box::new(pg), Box::new(etcd)] }
 }
 
-async fn bench(target: Target, shapes: &[Shape]) {
+/// The `n` statements run most since the last reset, with their calls per task.
+async fn top_statements(pg: &sqlx::PgPool, n: i64, tasks: f64) {
+    let rows: Vec<(i64, String)> = sqlx::query_as(
+        "SELECT calls, query FROM pg_stat_statements \
+         WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+         ORDER BY calls DESC LIMIT $1",
+    )
+    .bind(n)
+    .fetch_all(pg)
+    .await
+    .unwrap_or_default();
+    for (calls, query) in rows {
+        let query: String = query.split_whitespace().collect::<Vec<_>>().join(" ");
+        let short: String = query.chars().take(110).collect();
+        println!("  - {:.2}/task: `{short}`", calls as f64 / tasks);
+    }
+}
+
+async fn bench(target: Target, shapes: &[Shape], show_statements: bool) {
     let mut client = ready(&target.addr).await;
     println!("\n## {} ({})", target.name, target.procs.iter().map(|p| p.label.as_str()).collect::<Vec<_>>().join(", "));
     for p in &target.procs {
@@ -349,7 +370,12 @@ async fn bench(target: Target, shapes: &[Shape]) {
         let cpu_before: Vec<(f64, f64)> = target.procs.iter().map(|p| cpu_seconds(p.child.id())).collect();
         let pg_cpu_before = postgres_cpu();
         let pg_before = match &target.pg {
-            Some(pg) => Some(pg_counts(pg).await),
+            Some(pg) => {
+                if show_statements {
+                    let _ = sqlx::query("SELECT pg_stat_statements_reset()").execute(pg).await;
+                }
+                Some(pg_counts(pg).await)
+            }
             None => None,
         };
         let Some(makespan) = run_to_end(&mut client, &name, shape.runs).await else {
@@ -387,6 +413,9 @@ async fn bench(target: Target, shapes: &[Shape]) {
             tasks / makespan,
             cpu.join(" / ")
         );
+        if let (true, Some(pg)) = (show_statements, &target.pg) {
+            top_statements(pg, 15, tasks).await;
+        }
     }
     println!();
     for p in &target.procs {
@@ -407,10 +436,10 @@ async fn main() {
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("# porpoise-bench{} on {cpus} CPUs", if args.quick { " --quick" } else { "" });
     if args.mode != "cluster" {
-        bench(standalone(&args.bin_dir, &dir).await, &shapes).await;
+        bench(standalone(&args.bin_dir, &dir).await, &shapes, args.statements).await;
     }
     if args.mode != "standalone" {
-        bench(cluster(&args.bin_dir, &dir).await, &shapes).await;
+        bench(cluster(&args.bin_dir, &dir).await, &shapes, args.statements).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

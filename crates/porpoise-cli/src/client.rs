@@ -10,7 +10,8 @@ use porpoise_proto::v1::admin_service_client::AdminServiceClient;
 use porpoise_proto::v1::{
     ApplyWorkflowRequest, CreateTokenRequest, DeleteTaskGroupRequest, DeleteTokenRequest, GetRunReply, GetRunRequest,
     GetTaskInstanceLogRequest, GetWorkflowRequest, ListRunsRequest, ListTaskGroupsRequest, ListTokensRequest,
-    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, StartRunRequest, TaskControlRequest, TaskGroupRequest,
+    ListWorkflowsRequest, RerunRunRequest, RunControlRequest, RunSummary, StartRunRequest, TaskControlRequest,
+    TaskGroupRequest, WaitRunRequest,
 };
 use porpoise_proto::{AdminClient, Bearer};
 use tonic::Code;
@@ -208,39 +209,70 @@ pub async fn run(
     params: &[String],
     wait: bool,
     priority: Option<&str>,
+    count: u32,
 ) -> Result<(), ClientError> {
     let params = parse_params(params)?;
     let mut client = connect(server).await?;
     let priority = priority.unwrap_or_default().to_string();
     let reply = client
-        .start_run(StartRunRequest { workflow_name: name.to_string(), params, priority })
+        .start_run(StartRunRequest { workflow_name: name.to_string(), params, priority, count })
         .await
         .map_err(from_status)?
         .into_inner();
-    outln!("{}", reply.run_id)?;
+    // a server from before --count knows only run_id
+    let ids = if reply.run_ids.is_empty() { vec![reply.run_id] } else { reply.run_ids };
+    if count > 1 && ids.len() != count as usize {
+        return Err(ClientError::failed(format!(
+            "asked for {count} runs, the server started {} (an older server ignores --count)",
+            ids.len()
+        )));
+    }
+    for id in &ids {
+        outln!("{id}")?;
+    }
     if !wait {
         return Ok(());
     }
-    let mut delay = Duration::from_millis(20);
-    loop {
-        let run = get_run(&mut client, reply.run_id).await?;
-        let summary = run.run.unwrap_or_default();
-        match summary.state.as_str() {
-            "success" => {
-                errln!("run {} succeeded", reply.run_id);
-                return Ok(());
-            }
-            "failure" | "stopped" | "discarded" => {
-                let why =
-                    if summary.state_reason.is_empty() { String::new() } else { format!(": {}", summary.state_reason) };
-                return Err(ClientError::failed(format!("run {} ended in {}{why}", reply.run_id, summary.state)));
-            }
-            _ => {}
+    let mut failed = Vec::new();
+    for &id in &ids {
+        let run = wait_run(&mut client, id).await?;
+        if run.state == "success" {
+            errln!("run {id} succeeded");
+            continue;
         }
-        tokio::time::sleep(delay).await;
-        delay = (delay * 2).min(Duration::from_millis(500));
+        let why = if run.state_reason.is_empty() { String::new() } else { format!(": {}", run.state_reason) };
+        let ended = format!("run {id} ended in {}{why}", run.state);
+        if ids.len() == 1 {
+            return Err(ClientError::failed(ended));
+        }
+        errln!("{ended}");
+        failed.push(id);
+    }
+    match failed.as_slice() {
+        [] => Ok(()),
+        many => Err(ClientError::failed(format!(
+            "{} of {} runs did not succeed: {}",
+            many.len(),
+            ids.len(),
+            many.iter().map(i64::to_string).collect::<Vec<_>>().join(", ")
+        ))),
     }
 }
+
+/// Run `id` once it has ended: the server answers when it ends (each call waits up to a
+/// minute; a run still going is asked about again).
+async fn wait_run(client: &mut AdminClient, id: i64) -> Result<RunSummary, ClientError> {
+    loop {
+        let request = WaitRunRequest { run_id: id, timeout_ms: WAIT_CALL.as_millis() as u32 };
+        let reply = client.wait_run(request).await.map_err(from_status)?.into_inner();
+        if reply.ended {
+            return Ok(reply.run.unwrap_or_default());
+        }
+    }
+}
+
+/// How long one `WaitRun` call may wait (the server's limit).
+const WAIT_CALL: Duration = Duration::from_secs(60);
 
 async fn get_run(client: &mut AdminClient, run_id: i64) -> Result<GetRunReply, ClientError> {
     Ok(client.get_run(GetRunRequest { run_id }).await.map_err(from_status)?.into_inner())

@@ -36,16 +36,20 @@ enum Command {
         #[command(subcommand)]
         command: WorkflowCommand,
     },
-    /// Starts a run of a workflow and prints its run id.
+    /// Starts a run of a workflow (or --count runs alike) and prints each run id on a line.
     Run {
         /// The workflow's name.
         name: String,
         /// A run parameter, name=value; repeatable. Overrides the spec's params.
         #[arg(long = "param", value_name = "NAME=VALUE")]
         params: Vec<String>,
-        /// Waits for the run to end: exit 0 if it succeeded, 1 otherwise.
+        /// Waits for the runs to end: exit 0 if every one succeeded, 1 otherwise. The server
+        /// answers as each run ends (no polling).
         #[arg(long)]
         wait: bool,
+        /// How many runs to start, all alike, in one call (1 to 1000).
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
+        count: u32,
         /// The run's priority (highest, high, medium, low, lowest) instead of the workflow's.
         #[arg(long)]
         priority: Option<String>,
@@ -380,8 +384,8 @@ async fn async_main(cli: Cli) -> ExitCode {
         Command::Workflow { command: WorkflowCommand::Validate { .. } } => Ok(()),
         Command::Workflow { command: WorkflowCommand::Apply { files } } => client::apply(server, &files).await,
         Command::Workflow { command: WorkflowCommand::List { json } } => client::list(server, json).await,
-        Command::Run { name, params, wait, priority } => {
-            client::run(server, &name, &params, wait, priority.as_deref()).await
+        Command::Run { name, params, wait, priority, count } => {
+            client::run(server, &name, &params, wait, priority.as_deref(), count).await
         }
         Command::Backfill { status: Some(BackfillCommand::Status { backfill_id, json }), .. } => {
             porpoise_cli::schedule::backfill_status(server, backfill_id, json).await

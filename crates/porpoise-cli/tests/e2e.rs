@@ -135,6 +135,7 @@ async fn two_hundred_concurrent_runs_each_task_once(mut d: Deployment) {
                     workflow_name: "ten".into(),
                     params: Default::default(),
                     priority: String::new(),
+                    count: 1,
                 })
                 .await
                 .expect("start run")
@@ -183,6 +184,47 @@ async fn bad_input_is_refused_and_changes_nothing(d: Deployment) {
     let out = d.porpoise(&["run", "cyclic", "--param", "oops"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not name=value"));
+}
+
+/// `run --count N` starts N runs in one call and prints their ids; `--wait` waits for all of
+/// them and says which did not succeed; a count out of range is refused and starts nothing.
+async fn many_runs_start_in_one_call_and_are_waited_for(d: Deployment) {
+    let marks = d.path("marks");
+    let yaml = format!(
+        "name: many\ntasks:\n  - name: mark\n    command: echo $PORPOISE_TASK_INSTANCE_ID >> {}\n",
+        marks.display()
+    );
+    d.apply("many", &yaml);
+    let out = d.porpoise(&["run", "many", "--count", "5", "--wait"]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<i64> = String::from_utf8_lossy(&out.stdout).lines().map(|l| l.parse().expect("a run id")).collect();
+    assert_eq!(ids.len(), 5, "{ids:?}");
+    assert_eq!(ids.iter().collect::<HashSet<_>>().len(), 5, "five distinct runs: {ids:?}");
+    for id in &ids {
+        let state = d.query_strings("SELECT state FROM workflow_instance WHERE id = $1", *id).await;
+        assert_eq!(state, ["success"], "run {id} had ended when --wait returned");
+    }
+    assert_eq!(lines(&marks).len(), 5, "each run ran its task once");
+
+    d.apply("doomed", "name: doomed\ntasks:\n  - name: fail\n    command: exit 7\n");
+    let out = d.porpoise(&["run", "doomed", "--count", "2", "--wait"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 of 2 runs did not succeed"), "{stderr}");
+
+    for count in ["0", "1001", "x"] {
+        let out = d.porpoise(&["run", "many", "--count", count]);
+        assert_eq!(out.status.code(), Some(2), "--count {count}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains("--count"), "the error names --count: {stderr}");
+    }
+    let runs = d
+        .query_strings(
+            "SELECT CAST(COUNT(*) AS TEXT) FROM workflow_instance WHERE workflow_name = 'many' AND id > $1",
+            0,
+        )
+        .await;
+    assert_eq!(runs, ["5"], "a refused count started nothing");
 }
 
 /// A task that fails its first attempt is retried after its interval (it waits `delayed`), and
@@ -256,6 +298,7 @@ common::both_modes!(
     diamond_runs_in_order_with_params_and_logs,
     a_failing_task_fails_the_run,
     two_hundred_concurrent_runs_each_task_once,
+    many_runs_start_in_one_call_and_are_waited_for,
     bad_input_is_refused_and_changes_nothing,
     output_into_a_closed_pipe_ends_quietly,
     failed_attempts_are_retried_until_retries_run_out,

@@ -48,7 +48,7 @@ impl std::str::FromStr for Role {
 /// needs. A call not listed here needs `admin`, so a new call is closed until it is placed.
 pub fn required_role(method: &str) -> Role {
     match method {
-        "ListWorkflows" | "GetWorkflow" | "GetRun" | "ListRuns" | "ListTaskGroups" | "ListSchedules"
+        "ListWorkflows" | "GetWorkflow" | "GetRun" | "WaitRun" | "ListRuns" | "ListTaskGroups" | "ListSchedules"
         | "GetSchedule" | "GetBackfill" | "GetTaskLog" => Role::Viewer,
         "StartRun" | "StopRun" | "PauseRun" | "ResumeRun" | "RerunRun" | "KillTask" | "MarkTaskSuccess"
         | "PauseSchedule" | "ResumeSchedule" | "StartBackfill" => Role::Operator,

@@ -14,7 +14,7 @@ use porpoise_proto::v1::{
     ListTaskGroupsReply, ListTaskGroupsRequest, ListTokensReply, ListTokensRequest, ListWorkflowsReply,
     ListWorkflowsRequest, RerunRunRequest, RunControlReply, RunControlRequest, RunSummary, ScheduleInfo, ScheduleName,
     ScheduleRequest, StartRunReply, StartRunRequest, TaskControlRequest, TaskGroupInfo, TaskGroupRequest,
-    TaskInstanceInfo, TokenInfo, WorkflowSummary,
+    TaskInstanceInfo, TokenInfo, WaitRunReply, WaitRunRequest, WorkflowSummary,
 };
 use porpoise_store::{ApiToken, BackfillRow, TaskGroup, TaskInstance, WorkflowInstance};
 use tonic::{Request, Response, Status};
@@ -192,8 +192,17 @@ impl AdminService for Admin {
             p => Some(p.parse::<Priority>().map_err(|e| Status::invalid_argument(format!("--priority: {e}")))?),
         };
         let params = req.params.into_iter().collect();
-        let run_id = self.0.start_run(&req.workflow_name, params, priority).await.map_err(status)?;
-        Ok(Response::new(StartRunReply { run_id }))
+        let count = req.count.max(1);
+        let run_ids = self.0.start_runs(&req.workflow_name, params, priority, count).await.map_err(status)?;
+        let run_id = run_ids.first().copied().unwrap_or_default();
+        Ok(Response::new(StartRunReply { run_id, run_ids }))
+    }
+
+    async fn wait_run(&self, request: Request<WaitRunRequest>) -> Result<Response<WaitRunReply>, Status> {
+        let req = request.into_inner();
+        let timeout = std::time::Duration::from_millis(u64::from(req.timeout_ms));
+        let (view, ended) = self.0.wait_run(req.run_id, timeout).await.map_err(status)?;
+        Ok(Response::new(WaitRunReply { run: Some(summary(view)), ended }))
     }
 
     async fn get_run(&self, request: Request<GetRunRequest>) -> Result<Response<GetRunReply>, Status> {
@@ -230,7 +239,7 @@ impl AdminService for Admin {
             (false, false) => RerunScope::From(req.from_task),
         };
         self.0.rerun(req.run_id, scope).await.map_err(status)?;
-        Ok(Response::new(StartRunReply { run_id: req.run_id }))
+        Ok(Response::new(StartRunReply { run_id: req.run_id, run_ids: vec![req.run_id] }))
     }
 
     async fn kill_task(&self, request: Request<TaskControlRequest>) -> Result<Response<RunControlReply>, Status> {

@@ -6,6 +6,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
+use std::time::Duration;
 
 use porpoise_core::engine::{Control, RerunTask, RunState, Workflow};
 use porpoise_core::schedule::{Schedule, ScheduleSpec};
@@ -199,6 +200,24 @@ impl App {
         params: BTreeMap<String, String>,
         priority: Option<Priority>,
     ) -> Result<i64> {
+        let ids = self.start_runs(name, params, priority, 1).await?;
+        ids.first().copied().ok_or_else(|| AppError::Internal("no run was started".into()))
+    }
+
+    /// Starts `count` runs of workflow `name` alike (1 to [`MAX_RUNS_PER_CALL`]), in one
+    /// transaction; returns their ids in order.
+    pub async fn start_runs(
+        &self,
+        name: &str,
+        params: BTreeMap<String, String>,
+        priority: Option<Priority>,
+        count: u32,
+    ) -> Result<Vec<i64>> {
+        if count == 0 || count as usize > MAX_RUNS_PER_CALL {
+            return Err(AppError::Invalid(format!(
+                "--count {count}: from 1 to {MAX_RUNS_PER_CALL} runs may be started at once"
+            )));
+        }
         let def = self
             .0
             .store
@@ -224,10 +243,43 @@ impl App {
             execution: spec.execution,
             backfill: None,
         };
-        let (instance, _) = self.0.store.create_run(&run).await?;
+        let ids: Vec<i64> = if count == 1 {
+            vec![self.0.store.create_run(&run).await?.0.id]
+        } else {
+            self.0.store.create_runs(&run, count).await?.iter().map(|r| r.id).collect()
+        };
         self.0.wake_consumer();
-        info!(workflow = %def.name, run_id = instance.id, "run requested");
-        Ok(instance.id)
+        match ids.as_slice() {
+            [one] => info!(workflow = %def.name, run_id = one, "run requested"),
+            many => {
+                info!(workflow = %def.name, runs = many.len(), first = ?many.first(), last = ?many.last(), "runs requested")
+            }
+        }
+        Ok(ids)
+    }
+
+    /// Run `id` once it has ended, or as it is when `timeout` (capped at [`MAX_WAIT`]) has
+    /// passed first; with whether it has ended.
+    pub async fn wait_run(&self, id: i64, timeout: Duration) -> Result<(RunView, bool)> {
+        let deadline = tokio::time::Instant::now() + timeout.min(MAX_WAIT);
+        // subscribed before the first read: an end between the read and the wait still wakes it
+        let mut ends = self.0.run_ends.subscribe();
+        loop {
+            let run = self.find_run(id).await?;
+            let ended = run.state.is_terminal();
+            if ended || tokio::time::Instant::now() >= deadline {
+                let version = self.version_of(run.workflow_definition_id).await;
+                return Ok((self.view(run, version), ended));
+            }
+            tokio::select! {
+                changed = ends.changed() => {
+                    if changed.is_err() {
+                        return Err(AppError::Unavailable("the master is stopping".into()));
+                    }
+                }
+                () = tokio::time::sleep_until(deadline) => {}
+            }
+        }
     }
 
     /// Run `id` with its task instances.
@@ -650,9 +702,7 @@ impl App {
         run: &WorkflowInstance,
         pick: impl FnOnce(&Workflow, &RunState) -> Result<Vec<RerunTask>, String>,
     ) -> Result<Vec<RerunTask>> {
-        let def = self.0.store.definition(run.workflow_definition_id).await?;
-        let def = def.ok_or_else(|| AppError::Internal(format!("the workflow of run {} is gone", run.id)))?;
-        let workflow = Workflow::new(spec_of(&def)?);
+        let workflow = self.definition(run.workflow_definition_id).await?.workflow.clone();
         let rows = self.0.store.task_instances_of(run.id).await?;
         let (state, _) = RunState::rebuild(&workflow, run.state, rows.iter().map(TaskInstance::engine_state));
         pick(&workflow, &state).map_err(|why| AppError::WrongState(format!("run {}: {why}", run.id)))
@@ -676,10 +726,15 @@ impl App {
     }
 
     async fn version_of(&self, definition_id: i64) -> i32 {
-        match self.0.store.definition(definition_id).await {
-            Ok(Some(d)) => d.version,
-            _ => 0,
-        }
+        self.definition(definition_id).await.map_or(0, |d| d.version)
+    }
+
+    /// Definition `id`, read once and then kept.
+    async fn definition(&self, id: i64) -> Result<Arc<crate::definitions::Definition>> {
+        self.0.definitions.get(self.0.store.as_ref(), id).await.map_err(|e| match e {
+            crate::definitions::DefinitionError::Store(e) => AppError::from(e),
+            other => AppError::Internal(other.to_string()),
+        })
     }
 }
 
@@ -688,6 +743,12 @@ fn spec_of(def: &WorkflowDefinition) -> Result<WorkflowSpec> {
         AppError::Internal(format!("the stored spec of {} version {} is unreadable: {e}", def.name, def.version))
     })
 }
+
+/// The most runs one `StartRun` call starts.
+pub const MAX_RUNS_PER_CALL: usize = 1000;
+
+/// The longest one `WaitRun` call waits.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// The most runs one backfill makes.
 pub const MAX_BACKFILL_RUNS: usize = 1000;

@@ -6,12 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use porpoise_core::engine::Event;
-use porpoise_core::{Backoff, WorkflowSpec};
+use porpoise_core::Backoff;
+use porpoise_core::engine::{Event, Workflow};
 use porpoise_store::{Command, CommandFeed, CommandKind, WorkflowInstance};
 use tracing::{error, info, warn};
 
 use crate::Shared;
+use crate::definitions::DefinitionError;
 use crate::metrics as m;
 use crate::runner::Runner;
 
@@ -194,16 +195,13 @@ pub(crate) fn spawn_runner(shared: &Arc<Shared>, instance: WorkflowInstance) {
     });
 }
 
-/// The spec of definition `id`.
-async fn spec_of(shared: &Shared, id: i64) -> Result<WorkflowSpec, StartError> {
-    let def = shared
-        .store
-        .definition(id)
-        .await
-        .map_err(classify)?
-        .ok_or_else(|| StartError::Fatal(format!("workflow definition {id} is gone")))?;
-    serde_json::from_str(&def.spec_json)
-        .map_err(|e| StartError::Fatal(format!("stored spec of {} is unreadable: {e}", def.name)))
+/// The workflow of definition `id`.
+async fn workflow_of(shared: &Shared, id: i64) -> Result<Arc<Workflow>, StartError> {
+    match shared.definitions.get(shared.store.as_ref(), id).await {
+        Ok(definition) => Ok(definition.workflow.clone()),
+        Err(DefinitionError::Store(e)) => Err(classify(e)),
+        Err(e) => Err(StartError::Fatal(e.to_string())),
+    }
 }
 
 /// Starts the runner of `instance`, owned by this master, unless it has one.
@@ -211,9 +209,9 @@ async fn start_runner(shared: &Arc<Shared>, instance: WorkflowInstance) -> Resul
     if shared.runner(instance.id).is_some() {
         return Ok(());
     }
-    let spec = spec_of(shared, instance.workflow_definition_id).await?;
-    info!(run_id = instance.id, workflow = %spec.name, state = %instance.state, "starting runner");
-    Runner::spawn(shared.clone(), instance, spec);
+    let workflow = workflow_of(shared, instance.workflow_definition_id).await?;
+    info!(run_id = instance.id, workflow = %workflow.spec.name, state = %instance.state, "starting runner");
+    Runner::spawn(shared.clone(), instance, workflow);
     Ok(())
 }
 

@@ -12,6 +12,8 @@ mod auth;
 mod consumer;
 /// Writes dead letters, bounded per source.
 mod dead_letters;
+/// Workflow definitions by id, read once.
+mod definitions;
 /// The dispatcher.
 mod dispatch;
 /// TaskEventService.
@@ -22,6 +24,8 @@ mod masters;
 pub mod metrics;
 /// The task priority queue with per-group parking.
 mod queue;
+/// Wake-ups for waits on runs' ends.
+mod run_ends;
 /// Workflow runners and their state-event handlers.
 mod runner;
 /// Schedules firing, shared by every master.
@@ -169,6 +173,10 @@ pub(crate) struct Shared {
     pub transport: porpoise_proto::tls::Transport,
     /// Workers' host names, resolved.
     pub host_addrs: events::HostAddrs,
+    /// Definitions read so far.
+    pub definitions: definitions::Definitions,
+    /// Wakes waits for runs to end.
+    pub run_ends: run_ends::RunEnds,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -205,6 +213,7 @@ impl Shared {
             r.remove(&workflow_instance_id);
             r.len()
         };
+        self.run_ends.bump();
         self.clear_stall(workflow_instance_id);
         ::metrics::gauge!(metrics::WORKFLOWS_RUNNING).set(n as f64);
     }
@@ -385,7 +394,10 @@ impl MasterHandle {
             dead_letters: dead_letters::Limiter::default(),
             transport: config.transport.clone(),
             host_addrs: events::HostAddrs::default(),
+            definitions: definitions::Definitions::default(),
+            run_ends: run_ends::RunEnds::default(),
         });
+        spawner.spawn(run_ends::follow(shared.clone()));
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();
         spawner.spawn(shared.workers.clone().follow(registry.clone(), shared.queue.clone(), lost_tx));
         let failovers = shared.clone();

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use porpoise_core::engine::{Effect, Event, Note, Outcome, RunState, TaskState, Transition, Workflow, Write};
-use porpoise_core::{DropReason, HandlerError, StateEventKind, TimeoutStrategy, WorkflowSpec};
+use porpoise_core::{DropReason, HandlerError, StateEventKind, TimeoutStrategy};
 use porpoise_store::{CommandKind, StoreError, TaskInstance, WorkflowInstance};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
@@ -117,7 +117,7 @@ impl RunnerHandle {
 /// One workflow instance's runner.
 pub(crate) struct Runner {
     shared: Arc<Shared>,
-    workflow: Workflow,
+    workflow: Arc<Workflow>,
     params: HashMap<String, String>,
     /// The run's schedule time in its time zone, for the date parameters of its commands.
     clock: chrono::DateTime<chrono_tz::Tz>,
@@ -146,18 +146,17 @@ impl Runner {
     /// Starts the runner of `instance` (owned by this master) unless one runs already. The
     /// runner first loads the run and its task instances: a new run has none, a run resumed
     /// after a restart or taken over carries on from what the database holds.
-    pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, spec: WorkflowSpec) -> Option<RunnerHandle> {
+    pub fn spawn(shared: Arc<Shared>, instance: WorkflowInstance, workflow: Arc<Workflow>) -> Option<RunnerHandle> {
         let (tx, inbox) = mpsc::unbounded_channel();
         let handle = RunnerHandle { tx };
         let clock = schedule_clock(&instance);
-        let mut params: HashMap<String, String> = spec.params.clone().into_iter().collect();
+        let mut params: HashMap<String, String> = workflow.spec.params.clone().into_iter().collect();
         params.extend(instance.params.clone());
         // params may be time expressions: computed once, from the run's schedule time
         for (name, value) in params.iter_mut() {
             *value = render(value, clock, instance.id, &format!("param {name}"));
         }
         let id = instance.id;
-        let workflow = Workflow::new(spec);
         let run = RunState::rebuild(&workflow, instance.state, Vec::new()).0;
         let runner = Runner {
             shared: shared.clone(),

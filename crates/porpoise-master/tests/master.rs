@@ -340,6 +340,50 @@ mod commands {
     }
 }
 
+mod waits {
+    use porpoise_proto::v1::WaitRunRequest;
+    use porpoise_proto::v1::admin_service_client::AdminServiceClient;
+
+    use super::*;
+
+    /// A wait for a run, asked of a master that does not run it, is answered as soon as the
+    /// run ends: the database tells every master. The wait may take 60 s; the test's deadline
+    /// for the answer is 20 s, which only the run's end (milliseconds away) can meet.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_wait_on_another_masters_run_is_answered_when_the_run_ends() {
+        let pg = TestPostgres::shared();
+        let url = pg.fresh_database().await;
+        let store = PgStore::connect(&url, 4).await.expect("connect to Postgres");
+        let cluster = Cluster::start_on(Cluster::config(), Arc::new(store)).await;
+        let other = cluster.extra_master().await;
+        let w = cluster.worker("default", 4).await;
+        workers_seen(&cluster, "default", 1).await;
+        let run = cluster.run(&independent("waited", 1, "default")).await;
+        let attempt = w.wait_accepted(1).await[0];
+        let owner = cluster.store.workflow_instance(run).await.expect("read").and_then(|r| r.owner);
+        let bystander = if owner.as_deref() == Some(cluster.master.addr.as_str()) {
+            other.addr.clone()
+        } else {
+            cluster.master.addr.clone()
+        };
+        let mut admin = AdminServiceClient::connect(format!("http://{bystander}")).await.expect("connect");
+        let now = admin.wait_run(WaitRunRequest { run_id: run, timeout_ms: 0 }).await.expect("wait").into_inner();
+        assert!(!now.ended, "the run still runs: {now:?}");
+        let waiting = tokio::spawn(async move {
+            admin.wait_run(WaitRunRequest { run_id: run, timeout_ms: 60_000 }).await.map(|r| r.into_inner())
+        });
+        w.finish(attempt, TaskOutcome::Success).await;
+        let reply = tokio::time::timeout(Duration::from_secs(20), waiting)
+            .await
+            .expect("the wait was not answered when the run ended")
+            .expect("join")
+            .expect("the wait is answered");
+        assert!(reply.ended, "{reply:?}");
+        assert_eq!(reply.run.map(|r| r.state), Some("success".to_string()));
+        other.stop().await;
+    }
+}
+
 mod sqlite_wakeups {
     use super::commands::request_run;
     use super::*;

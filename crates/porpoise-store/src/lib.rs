@@ -28,12 +28,12 @@ pub use types::*;
 /// Results of store calls.
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
 
-/// Wake-ups for queued commands, so that masters claim them at once instead of at their next
-/// poll.
+/// Wake-ups from the database: for queued commands, so that masters claim them at once instead
+/// of at their next poll; for ended runs, so that a wait for a run is answered at once.
 #[async_trait]
 pub trait CommandFeed: Send {
-    /// Returns when commands may have been queued since the previous call. An error means the
-    /// feed broke: claim by polling meanwhile, and open a new feed later.
+    /// Returns when what the feed is about may have happened since the previous call. An error
+    /// means the feed broke: poll meanwhile, and open a new feed later.
     async fn next(&mut self) -> Result<()>;
 }
 
@@ -45,6 +45,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// A feed of wake-ups for queued commands: on Postgres, LISTEN/NOTIFY, which reaches every
     /// master; on SQLite, the commands queued through this store (one process).
     async fn command_feed(&self) -> Result<Box<dyn CommandFeed>>;
+    /// A feed of wake-ups for ended runs: on Postgres, LISTEN/NOTIFY, which reaches every master
+    /// whoever ended the run; on SQLite, none (one process: its master knows its runs' ends).
+    async fn run_end_feed(&self) -> Result<Box<dyn CommandFeed>>;
     /// Closes the store's connections, after those in use are given back.
     async fn close(&self);
     /// Whether the database answers a trivial query now.
@@ -71,6 +74,9 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
     /// Requests a run: creates an unowned workflow instance in `submitted` and the command that
     /// starts it, in one transaction. Returns the instance and the command id.
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)>;
+    /// Requests `count` runs alike, as [`Store::create_run`] does, all in one transaction.
+    /// Returns the instances, in order.
+    async fn create_runs(&self, run: &NewRun, count: u32) -> Result<Vec<WorkflowInstance>>;
     /// Runs of one workflow (or of all), in one state (or any), newest first.
     async fn list_workflow_instances(
         &self,

@@ -12,6 +12,11 @@ use crate::{Backend, CommandFeed, Result};
 
 /// The channel the `command_notify` trigger notifies on each queued command.
 const CHANNEL: &str = "porpoise_command";
+/// Notified by the database for each run that ends (`migrations/postgres/0010`).
+const RUN_END_CHANNEL: &str = "porpoise_run_end";
+
+/// The wake-up feeds a store opens at once: queued commands and ended runs.
+pub const FEEDS: u32 = 2;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/postgres");
 
@@ -19,10 +24,14 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/post
 #[derive(Debug, Clone)]
 pub struct PgStore {
     pool: PgPool,
+    /// The connections the feeds LISTEN on (one per feed, held while it lives), apart from
+    /// `pool` so that they never take a connection the queries need.
+    listeners: PgPool,
 }
 
 impl PgStore {
-    /// Connects to `url` with up to `max_connections` connections and applies migrations.
+    /// Connects to `url` with up to `max_connections` connections for queries (and up to
+    /// [`FEEDS`] more, one for each wake-up feed) and applies migrations.
     pub async fn connect(url: &str, max_connections: u32) -> Result<PgStore> {
         let pool = PgPoolOptions::new()
             .max_connections(max_connections)
@@ -31,7 +40,13 @@ impl PgStore {
             .connect(url)
             .await?;
         MIGRATOR.run(&pool).await?;
-        Ok(PgStore { pool })
+        let listeners = PgPoolOptions::new()
+            .max_connections(FEEDS)
+            .acquire_timeout(Duration::from_secs(3))
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .connect_lazy_with((*pool.connect_options()).clone());
+        Ok(PgStore { pool, listeners })
     }
 
     /// The connection pool, for tests.
@@ -42,16 +57,29 @@ impl PgStore {
     /// LISTENs on the channel the database notifies for each queued command, on a connection
     /// of its own.
     async fn open_command_feed(&self) -> Result<Box<dyn CommandFeed>> {
-        let mut listener = PgListener::connect_with(&self.pool).await?;
+        let mut listener = PgListener::connect_with(&self.listeners).await?;
         listener.listen(CHANNEL).await?;
         Ok(Box::new(Notifications(listener)))
+    }
+
+    /// LISTENs on the channel the database notifies for each run that ends, on a connection of
+    /// its own.
+    async fn open_run_end_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        let mut listener = PgListener::connect_with(&self.listeners).await?;
+        listener.listen(RUN_END_CHANNEL).await?;
+        Ok(Box::new(Notifications(listener)))
+    }
+
+    async fn close_pools(&self) {
+        self.listeners.close().await;
+        self.pool.close().await;
     }
 
     /// The database's trigger notifies the masters: nothing to do here.
     fn command_queued(&self) {}
 }
 
-/// Postgres notifications of queued commands.
+/// Postgres notifications (of queued commands, or of ended runs).
 struct Notifications(PgListener);
 
 #[async_trait]

@@ -378,8 +378,12 @@ macro_rules! impl_store {
                 self.open_command_feed().await
             }
 
+            async fn run_end_feed(&self) -> $crate::Result<Box<dyn $crate::CommandFeed>> {
+                self.open_run_end_feed().await
+            }
+
             async fn close(&self) {
-                self.pool.close().await;
+                self.close_pools().await;
             }
 
             async fn ping(&self) -> $crate::Result<()> {
@@ -546,6 +550,21 @@ macro_rules! impl_store {
             async fn create_run(&self, run: &$crate::NewRun) -> $crate::Result<($crate::WorkflowInstance, i64)> {
                 let mut tx = self.pool.begin().await?;
                 let created = Self::create_run_on(&mut tx, run).await?;
+                tx.commit().await?;
+                self.command_queued();
+                Ok(created)
+            }
+
+            async fn create_runs(
+                &self,
+                run: &$crate::NewRun,
+                count: u32,
+            ) -> $crate::Result<Vec<$crate::WorkflowInstance>> {
+                let mut tx = self.pool.begin().await?;
+                let mut created = Vec::with_capacity(count as usize);
+                for _ in 0..count {
+                    created.push(Self::create_run_on(&mut tx, run).await?.0);
+                }
                 tx.commit().await?;
                 self.command_queued();
                 Ok(created)

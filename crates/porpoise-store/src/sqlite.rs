@@ -52,8 +52,27 @@ impl SqliteStore {
         Ok(Box::new(Queued(self.queued.subscribe())))
     }
 
+    async fn close_pools(&self) {
+        self.pool.close().await;
+    }
+
+    /// No feed: SQLite is one process's database, whose master knows the ends of its runs.
+    async fn open_run_end_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        Ok(Box::new(Never))
+    }
+
     fn command_queued(&self) {
         self.queued.send_modify(|n| *n += 1);
+    }
+}
+
+/// A feed that never wakes.
+struct Never;
+
+#[async_trait]
+impl CommandFeed for Never {
+    async fn next(&mut self) -> Result<()> {
+        std::future::pending().await
     }
 }
 

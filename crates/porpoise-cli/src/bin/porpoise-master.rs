@@ -26,7 +26,8 @@ struct Args {
     /// Postgres URL, e.g. postgres://porpoise:secret@db:5432/porpoise
     #[arg(long, env = "PORPOISE_DATABASE_URL")]
     database_url: String,
-    /// Largest number of database connections.
+    /// Largest number of database connections for queries; the master holds two more, on
+    /// which it LISTENs for queued commands and ended runs.
     #[arg(long, env = "PORPOISE_DATABASE_MAX_CONNECTIONS", default_value_t = 32)]
     database_max_connections: u32,
     /// etcd endpoints, comma-separated.

@@ -459,6 +459,7 @@ impl Deployment {
             workflow_name: name.into(),
             params: Default::default(),
             priority: String::new(),
+            count: 1,
         };
         self.admin().await.start_run(request).await.expect("start run").into_inner().run_id
     }

@@ -148,6 +148,9 @@ impl Store for FaultyStore {
     async fn command_feed(&self) -> Result<Box<dyn CommandFeed>> {
         self.inner.command_feed().await
     }
+    async fn run_end_feed(&self) -> Result<Box<dyn CommandFeed>> {
+        self.inner.run_end_feed().await
+    }
     async fn close(&self) {
         self.inner.close().await
     }
@@ -172,6 +175,9 @@ impl Store for FaultyStore {
             return Err(outage());
         }
         Ok(claimed)
+    }
+    async fn create_runs(&self, run: &NewRun, count: u32) -> Result<Vec<WorkflowInstance>> {
+        self.inner.create_runs(run, count).await
     }
     async fn create_run(&self, run: &NewRun) -> Result<(WorkflowInstance, i64)> {
         self.inner.create_run(run).await

@@ -144,6 +144,7 @@ impl Cluster {
                 workflow_name: applied.name,
                 params: Default::default(),
                 priority: String::new(),
+                count: 1,
             })
             .await
             .expect("start a run")
