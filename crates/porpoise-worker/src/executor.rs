@@ -60,15 +60,24 @@ pub struct Attempt {
     pub run_as: Option<crate::tenant::RunAs>,
 }
 
-/// The directory of one attempt below the worker's `tasks/` directory.
+/// The directory of one attempt, `<task instance>.<attempt>` right below the worker's `tasks/`
+/// directory: one directory to create per attempt.
 pub fn attempt_dir(tasks_dir: &Path, task_instance_id: i64, attempt: i32) -> PathBuf {
-    tasks_dir.join(task_instance_id.to_string()).join(attempt.to_string())
+    tasks_dir.join(format!("{task_instance_id}.{attempt}"))
 }
 
 /// The log file of one attempt.
 pub fn log_path(tasks_dir: &Path, task_instance_id: i64, attempt: i32) -> PathBuf {
-    attempt_dir(tasks_dir, task_instance_id, attempt).join("task.log")
+    attempt_dir(tasks_dir, task_instance_id, attempt).join(LOG_FILE)
 }
+
+/// Where workers before the flat layout kept an attempt's log (`<task instance>/<attempt>/`),
+/// so that logs written before an upgrade are still served.
+pub fn old_log_path(tasks_dir: &Path, task_instance_id: i64, attempt: i32) -> PathBuf {
+    tasks_dir.join(task_instance_id.to_string()).join(attempt.to_string()).join(LOG_FILE)
+}
+
+const LOG_FILE: &str = "task.log";
 
 /// Runs `attempt`; `on_running` is called once the process has started. `kill` ends it early.
 /// `worker_token` is unique to this worker process; with the attempt it marks the attempt's

@@ -1,5 +1,7 @@
-//! The event journal: every RUNNING and RESULT event is written (and flushed) to a file in the
-//! worker's data directory before it is sent, and marked done when a master ACKs it. A worker
+//! The event journal: every RUNNING and RESULT event is written to a file in the worker's data
+//! directory before it is sent — a RESULT, and the record of an accepted attempt, flushed to
+//! disk first — and marked done when a master ACKs it. Flushes are shared: writes that arrive
+//! while one `fdatasync` runs (off the async runtime) go to disk together in the next. A worker
 //! started on the same data directory replays what was never ACKed, so a result is not lost to
 //! a crash; and for an attempt that had started but has no result (its processes died with the
 //! worker, or were ended at start), it reports WORKER_STOPPED, which the master fails over.
@@ -9,12 +11,17 @@
 //! worker answers ACCEPTED, or started, that has no result yet; kept when the file is
 //! rewritten: with only what is still pending, and the attempts still running, when the worker
 //! starts and whenever done records outnumber pending ones by far).
+//!
+//! A RUNNING event is not flushed on its own: should the worker die before the next flush, the
+//! attempt's `run` record (flushed before it was accepted) makes the next worker report it
+//! stopped, which is what the lost RUNNING would have led to.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use porpoise_proto::v1::{TaskEvent, TaskOutcome, TaskResult, TaskRunning, task_event};
 use prost::Message;
@@ -38,6 +45,9 @@ struct State {
     done: usize,
     /// Attempts that started (a RUNNING was added) and have no result yet, with that RUNNING.
     started: BTreeMap<(i64, i32), Pending>,
+    /// Records written since the journal was opened: a flush through record `n` covers every
+    /// record up to it.
+    written: u64,
 }
 
 impl State {
@@ -60,6 +70,11 @@ impl State {
 pub struct Journal {
     path: PathBuf,
     file: Mutex<(File, State)>,
+    /// How many records are on disk (of [`State::written`]); held while a flush runs, so that
+    /// writes made meanwhile wait for the next one and share it.
+    synced: tokio::sync::Mutex<u64>,
+    /// Flushes made.
+    syncs: AtomicU64,
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -138,27 +153,63 @@ impl Journal {
         }
         let replay: Vec<Pending> = state.pending.values().cloned().collect();
         let file = rewrite(&path, &state)?;
-        Ok((Journal { path, file: Mutex::new((file, state)) }, replay))
+        let journal = Journal {
+            path,
+            file: Mutex::new((file, state)),
+            synced: tokio::sync::Mutex::new(0),
+            syncs: AtomicU64::new(0),
+        };
+        Ok((journal, replay))
     }
 
-    /// Writes `event` for `master` and flushes it to disk: call before sending it.
-    pub fn add(&self, master: &str, event: &TaskEvent) -> std::io::Result<()> {
+    /// Writes `event` for `master` and flushes it to disk: await it before sending the event.
+    pub async fn add(&self, master: &str, event: &TaskEvent) -> std::io::Result<()> {
+        let through = self.add_unflushed(master, event)?;
+        self.flush_through(through).await
+    }
+
+    /// Writes `event` for `master` without waiting for a flush (the next one takes it to disk):
+    /// for a RUNNING event (see the module doc). Returns the record's number.
+    pub fn add_unflushed(&self, master: &str, event: &TaskEvent) -> std::io::Result<u64> {
         let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
         let (file, state) = &mut *guard;
         file.write_all(add_line(master, event).as_bytes())?;
-        file.sync_data()?;
+        state.written += 1;
         state.track(master, event);
         state.by_id.insert(event.event_id.clone(), state.next);
         state.pending.insert(state.next, (master.to_string(), event.clone()));
         state.next += 1;
+        Ok(state.written)
+    }
+
+    /// Waits until record `through` is on disk, flushing the file unless a flush that covers it
+    /// has been made; one flush serves every record written before it started.
+    async fn flush_through(&self, through: u64) -> std::io::Result<()> {
+        let mut synced = self.synced.lock().await;
+        if *synced >= through {
+            return Ok(());
+        }
+        let (written, file) = {
+            let guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            (guard.1.written, guard.0.try_clone()?)
+        };
+        tokio::task::spawn_blocking(move || file.sync_data()).await.map_err(std::io::Error::other)??;
+        self.syncs.fetch_add(1, Ordering::Relaxed);
+        ::metrics::counter!(crate::metrics::JOURNAL_SYNCS).increment(1);
+        *synced = written;
         Ok(())
+    }
+
+    /// Flushes made since the journal was opened.
+    pub fn syncs(&self) -> u64 {
+        self.syncs.load(Ordering::Relaxed)
     }
 
     /// Records that attempt `attempt` of task instance `task_instance_id` (of run
     /// `workflow_instance_id`, dispatched by `master`) was accepted, flushed to disk: call
     /// before answering ACCEPTED. Should the worker die before the attempt reports a result
     /// (even before it started), the next worker on this data directory reports it stopped.
-    pub fn accepted(
+    pub async fn accepted(
         &self,
         master: &str,
         task_instance_id: i64,
@@ -172,12 +223,15 @@ impl Journal {
             workflow_instance_id,
             kind: Some(task_event::Kind::Running(TaskRunning::default())),
         };
-        let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
-        let (file, state) = &mut *guard;
-        file.write_all(run_line(master, &event).as_bytes())?;
-        file.sync_data()?;
-        state.track(master, &event);
-        Ok(())
+        let through = {
+            let mut guard = self.file.lock().unwrap_or_else(|p| p.into_inner());
+            let (file, state) = &mut *guard;
+            file.write_all(run_line(master, &event).as_bytes())?;
+            state.written += 1;
+            state.track(master, &event);
+            state.written
+        };
+        self.flush_through(through).await
     }
 
     /// Marks the event `id` ACKed (not flushed: losing it only resends a duplicate).
@@ -246,15 +300,15 @@ mod tests {
         }
     }
 
-    #[test]
-    fn unacked_events_come_back_and_started_attempts_without_a_result_are_reported_stopped() {
+    #[tokio::test]
+    async fn unacked_events_come_back_and_started_attempts_without_a_result_are_reported_stopped() {
         let dir = tempfile::tempdir().expect("dir");
         {
             let (j, replay) = Journal::open(dir.path(), || "x".into()).expect("open");
             assert!(replay.is_empty());
-            j.add("m:1", &running("r1", 1)).expect("add");
-            j.add("m:1", &result("s1", 1)).expect("add");
-            j.add("m:1", &running("r2", 2)).expect("add");
+            j.add("m:1", &running("r1", 1)).await.expect("add");
+            j.add("m:1", &result("s1", 1)).await.expect("add");
+            j.add("m:1", &running("r2", 2)).await.expect("add");
             j.ack("r1");
             j.ack("r2");
         }
@@ -271,14 +325,14 @@ mod tests {
         assert_eq!(replay[1].0, "m:1");
     }
 
-    #[test]
-    fn an_attempt_accepted_but_never_started_is_reported_stopped() {
+    #[tokio::test]
+    async fn an_attempt_accepted_but_never_started_is_reported_stopped() {
         let dir = tempfile::tempdir().expect("dir");
         {
             let (j, _) = Journal::open(dir.path(), || "x".into()).expect("open");
-            j.accepted("m:1", 3, 2, 7).expect("accepted");
-            j.accepted("m:1", 4, 1, 7).expect("accepted");
-            j.add("m:1", &result("s4", 4)).expect("add");
+            j.accepted("m:1", 3, 2, 7).await.expect("accepted");
+            j.accepted("m:1", 4, 1, 7).await.expect("accepted");
+            j.add("m:1", &result("s4", 4)).await.expect("add");
             j.ack("s4");
         }
         let (_, replay) = Journal::open(dir.path(), || "stop".into()).expect("reopen");
@@ -291,12 +345,12 @@ mod tests {
         );
     }
 
-    #[test]
-    fn an_attempt_still_running_survives_a_rewrite() {
+    #[tokio::test]
+    async fn an_attempt_still_running_survives_a_rewrite() {
         let dir = tempfile::tempdir().expect("dir");
         {
             let (j, _) = Journal::open(dir.path(), || "x".into()).expect("open");
-            j.add("m:1", &running("r1", 1)).expect("add");
+            j.add("m:1", &running("r1", 1)).await.expect("add");
             j.ack("r1");
             let mut guard = j.file.lock().expect("lock");
             let (file, state) = &mut *guard;
@@ -307,16 +361,41 @@ mod tests {
         assert_eq!(ids, ["stop"], "the started attempt is reported stopped");
     }
 
-    #[test]
-    fn a_torn_last_line_is_skipped() {
+    #[tokio::test]
+    async fn a_torn_last_line_is_skipped() {
         let dir = tempfile::tempdir().expect("dir");
         {
             let (j, _) = Journal::open(dir.path(), || "x".into()).expect("open");
-            j.add("m:1", &result("s1", 1)).expect("add");
+            j.add("m:1", &result("s1", 1)).await.expect("add");
         }
         let mut f = OpenOptions::new().append(true).open(dir.path().join(FILE)).expect("open");
         f.write_all(b"add m:1 0a0").expect("write");
         let (_, replay) = Journal::open(dir.path(), || "x".into()).expect("reopen");
         assert_eq!(replay.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn events_added_together_share_one_flush_and_all_come_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        {
+            let (j, _) = Journal::open(dir.path(), || "x".into()).expect("open");
+            let j = std::sync::Arc::new(j);
+            // on this single-threaded runtime the first add flushes alone; the other 49 write
+            // while it flushes, wait, and go to disk with the second flush
+            let adds: Vec<_> = (1..=50)
+                .map(|n| {
+                    let j = j.clone();
+                    tokio::spawn(async move { j.add("m:1", &result(&format!("s{n}"), n)).await })
+                })
+                .collect();
+            for add in adds {
+                add.await.expect("joined").expect("add");
+            }
+            assert_eq!(j.syncs(), 2, "50 results written together take two flushes");
+            j.add_unflushed("m:1", &running("r51", 51)).expect("add");
+            assert_eq!(j.syncs(), 2, "a RUNNING waits for no flush");
+        }
+        let (_, replay) = Journal::open(dir.path(), || "stop".into()).expect("reopen");
+        assert_eq!(replay.len(), 52, "every result, the RUNNING, and a stop for its attempt");
     }
 }

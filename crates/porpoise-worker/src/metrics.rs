@@ -10,11 +10,21 @@ pub const TASK_SECONDS: &str = "porpoise_worker_task_duration_seconds";
 pub const EVENTS_UNACKED: &str = "porpoise_worker_events_unacked";
 pub const EVENT_RESENDS: &str = "porpoise_worker_event_resends_total";
 pub const JOURNAL_BYTES: &str = "porpoise_worker_journal_bytes";
+pub const JOURNAL_SYNCS: &str = "porpoise_worker_journal_syncs_total";
 pub const DATA_DIR_WRITABLE: &str = "porpoise_worker_data_dir_writable";
 
 /// Every metric the worker exports (dashboards and alerts may use only these).
-pub const ALL: &[&str] =
-    &[TASKS_RUNNING, SLOTS, DISPATCHES, TASK_SECONDS, EVENTS_UNACKED, EVENT_RESENDS, JOURNAL_BYTES, DATA_DIR_WRITABLE];
+pub const ALL: &[&str] = &[
+    TASKS_RUNNING,
+    SLOTS,
+    DISPATCHES,
+    TASK_SECONDS,
+    EVENTS_UNACKED,
+    EVENT_RESENDS,
+    JOURNAL_BYTES,
+    JOURNAL_SYNCS,
+    DATA_DIR_WRITABLE,
+];
 
 /// The answers a dispatch gets, as metric labels.
 pub const DISPATCH_ANSWERS: [&str; 4] = ["accepted", "full", "draining", "invalid"];
@@ -35,6 +45,10 @@ pub fn register(slots: u32) {
     describe_gauge!(EVENTS_UNACKED, "Task events no master has acknowledged yet");
     describe_counter!(EVENT_RESENDS, "Task event batches sent again after a failed delivery");
     describe_gauge!(JOURNAL_BYTES, "Size of the worker's event journal");
+    describe_counter!(
+        JOURNAL_SYNCS,
+        "Flushes of the event journal to disk (each serves the records written before it)"
+    );
     describe_gauge!(
         DATA_DIR_WRITABLE,
         "1 while the worker's data directory can be written; 0 while it takes no tasks because it cannot"
@@ -51,6 +65,7 @@ pub fn register(slots: u32) {
     gauge!(EVENTS_UNACKED).set(0.0);
     counter!(EVENT_RESENDS).increment(0);
     gauge!(JOURNAL_BYTES).set(0.0);
+    counter!(JOURNAL_SYNCS).increment(0);
     gauge!(DATA_DIR_WRITABLE).set(1.0);
     porpoise_registry::metrics::describe();
 }

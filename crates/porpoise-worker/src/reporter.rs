@@ -73,24 +73,45 @@ impl Reporter {
         Reporter { tx, next_id: Arc::new(AtomicU64::new(1)), pending, id_prefix, journal }
     }
 
-    /// Journals `event` for `master_addr` (flushed to disk), then queues it, giving it a unique
-    /// id. Returns the id.
-    pub fn send(&self, master_addr: &str, mut event: TaskEvent) -> String {
-        let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
-        event.event_id = id.clone();
-        if let Err(e) = self.journal.add(master_addr, &event) {
+    /// Journals a RESULT (or any event that must survive a crash) for `master_addr`, waits
+    /// until it is on disk, then queues it, giving it a unique id. Returns the id.
+    pub async fn send(&self, master_addr: &str, mut event: TaskEvent) -> String {
+        let id = self.new_id(&mut event);
+        if let Err(e) = self.journal.add(master_addr, &event).await {
             error!(event_id = %id, error = %e, "cannot journal the event; sending it anyway (a crash now would lose it)");
         }
-        self.pending.fetch_add(1, Ordering::Relaxed);
-        if self.tx.send((master_addr.to_string(), event)).is_err() {
-            warn!(event_id = %id, "event reporter stopped; event not queued");
-        }
+        self.queue(master_addr, event);
         id
     }
 
-    /// Journals that an attempt was accepted (see [`Journal::accepted`]).
-    pub fn accepted(&self, master_addr: &str, task_instance_id: i64, attempt: i32, workflow_instance_id: i64) {
-        if let Err(e) = self.journal.accepted(master_addr, task_instance_id, attempt, workflow_instance_id) {
+    /// Journals a RUNNING event for `master_addr` and queues it at once, without waiting for the
+    /// journal's next flush (see [`crate::journal`] for why that loses nothing). Returns its id.
+    pub fn send_running(&self, master_addr: &str, mut event: TaskEvent) -> String {
+        let id = self.new_id(&mut event);
+        if let Err(e) = self.journal.add_unflushed(master_addr, &event) {
+            error!(event_id = %id, error = %e, "cannot journal the event; sending it anyway");
+        }
+        self.queue(master_addr, event);
+        id
+    }
+
+    fn new_id(&self, event: &mut TaskEvent) -> String {
+        let id = format!("{}-{}", self.id_prefix, self.next_id.fetch_add(1, Ordering::Relaxed));
+        event.event_id = id.clone();
+        id
+    }
+
+    fn queue(&self, master_addr: &str, event: TaskEvent) {
+        self.pending.fetch_add(1, Ordering::Relaxed);
+        if let Err(mpsc::error::SendError((_, event))) = self.tx.send((master_addr.to_string(), event)) {
+            warn!(event_id = %event.event_id, "event reporter stopped; event not queued");
+        }
+    }
+
+    /// Journals that an attempt was accepted and waits until that is on disk (see
+    /// [`Journal::accepted`]).
+    pub async fn accepted(&self, master_addr: &str, task_instance_id: i64, attempt: i32, workflow_instance_id: i64) {
+        if let Err(e) = self.journal.accepted(master_addr, task_instance_id, attempt, workflow_instance_id).await {
             error!(task_instance_id, attempt, error = %e, "cannot journal the accepted attempt (a crash before it reports would leave it dispatched)");
         }
     }

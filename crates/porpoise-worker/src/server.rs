@@ -234,7 +234,7 @@ impl WorkerServer {
                 kind: Some(kind),
             };
             let result = executor::run(&this.tasks_dir, &attempt, &this.addr, &this.token, kill, |running| {
-                this.reporter.send(&master, event(task_event::Kind::Running(running)));
+                this.reporter.send_running(&master, event(task_event::Kind::Running(running)));
             })
             .await;
             let mut result = result;
@@ -265,7 +265,7 @@ impl WorkerServer {
             );
             // the result is queued (pending) before the attempt stops counting as running, so a
             // stopping worker never sees neither and leaves the registry before reporting it
-            this.reporter.send(&master, event(task_event::Kind::Result(result)));
+            this.reporter.send(&master, event(task_event::Kind::Result(result))).await;
             this.attempts().finish((attempt.task_instance_id, attempt.attempt), std::time::Instant::now());
         });
     }
@@ -360,7 +360,7 @@ impl WorkerService for WorkerGrpc {
             kill
         };
         // durable before the answer: a worker dying from here on still reports the attempt
-        self.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id);
+        self.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id).await;
         self.start_attempt(req, run_as, kill);
         Ok(self.reply(DispatchStatus::Accepted, ""))
     }
@@ -382,7 +382,8 @@ impl WorkerService for WorkerGrpc {
         self.check_caller_is_a_master(&request)?;
         let req = request.into_inner();
         let path = executor::log_path(&self.tasks_dir, req.task_instance_id, req.attempt);
-        let mut file = std::fs::File::open(&path).map_err(|e| {
+        let old = || std::fs::File::open(executor::old_log_path(&self.tasks_dir, req.task_instance_id, req.attempt));
+        let mut file = std::fs::File::open(&path).or_else(|e| old().map_err(|_| e)).map_err(|e| {
             Status::not_found(format!("no log for task instance {} attempt {}: {e}", req.task_instance_id, req.attempt))
         })?;
         let len = file.metadata().map_err(|e| Status::internal(e.to_string()))?.len();

@@ -237,8 +237,20 @@ async fn runs_a_shell_task_reports_running_then_result_and_serves_its_log() {
     assert!(text.contains("hello 2026-01-01"), "params substituted: {text}");
     assert!(text.contains("env 2026-01-01"), "params exported: {text}");
     assert!(text.contains("oops"), "stderr captured: {text}");
-    assert!(text.contains("/tasks/11/1"), "runs in its own working directory: {text}");
+    assert!(text.contains("/tasks/11.1"), "runs in its own working directory: {text}");
     assert!(log.eof);
+
+    // a log written by a worker before the flat layout (`tasks/<id>/<attempt>/`) is served too
+    let old = s._dir.path().join("tasks/12/3");
+    std::fs::create_dir_all(&old).expect("old layout");
+    std::fs::write(old.join("task.log"), "from before the upgrade\n").expect("old log");
+    let log = s
+        .client
+        .get_task_log(GetTaskLogRequest { task_instance_id: 12, attempt: 3, offset: 0, limit: 0 })
+        .await
+        .expect("old log")
+        .into_inner();
+    assert_eq!(log.content, b"from before the upgrade\n");
 
     let workers = s.registry.members(&Selector::Workers { group: Some("default".into()) }).await.expect("members");
     assert_eq!(workers.len(), 1);
