@@ -28,7 +28,8 @@ struct Args {
     /// standalone, cluster or both.
     #[arg(long, default_value = "both", value_parser = ["both", "standalone", "cluster"])]
     mode: String,
-    /// Only the shapes whose name contains this text.
+    /// Only the shapes whose name contains this text (the memory measurement last is named
+    /// `10000 active runs`).
     #[arg(long)]
     only: Option<String>,
     /// After each shape on the cluster, the statements Postgres ran most, with calls per task.
@@ -133,6 +134,16 @@ fn shapes(quick: bool) -> Vec<Shape> {
         });
     }
     shapes
+}
+
+/// A 3-task chain whose first task waits for worker group `held`, which has no worker: each run
+/// stays active, its first task queued in the master, until the deployment is torn down.
+fn held(name: &str) -> String {
+    format!(
+        "name: {name}\ntasks:\n  - {{ name: t0, command: 'true', worker_group: held, worker_group_wait: 24h }}\n{}{}",
+        task("t1", &["t0".to_string()]),
+        task("t2", &["t1".to_string()])
+    )
 }
 
 /// A process the benchmark started, killed when dropped.
@@ -340,7 +351,40 @@ async fn top_statements(pg: &sqlx::PgPool, n: i64, tasks: f64) {
     }
 }
 
-async fn bench(target: Target, shapes: &[Shape], show_statements: bool) {
+/// Starts `runs` runs that stay active (see [`held`]), waits until the server lists them all
+/// running, and prints how long that took and the first process's (the master's) memory.
+async fn hold(client: &mut AdminClient, target: &Target, runs: usize) {
+    client
+        .apply_workflow(ApplyWorkflowRequest { spec_yaml: held("held"), file_name: "held".into() })
+        .await
+        .expect("apply the held shape");
+    let started = Instant::now();
+    let mut ids = 0;
+    while ids < runs {
+        let count = (runs - ids).min(1000) as u32;
+        let request = StartRunRequest { workflow_name: "held".into(), count, ..Default::default() };
+        ids += client.start_run(request).await.expect("start held runs").into_inner().run_ids.len();
+    }
+    // a run is `submitted` until its runner starts it
+    let deadline = Instant::now() + Duration::from_secs(1800);
+    loop {
+        let request = ListRunsRequest { workflow_name: "held".into(), limit: 1, state: "submitted".into() };
+        if client.list_runs(request).await.expect("list held runs").into_inner().runs.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the held runs did not all start");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let took = started.elapsed().as_secs_f64();
+    let (now, peak) = memory_mib(target.procs[0].child.id());
+    println!(
+        "- {runs} active runs (a 3-task chain each, its first task queued for a worker group with no worker): \
+         all running {took:.1} s after the first was asked for; {} {now:.1} MiB resident (peak {peak:.1})",
+        target.procs[0].label
+    );
+}
+
+async fn bench(target: Target, shapes: &[Shape], show_statements: bool, held_runs: usize) {
     let mut client = ready(&target.addr).await;
     println!("\n## {} ({})", target.name, target.procs.iter().map(|p| p.label.as_str()).collect::<Vec<_>>().join(", "));
     for p in &target.procs {
@@ -415,6 +459,9 @@ async fn bench(target: Target, shapes: &[Shape], show_statements: bool) {
         let (_, peak) = memory_mib(p.child.id());
         println!("- {} peak: {peak:.1} MiB resident", p.label);
     }
+    if held_runs > 0 {
+        hold(&mut client, &target, held_runs).await;
+    }
 }
 
 #[tokio::main]
@@ -423,16 +470,20 @@ async fn main() {
     let dir = std::env::temp_dir().join(format!("porpoise-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a working directory");
     let mut shapes = shapes(args.quick);
+    let mut held_runs = if args.quick { 50 } else { 10_000 };
     if let Some(only) = &args.only {
         shapes.retain(|s| s.name.contains(only.as_str()));
+        if !format!("{held_runs} active runs").contains(only.as_str()) {
+            held_runs = 0;
+        }
     }
     let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("# porpoise-bench{} on {cpus} CPUs", if args.quick { " --quick" } else { "" });
     if args.mode != "cluster" {
-        bench(standalone(&args.bin_dir, &dir).await, &shapes, args.statements).await;
+        bench(standalone(&args.bin_dir, &dir).await, &shapes, args.statements, held_runs).await;
     }
     if args.mode != "standalone" {
-        bench(cluster(&args.bin_dir, &dir).await, &shapes, args.statements).await;
+        bench(cluster(&args.bin_dir, &dir).await, &shapes, args.statements, held_runs).await;
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -190,7 +190,9 @@ impl TaskState {
 pub struct RunState {
     pub state: ExecutionState,
     dag: Arc<Dag>,
-    tasks: imbl::Vector<Option<TaskState>>,
+    /// Shared, so that changing one task copies a chunk of pointers, not of task states (and a
+    /// small run's fit in the vector itself).
+    tasks: imbl::Vector<Option<Arc<TaskState>>>,
     by_id: imbl::HashMap<i64, usize>,
     /// Per task: how many of its upstream tasks have not succeeded.
     blocked: imbl::Vector<u32>,
@@ -281,13 +283,13 @@ struct TaskMut<'a> {
 impl std::ops::Deref for TaskMut<'_> {
     type Target = TaskState;
     fn deref(&self) -> &TaskState {
-        self.run.tasks[self.idx].as_ref().expect("the engine changes only tasks it found")
+        self.run.tasks[self.idx].as_deref().expect("the engine changes only tasks it found")
     }
 }
 
 impl std::ops::DerefMut for TaskMut<'_> {
     fn deref_mut(&mut self) -> &mut TaskState {
-        self.run.tasks[self.idx].as_mut().expect("the engine changes only tasks it found")
+        Arc::make_mut(self.run.tasks[self.idx].as_mut().expect("the engine changes only tasks it found"))
     }
 }
 
@@ -353,13 +355,13 @@ impl RunState {
             self.by_id.remove(&old);
         }
         self.by_id.insert(task.id, idx);
-        self.tasks.set(idx, Some(task));
+        self.tasks.set(idx, Some(Arc::new(task)));
         self.recount(idx, before);
     }
 
     /// Task `idx`'s instance, once created.
     pub fn task(&self, idx: usize) -> Option<&TaskState> {
-        self.tasks.get(idx).and_then(Option::as_ref)
+        self.tasks.get(idx).and_then(Option::as_deref)
     }
 
     /// The index and state of task instance `id`.
@@ -370,7 +372,7 @@ impl RunState {
 
     /// Every created task instance with its index.
     pub fn tasks(&self) -> impl Iterator<Item = (usize, &TaskState)> {
-        self.tasks.iter().enumerate().filter_map(|(i, t)| t.as_ref().map(|t| (i, t)))
+        self.tasks.iter().enumerate().filter_map(|(i, t)| t.as_deref().map(|t| (i, t)))
     }
 
     /// Task `idx`'s instance, to change; it must exist.

@@ -8,6 +8,8 @@ mod admin;
 pub mod app;
 /// Who may call AdminService: API tokens and roles.
 mod auth;
+/// Group commit: several runs' writes in one transaction.
+mod committer;
 /// The command consumer.
 mod consumer;
 /// Writes dead letters, bounded per source.
@@ -177,6 +179,8 @@ pub(crate) struct Shared {
     pub definitions: definitions::Definitions,
     /// Wakes waits for runs to end.
     pub run_ends: run_ends::RunEnds,
+    /// Persists runners' writes, several runs' in one transaction when they wait together.
+    pub committer: committer::Committer,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -372,6 +376,7 @@ impl MasterHandle {
         let bound = listener.local_addr().map_err(|source| MasterError::Listen { addr: config.listen, source })?;
         let addr = config.advertise.clone().unwrap_or_else(|| bound.to_string());
         let spawner = Spawner::default();
+        let committer = committer::Committer::start(store.clone(), addr.clone(), &spawner);
         let shared = Arc::new(Shared {
             addr: addr.clone(),
             store,
@@ -396,6 +401,7 @@ impl MasterHandle {
             host_addrs: events::HostAddrs::default(),
             definitions: definitions::Definitions::default(),
             run_ends: run_ends::RunEnds::default(),
+            committer,
         });
         spawner.spawn(run_ends::follow(shared.clone()));
         let (lost_tx, mut lost) = tokio::sync::mpsc::unbounded_channel();

@@ -36,6 +36,13 @@ pub const TASK_EVENTS_REJECTED: &str = "porpoise_task_events_rejected_total";
 pub const TASK_EVENTS_REFUSED: &str = "porpoise_task_events_refused_total";
 pub const DEAD_LETTERS_SUPPRESSED: &str = "porpoise_dead_letters_suppressed_total";
 pub const ADMIN_CALLS_REFUSED: &str = "porpoise_admin_calls_refused_total";
+pub const PERSIST_TRANSACTIONS: &str = "porpoise_persist_transactions_total";
+pub const PERSIST_RUNS_TOGETHER: &str = "porpoise_persist_runs_together_total";
+pub const PERSIST_WAITING: &str = "porpoise_persist_waiting";
+
+/// How [`PERSIST_TRANSACTIONS`] counts a transaction: the writes of several runs together, or
+/// of one run alone.
+pub const PERSIST_KINDS: [&str; 2] = ["together", "alone"];
 
 /// Why [`ADMIN_CALLS_REFUSED`] counts a call: no token, a token nobody holds, a role too low.
 pub const ADMIN_REFUSALS: [&str; 3] = ["no_token", "unknown_token", "role"];
@@ -109,6 +116,9 @@ pub const ALL: &[&str] = &[
     TASK_EVENTS_REFUSED,
     DEAD_LETTERS_SUPPRESSED,
     ADMIN_CALLS_REFUSED,
+    PERSIST_TRANSACTIONS,
+    PERSIST_RUNS_TOGETHER,
+    PERSIST_WAITING,
     DISPATCH_SECONDS,
     STATE_EVENT_SECONDS,
     QUEUE_DEPTH,
@@ -178,6 +188,15 @@ pub fn describe() {
         DEAD_LETTERS_SUPPRESSED,
         "Dead letters not stored one by one because their source sent too many at once (each source's are summarised in one row)"
     );
+    describe_counter!(
+        PERSIST_TRANSACTIONS,
+        "Transactions that saved runs' state changes, by kind: several runs' together (group commit) or one run's alone"
+    );
+    describe_counter!(PERSIST_RUNS_TOGETHER, "Runs' state changes saved in transactions of several runs");
+    describe_gauge!(
+        PERSIST_WAITING,
+        "Runs' state changes waiting for a transaction to save them (the database is behind)"
+    );
     describe_histogram!(DISPATCH_SECONDS, metrics::Unit::Seconds, "Time from queueing a task to a worker accepting it");
     describe_histogram!(
         STATE_EVENT_SECONDS,
@@ -232,6 +251,11 @@ fn register_at_zero() {
         counter!(TASK_EVENTS_REFUSED, "reason" => reason).increment(0);
     }
     counter!(DEAD_LETTERS_SUPPRESSED).increment(0);
+    for kind in PERSIST_KINDS {
+        counter!(PERSIST_TRANSACTIONS, "kind" => kind).increment(0);
+    }
+    counter!(PERSIST_RUNS_TOGETHER).increment(0);
+    gauge!(PERSIST_WAITING).set(0.0);
     for reason in ADMIN_REFUSALS {
         counter!(ADMIN_CALLS_REFUSED, "reason" => reason).increment(0);
     }

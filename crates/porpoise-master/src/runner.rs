@@ -78,12 +78,14 @@ impl Drop for PendingGuard {
 /// Sends events to one runner.
 #[derive(Debug, Clone)]
 pub(crate) struct RunnerHandle {
-    tx: mpsc::UnboundedSender<Envelope>,
+    /// Boxed: the channel's first block is allocated with it, and an idle run's inbox should be
+    /// small (10,000 active runs, 10,000 inboxes).
+    tx: mpsc::UnboundedSender<Box<Envelope>>,
 }
 
 impl RunnerHandle {
     fn send(&self, msg: Msg) {
-        let _ = self.tx.send(Envelope { msg, reply: None, early: false, _pending: None });
+        let _ = self.tx.send(Box::new(Envelope { msg, reply: None, early: false, _pending: None }));
     }
 
     /// Queues an event nobody waits for (timers, failovers).
@@ -100,14 +102,18 @@ impl RunnerHandle {
     pub fn report(&self, event: Event, pending: PendingGuard) -> Option<oneshot::Receiver<Ack>> {
         let (tx, rx) = oneshot::channel();
         let envelope = Envelope { msg: Msg::Event(event), reply: Some(tx), early: true, _pending: Some(pending) };
-        self.tx.send(envelope).ok()?;
+        self.tx.send(Box::new(envelope)).ok()?;
         Some(rx)
     }
 
     /// Queues an event and waits for its final outcome.
     pub async fn request(&self, event: Event) -> Ack {
         let (tx, rx) = oneshot::channel();
-        if self.tx.send(Envelope { msg: Msg::Event(event), reply: Some(tx), early: false, _pending: None }).is_err() {
+        if self
+            .tx
+            .send(Box::new(Envelope { msg: Msg::Event(event), reply: Some(tx), early: false, _pending: None }))
+            .is_err()
+        {
             return Ack::Ignored;
         }
         rx.await.unwrap_or(Ack::Ignored)
@@ -178,15 +184,17 @@ impl Runner {
         Some(handle)
     }
 
-    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Envelope>) {
+    async fn run(mut self, mut inbox: mpsc::UnboundedReceiver<Box<Envelope>>) {
         let id = self.instance.id;
-        if self.rebuild().await {
+        // the steps are boxed: this future lives as long as the run, and would otherwise be as
+        // large as the largest step's (kilobytes per idle run)
+        if Box::pin(self.rebuild()).await {
             if self.run.state == porpoise_core::ExecutionState::Submitted {
                 metrics::counter!(m::WORKFLOWS_SUBMITTED).increment(1);
                 let start = Envelope { msg: Msg::Event(Event::Start), reply: None, early: false, _pending: None };
-                self.process(start).await;
+                Box::pin(self.process(start)).await;
             } else {
-                self.resume().await;
+                Box::pin(self.resume()).await;
             }
         }
         let draining = self.shared.draining.clone();
@@ -198,20 +206,20 @@ impl Runner {
                     env = inbox.recv() => env,
                 };
                 let Some(env) = env else { break };
-                self.backlog.push_back(env);
+                self.backlog.push_back(*env);
             }
             while self.backlog.len() < MAX_GROUP
                 && let Ok(env) = inbox.try_recv()
             {
-                self.backlog.push_back(env);
+                self.backlog.push_back(*env);
             }
             if draining.is_cancelled() {
                 break;
             }
-            if !self.process_group().await
+            if !Box::pin(self.process_group()).await
                 && let Some(env) = self.backlog.pop_front()
             {
-                self.process(env).await;
+                Box::pin(self.process(env)).await;
             }
         }
         self.shared.remove_runner(id);
@@ -224,7 +232,7 @@ impl Runner {
             None => Ack::Ignored,
         };
         let backlog = std::mem::take(&mut self.backlog);
-        for env in backlog.into_iter().chain(std::iter::from_fn(|| inbox.try_recv().ok())) {
+        for env in backlog.into_iter().chain(std::iter::from_fn(|| inbox.try_recv().ok().map(|env| *env))) {
             if let Some(tx) = env.reply {
                 let _ = tx.send(late.clone());
             }
@@ -840,7 +848,7 @@ impl Runner {
         if writes.is_empty() {
             return Ok(Vec::new());
         }
-        let result = self.shared.store.persist(&self.shared.addr, self.instance.id, writes).await;
+        let result = self.shared.committer.persist(self.instance.id, writes).await;
         if let Err(e) = &result {
             m::database_error("persist", e);
         }

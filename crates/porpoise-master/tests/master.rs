@@ -570,6 +570,101 @@ mod acks {
     }
 }
 
+mod group_commit {
+    use porpoise_proto::v1::AckStatus;
+
+    use super::*;
+
+    /// Ten one-task runs whose tasks a worker holds; the results of runs 0 and 1 are reported
+    /// and their commits held at the gate, which keeps the committer's transactions busy while
+    /// the other eight runs' results arrive and wait. `steal` hands run 2 to another master
+    /// first. Returns the runs, and the answers to the eight results once the gate opens.
+    async fn eight_results_wait_together(cluster: &Cluster, steal: bool) -> (Vec<i64>, Vec<(String, AckStatus)>) {
+        let w = cluster.worker("default", 10).await;
+        workers_seen(cluster, "default", 1).await;
+        let mut runs = Vec::new();
+        for _ in 0..10 {
+            runs.push(cluster.run(&independent("single", 1, "default")).await);
+        }
+        w.wait_accepted(10).await;
+        let mut attempts = Vec::new();
+        for &run in &runs {
+            let task = cluster.task(run, "t0").await;
+            attempts.push((task.id, task.attempt));
+        }
+        cluster.store.fail(Op::TaskTo(Success), When::Held, 2);
+        let mut first = Vec::new();
+        for (n, &attempt) in attempts[..2].iter().enumerate() {
+            // one at a time, so that each takes a transaction of its own
+            first.push(tokio::spawn({
+                let w = w.clone();
+                async move { w.report_once(&[attempt], TaskOutcome::Success).await }
+            }));
+            wait_for("the result's transaction to be held", || (cluster.store.held().len() == n + 1).then_some(()))
+                .await;
+        }
+        if steal {
+            let run = cluster.store.workflow_instance(runs[2]).await.expect("read").expect("run");
+            cluster
+                .store
+                .take_over_workflow_instance(runs[2], &cluster.master.addr, run.epoch, "10.9.9.9:1")
+                .await
+                .expect("another master takes run 2");
+        }
+        let rest = tokio::spawn({
+            let (w, eight) = (w.clone(), attempts[2..].to_vec());
+            async move { w.report_once(&eight, TaskOutcome::Success).await }
+        });
+        wait_for("the eight results to wait for a transaction", || {
+            (cluster.metric("porpoise_persist_waiting") == 8.0).then_some(())
+        })
+        .await;
+        cluster.store.release();
+        for report in first {
+            let answered = report.await.expect("the report completes");
+            assert!(answered.iter().all(|(_, s)| *s == AckStatus::Handled), "{answered:?}");
+        }
+        (runs, rest.await.expect("the report completes"))
+    }
+
+    /// Runs whose results wait together are saved in one transaction, and each is answered
+    /// HANDLED only after it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn results_of_many_runs_that_wait_together_are_saved_in_one_transaction() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let (runs, answered) = eight_results_wait_together(&cluster, false).await;
+        assert!(answered.iter().all(|(_, s)| *s == AckStatus::Handled), "{answered:?}");
+        assert_eq!(cluster.store.together(), [(8, true)], "the eight results in one transaction");
+        for run in runs {
+            assert_eq!(cluster.run_ends(run).await.state, Success);
+        }
+    }
+
+    /// One run in the group that another master owns now spoils the transaction: nothing of it
+    /// is written, and then each run is saved alone — the seven runs still owned succeed, and
+    /// the taken run's result is sent on to its new owner, not written.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_run_taken_over_in_a_group_commit_spoils_only_its_own_writes() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let (runs, answered) = eight_results_wait_together(&cluster, true).await;
+        assert_eq!(cluster.store.together(), [(8, false)], "the group was refused as a whole");
+        let taken = format!("{}-", cluster.task(runs[2], "t0").await.id);
+        for (event, status) in &answered {
+            // the taken run's events go to its new owner; the others are saved
+            let expected = if event.starts_with(&taken) { AckStatus::RetryLater } else { AckStatus::Handled };
+            assert_eq!(*status, expected, "{event}: {answered:?}");
+        }
+        for (i, &run) in runs.iter().enumerate() {
+            if i == 2 {
+                let task = cluster.task(run, "t0").await;
+                assert_eq!(task.state, Dispatched, "the taken run's result is not written by its old owner");
+            } else {
+                assert_eq!(cluster.run_ends(run).await.state, Success, "run {i}");
+            }
+        }
+    }
+}
+
 mod worker_failover {
     use super::*;
 

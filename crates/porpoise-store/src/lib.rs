@@ -133,6 +133,18 @@ pub trait Store: Send + Sync + std::fmt::Debug + 'static {
         run: i64,
         writes: &[porpoise_core::engine::Write],
     ) -> Result<Vec<TaskInstance>>;
+    /// Makes the writes of several runs (each a unit as [`Store::persist`] takes it, all owned
+    /// by `owner`) in one transaction. `Ok(Some(created))`, per unit, when all were made;
+    /// `Ok(None)` when one was refused (or the store does not batch) and nothing was written:
+    /// persist each alone then, to learn which and why.
+    async fn persist_together(
+        &self,
+        owner: &str,
+        units: &[(i64, &[porpoise_core::engine::Write])],
+    ) -> Result<Option<Vec<Vec<TaskInstance>>>> {
+        let _ = (owner, units);
+        Ok(None)
+    }
     async fn task_instance(&self, id: i64) -> Result<Option<TaskInstance>>;
     /// Every task instance of a workflow instance, by id.
     async fn task_instances_of(&self, workflow_instance_id: i64) -> Result<Vec<TaskInstance>>;

@@ -366,6 +366,16 @@ impl From<DeadLetterRow> for DeadLetter {
 
 /// Implements [`crate::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
 /// `$claim` is the statement that claims commands: `$1` owner, `$2` time, `$3` limit.
+/// Why a unit of writes was refused (see `persist_on` in [`impl_store`]).
+pub(crate) enum Refusal<'w> {
+    /// A task-instance write found the row other than it expected.
+    Task(&'w porpoise_core::engine::TaskWrite),
+    /// The run's write found it other than this (or not owned).
+    Run(String),
+    /// Refused with this error (a task group without a free slot).
+    Error(crate::StoreError),
+}
+
 macro_rules! impl_store {
     ($store:ty, $db:ty, $backend:expr, claim = $claim:expr) => {
         #[async_trait::async_trait]
@@ -858,73 +868,38 @@ macro_rules! impl_store {
                 run: i64,
                 writes: &[porpoise_core::engine::Write],
             ) -> $crate::Result<Vec<$crate::TaskInstance>> {
-                use porpoise_core::engine::Write;
                 let mut tx = self.pool.begin().await?;
-                let mut created = Vec::new();
-                let mut next = 0;
-                while let Some(w) = writes.get(next) {
-                    next += 1;
-                    match w {
-                        Write::Task(first) => {
-                            // consecutive task writes of distinct task instances go together
-                            let mut chunk = vec![first];
-                            while let Some(Write::Task(t)) = writes.get(next)
-                                && !chunk.iter().any(|c| c.id == t.id)
-                            {
-                                chunk.push(t);
-                                next += 1;
-                            }
-                            if let Some(refused) = Self::update_tasks_on(&mut tx, owner, run, &chunk).await? {
-                                drop(tx);
-                                return Err(self.task_conflict(owner, chunk[refused]).await);
-                            }
-                        }
-                        Write::Workflow(wf) => {
-                            if Self::update_workflow_on(&mut tx, owner, run, wf).await?.is_none() {
-                                drop(tx);
-                                return Err(self
-                                    .workflow_conflict(run, &format!("{} owned by {owner}", wf.expected))
-                                    .await);
-                            }
-                        }
-                        Write::CompleteCommand(id) => {
-                            sqlx::query::<$db>(
-                                "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id = $3 AND claimed_by IS NULL",
-                            )
-                            .bind(owner)
-                            .bind($crate::sql::now())
-                            .bind(id)
-                            .execute(&mut *tx)
-                            .await?;
-                        }
-                        Write::TakeSlot(t) => {
-                            if let Err(e) = Self::take_slot_on(&mut tx, owner, t).await? {
-                                drop(tx);
-                                return Err(match e {
-                                    Some(refused) => refused,
-                                    None => self.task_conflict(owner, t).await,
-                                });
-                            }
-                        }
-                        Write::CreateTasks(new) => {
-                            use porpoise_core::ExecutionState::{Submitted, Waiting};
-                            // a task of a task group starts in line for a slot
-                            let names: Vec<(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)> = new
-                                .iter()
-                                .map(|n| (n.clone(), if n.task_group.is_some() { Waiting } else { Submitted }))
-                                .collect();
-                            match Self::create_tasks_on(&mut tx, owner, run, &names).await? {
-                                Some(rows) => created.extend(rows),
-                                None => {
-                                    drop(tx);
-                                    return Err(self.workflow_conflict(run, &format!("owned by {owner}")).await);
-                                }
-                            }
-                        }
+                match Self::persist_on(&mut tx, owner, run, writes).await? {
+                    Ok(created) => {
+                        tx.commit().await?;
+                        created.into_iter().map(TryInto::try_into).collect()
+                    }
+                    Err(refusal) => {
+                        // what was found instead is read once the transaction is gone
+                        drop(tx);
+                        Err(self.refused(owner, run, refusal).await)
+                    }
+                }
+            }
+
+            async fn persist_together(
+                &self,
+                owner: &str,
+                units: &[(i64, &[porpoise_core::engine::Write])],
+            ) -> $crate::Result<Option<Vec<Vec<$crate::TaskInstance>>>> {
+                let mut tx = self.pool.begin().await?;
+                let mut out = Vec::with_capacity(units.len());
+                for (run, writes) in units {
+                    match Self::persist_on(&mut tx, owner, *run, writes).await? {
+                        Ok(created) => out.push(created),
+                        Err(_) => return Ok(None),
                     }
                 }
                 tx.commit().await?;
-                created.into_iter().map(TryInto::try_into).collect()
+                out.into_iter()
+                    .map(|created| created.into_iter().map(TryInto::try_into).collect())
+                    .collect::<$crate::Result<Vec<_>>>()
+                    .map(Some)
             }
 
             async fn task_instance(&self, id: i64) -> $crate::Result<Option<$crate::TaskInstance>> {
@@ -1767,6 +1742,84 @@ macro_rules! impl_store {
                 match Self::update_task_on(conn, owner, u).await? {
                     Some(_) => Ok(Ok(())),
                     None => Ok(Err(None)),
+                }
+            }
+
+            /// Makes `writes` of run `run` (owned by `owner`) on `conn`, an open transaction; the
+            /// rows created, or which write was refused (the transaction must then be dropped).
+            async fn persist_on<'w>(
+                conn: &mut <$db as sqlx::Database>::Connection,
+                owner: &str,
+                run: i64,
+                writes: &'w [porpoise_core::engine::Write],
+            ) -> $crate::Result<std::result::Result<Vec<$crate::sql::TaskRow>, $crate::sql::Refusal<'w>>> {
+                use porpoise_core::engine::Write;
+                use $crate::sql::Refusal;
+                let mut created = Vec::new();
+                let mut next = 0;
+                while let Some(w) = writes.get(next) {
+                    next += 1;
+                    match w {
+                        Write::Task(first) => {
+                            // consecutive task writes of distinct task instances go together
+                            let mut chunk = vec![first];
+                            while let Some(Write::Task(t)) = writes.get(next)
+                                && !chunk.iter().any(|c| c.id == t.id)
+                            {
+                                chunk.push(t);
+                                next += 1;
+                            }
+                            if let Some(refused) = Self::update_tasks_on(conn, owner, run, &chunk).await? {
+                                return Ok(Err(Refusal::Task(chunk[refused])));
+                            }
+                        }
+                        Write::Workflow(wf) => {
+                            if Self::update_workflow_on(conn, owner, run, wf).await?.is_none() {
+                                return Ok(Err(Refusal::Run(format!("{} owned by {owner}", wf.expected))));
+                            }
+                        }
+                        Write::CompleteCommand(id) => {
+                            sqlx::query::<$db>(
+                                "UPDATE command SET claimed_by = $1, claimed_at = $2 WHERE id = $3 AND claimed_by IS NULL",
+                            )
+                            .bind(owner)
+                            .bind($crate::sql::now())
+                            .bind(id)
+                            .execute(&mut *conn)
+                            .await?;
+                        }
+                        Write::TakeSlot(t) => {
+                            if let Err(e) = Self::take_slot_on(conn, owner, t).await? {
+                                return Ok(Err(match e {
+                                    Some(refused) => Refusal::Error(refused),
+                                    None => Refusal::Task(t),
+                                }));
+                            }
+                        }
+                        Write::CreateTasks(new) => {
+                            use porpoise_core::ExecutionState::{Submitted, Waiting};
+                            // a task of a task group starts in line for a slot
+                            let names: Vec<(porpoise_core::engine::NewTask, porpoise_core::ExecutionState)> = new
+                                .iter()
+                                .map(|n| (n.clone(), if n.task_group.is_some() { Waiting } else { Submitted }))
+                                .collect();
+                            match Self::create_tasks_on(conn, owner, run, &names).await? {
+                                Some(rows) => created.extend(rows),
+                                None => return Ok(Err(Refusal::Run(format!("owned by {owner}")))),
+                            }
+                        }
+                    }
+                }
+                Ok(Ok(created))
+            }
+
+            /// The error for a refused write of run `run`: what was found instead.
+            async fn refused(&self, owner: &str, run: i64, refusal: $crate::sql::Refusal<'_>) -> $crate::StoreError {
+                use $crate::sql::Refusal;
+                match refusal {
+                    Refusal::Task(t) => self.task_conflict(owner, t).await,
+                    Refusal::Run(expected) => self.workflow_conflict(run, &expected).await,
+                    Refusal::Error(e) => e,
                 }
             }
 

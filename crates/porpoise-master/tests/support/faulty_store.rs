@@ -68,6 +68,8 @@ pub struct FaultyStore {
     gate: tokio::sync::watch::Sender<bool>,
     /// For each unit held at the gate, the task instances it writes.
     held: Mutex<Vec<Vec<i64>>>,
+    /// For each transaction of several runs' writes: how many runs, and whether it committed.
+    together: Mutex<Vec<(usize, bool)>>,
 }
 
 fn outage() -> StoreError {
@@ -82,7 +84,14 @@ impl FaultyStore {
             fired: Mutex::default(),
             gate: tokio::sync::watch::channel(false).0,
             held: Mutex::default(),
+            together: Mutex::default(),
         }
+    }
+
+    /// For each transaction of several runs' writes so far: how many runs, and whether it
+    /// committed.
+    pub fn together(&self) -> Vec<(usize, bool)> {
+        self.together.lock().expect("together lock").clone()
     }
 
     /// Fails the next `times` writes that match `op`, at `when`.
@@ -264,6 +273,15 @@ impl Store for FaultyStore {
             }
             None => self.inner.persist(owner, run, writes).await,
         }
+    }
+    async fn persist_together(&self, owner: &str, units: &[(i64, &[Write])]) -> Result<Option<Vec<Vec<TaskInstance>>>> {
+        // a unit with a fault armed goes alone, through `persist`, where the fault fires
+        if units.iter().flat_map(|(_, writes)| writes.iter()).any(|w| self.armed(Op::of(w))) {
+            return Ok(None);
+        }
+        let made = self.inner.persist_together(owner, units).await;
+        self.together.lock().expect("together lock").push((units.len(), matches!(made, Ok(Some(_)))));
+        made
     }
     async fn put_schedule(
         &self,
