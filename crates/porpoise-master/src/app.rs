@@ -243,11 +243,7 @@ impl App {
             execution: spec.execution,
             backfill: None,
         };
-        let ids: Vec<i64> = if count == 1 {
-            vec![self.0.store.create_run(&run).await?.0.id]
-        } else {
-            self.0.store.create_runs(&run, count).await?.iter().map(|r| r.id).collect()
-        };
+        let ids: Vec<i64> = self.0.store.create_runs(&run, count).await?.iter().map(|r| r.id).collect();
         self.0.wake_consumer();
         match ids.as_slice() {
             [one] => info!(workflow = %def.name, run_id = one, "run requested"),
