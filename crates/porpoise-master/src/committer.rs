@@ -5,9 +5,11 @@
 //! commits each transition at once. Each runner still waits for its own writes to be durable
 //! before it acknowledges anything: batching never answers before the commit.
 //!
-//! A transaction that one unit spoils (its write was refused, or the database failed) writes
-//! nothing; each of its units is then persisted alone, so every runner gets the answer its own
-//! writes deserve, exactly as without batching. A unit that takes a task-group slot always goes
+//! A transaction that one unit spoils (its write was refused, or the database refused it)
+//! writes nothing; each of its units is then persisted alone, so every runner gets the answer
+//! its own writes deserve, exactly as without batching. An outage (the database cannot be
+//! reached) is every unit's answer at once: each runner retries after its backoff, rather
+//! than each unit waiting out the outage alone in turn. A unit that takes a task-group slot always goes
 //! alone: slot counts are rows shared between runs.
 
 use std::sync::Arc;
@@ -113,6 +115,17 @@ async fn commit(store: &dyn Store, owner: &str, batch: Vec<Request>) {
             metrics::counter!(m::PERSIST_RUNS_TOGETHER).increment(batch.len() as u64);
             for (request, created) in batch.into_iter().zip(created) {
                 let _ = request.reply.send(Ok(created));
+            }
+        }
+        Err(e) if e.is_retryable() => {
+            // the database cannot be reached: every run retries later, none alone now (each
+            // would wait out the same outage in turn)
+            debug!(runs = batch.len(), error = %e, "a group commit met an outage");
+            for request in batch {
+                // (a request left unanswered persists alone)
+                if let Some(again) = e.outage_again() {
+                    let _ = request.reply.send(Err(again));
+                }
             }
         }
         other => {

@@ -575,11 +575,21 @@ mod group_commit {
 
     use super::*;
 
+    /// What goes wrong while the eight results wait.
+    #[derive(PartialEq)]
+    enum Twist {
+        None,
+        /// Run 2 is handed to another master.
+        Steal,
+        /// The database cannot be reached for their transaction.
+        Outage,
+    }
+
     /// Ten one-task runs whose tasks a worker holds; the results of runs 0 and 1 are reported
     /// and their commits held at the gate, which keeps the committer's transactions busy while
-    /// the other eight runs' results arrive and wait. `steal` hands run 2 to another master
-    /// first. Returns the runs, and the answers to the eight results once the gate opens.
-    async fn eight_results_wait_together(cluster: &Cluster, steal: bool) -> (Vec<i64>, Vec<(String, AckStatus)>) {
+    /// the other eight runs' results arrive and wait; then `twist`. Returns the runs, and the
+    /// answers to the eight results once the gate opens.
+    async fn eight_results_wait_together(cluster: &Cluster, twist: Twist) -> (Vec<i64>, Vec<(String, AckStatus)>) {
         let w = cluster.worker("default", 10).await;
         workers_seen(cluster, "default", 1).await;
         let mut runs = Vec::new();
@@ -603,7 +613,7 @@ mod group_commit {
             wait_for("the result's transaction to be held", || (cluster.store.held().len() == n + 1).then_some(()))
                 .await;
         }
-        if steal {
+        if twist == Twist::Steal {
             let run = cluster.store.workflow_instance(runs[2]).await.expect("read").expect("run");
             cluster
                 .store
@@ -619,6 +629,9 @@ mod group_commit {
             (cluster.metric("porpoise_persist_waiting") == 8.0).then_some(())
         })
         .await;
+        if twist == Twist::Outage {
+            cluster.store.fail(Op::TaskTo(Success), When::Before, 1);
+        }
         cluster.store.release();
         for report in first {
             let answered = report.await.expect("the report completes");
@@ -632,7 +645,7 @@ mod group_commit {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn results_of_many_runs_that_wait_together_are_saved_in_one_transaction() {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let (runs, answered) = eight_results_wait_together(&cluster, false).await;
+        let (runs, answered) = eight_results_wait_together(&cluster, Twist::None).await;
         assert!(answered.iter().all(|(_, s)| *s == AckStatus::Handled), "{answered:?}");
         assert_eq!(cluster.store.together(), [(8, true)], "the eight results in one transaction");
         for run in runs {
@@ -646,7 +659,7 @@ mod group_commit {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_run_taken_over_in_a_group_commit_spoils_only_its_own_writes() {
         let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
-        let (runs, answered) = eight_results_wait_together(&cluster, true).await;
+        let (runs, answered) = eight_results_wait_together(&cluster, Twist::Steal).await;
         assert_eq!(cluster.store.together(), [(8, false)], "the group was refused as a whole");
         let taken = format!("{}-", cluster.task(runs[2], "t0").await.id);
         for (event, status) in &answered {
@@ -661,6 +674,20 @@ mod group_commit {
             } else {
                 assert_eq!(cluster.run_ends(run).await.state, Success, "run {i}");
             }
+        }
+    }
+
+    /// An outage that fails a group's transaction is every run's answer at once: each worker
+    /// hears RETRY_LATER straight away (no run's writes wait out the outage alone, one after
+    /// another), each runner retries on its own, and every result is saved in the end.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_outage_in_a_group_commit_is_every_runs_answer_and_each_retries() {
+        let cluster = Cluster::start(WorkerSelector::LowestLoad).await;
+        let (runs, answered) = eight_results_wait_together(&cluster, Twist::Outage).await;
+        assert_eq!(cluster.store.together().first(), Some(&(8, false)), "the group met the outage");
+        assert!(answered.iter().all(|(_, s)| *s == AckStatus::RetryLater), "{answered:?}");
+        for run in runs {
+            assert_eq!(cluster.run_ends(run).await.state, Success, "saved once the database answers");
         }
     }
 }

@@ -34,6 +34,15 @@ impl StoreError {
         matches!(self, Self::Unavailable(_))
     }
 
+    /// For another caller of a call that failed for several at once (a group commit): the same
+    /// outage, `None` when `self` is not one (each caller must then learn its own error).
+    pub fn outage_again(&self) -> Option<StoreError> {
+        match self {
+            Self::Unavailable(e) => Some(Self::Unavailable(sqlx::Error::Io(std::io::Error::other(e.to_string())))),
+            _ => None,
+        }
+    }
+
     pub(crate) fn corrupt(what: &'static str, detail: impl ToString) -> Self {
         Self::Corrupt { what, detail: detail.to_string() }
     }

@@ -275,8 +275,15 @@ impl Store for FaultyStore {
         }
     }
     async fn persist_together(&self, owner: &str, units: &[(i64, &[Write])]) -> Result<Option<Vec<Vec<TaskInstance>>>> {
-        // a unit with a fault armed goes alone, through `persist`, where the fault fires
-        if units.iter().flat_map(|(_, writes)| writes.iter()).any(|w| self.armed(Op::of(w))) {
+        let mut ops = units.iter().flat_map(|(_, writes)| writes.iter()).map(Op::of);
+        if let Some(op) = ops.clone().find(|op| self.armed_with(*op, When::Before)) {
+            // an outage hits the whole group
+            self.take(op);
+            self.together.lock().expect("together lock").push((units.len(), false));
+            return Err(outage());
+        }
+        // a unit with another fault armed goes alone, through `persist`, where the fault fires
+        if ops.any(|op| self.armed(op)) {
             return Ok(None);
         }
         let made = self.inner.persist_together(owner, units).await;
