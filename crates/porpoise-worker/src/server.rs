@@ -359,9 +359,19 @@ impl WorkerService for WorkerGrpc {
             attempts.start(key, kill.clone());
             kill
         };
-        // durable before the answer: a worker dying from here on still reports the attempt
-        self.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id).await;
-        self.start_attempt(req, run_as, kill);
+        // durable before the answer: a worker dying from here on still reports the attempt. The
+        // attempt is taken from here on, so it is journaled and started apart from this call,
+        // which its caller may give up on (a timeout) while the journal flushes
+        let (started, flushed) = tokio::sync::oneshot::channel();
+        let this = self.0.clone();
+        self.0.spawner.spawn(async move {
+            this.reporter.accepted(&req.master_addr, req.task_instance_id, req.attempt, req.workflow_instance_id).await;
+            this.start_attempt(req, run_as, kill);
+            let _ = started.send(());
+        });
+        if flushed.await.is_err() {
+            return Ok(self.reply(DispatchStatus::Draining, "the worker is shutting down"));
+        }
         Ok(self.reply(DispatchStatus::Accepted, ""))
     }
 
