@@ -364,8 +364,6 @@ impl From<DeadLetterRow> for DeadLetter {
     }
 }
 
-/// Implements [`crate::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
-/// `$claim` is the statement that claims commands: `$1` owner, `$2` time, `$3` limit.
 /// Why a unit of writes was refused (see `persist_on` in [`impl_store`]).
 pub(crate) enum Refusal<'w> {
     /// A task-instance write found the row other than it expected.
@@ -376,6 +374,8 @@ pub(crate) enum Refusal<'w> {
     Error(crate::StoreError),
 }
 
+/// Implements [`crate::Store`] for `$store` (a struct with a `pool: sqlx::Pool<$db>` field).
+/// `$claim` is the statement that claims commands: `$1` owner, `$2` time, `$3` limit.
 macro_rules! impl_store {
     ($store:ty, $db:ty, $backend:expr, claim = $claim:expr) => {
         #[async_trait::async_trait]

@@ -149,7 +149,7 @@ struct Setup {
     worker: WorkerHandle,
     client: WorkerServiceClient<Channel>,
     registry: MemoryRegistry,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 async fn worker(slots: u32) -> Setup {
@@ -179,7 +179,7 @@ async fn worker_with(slots: u32, tune: impl FnOnce(&mut WorkerConfig)) -> Setup 
     tune(&mut config);
     let worker = WorkerHandle::start(config, Arc::new(registry.clone())).await.expect("worker starts");
     let client = WorkerServiceClient::connect(format!("http://{}", worker.addr)).await.expect("connect to worker");
-    Setup { worker, client, registry, _dir: dir }
+    Setup { worker, client, registry, dir }
 }
 
 fn dispatch(ti: i64, command: &str, master: SocketAddr) -> DispatchTaskRequest {
@@ -202,6 +202,16 @@ fn dispatch(ti: i64, command: &str, master: SocketAddr) -> DispatchTaskRequest {
 async fn send(client: &mut WorkerServiceClient<Channel>, req: DispatchTaskRequest) -> DispatchStatus {
     let reply = client.dispatch_task(req).await.expect("dispatch call").into_inner();
     DispatchStatus::try_from(reply.status).expect("known status")
+}
+
+/// The whole log of attempt `attempt` of task instance `ti`, as the worker serves it.
+async fn log_of(
+    client: &mut WorkerServiceClient<Channel>,
+    ti: i64,
+    attempt: i32,
+) -> porpoise_proto::v1::GetTaskLogReply {
+    let request = GetTaskLogRequest { task_instance_id: ti, attempt, offset: 0, limit: 0 };
+    client.get_task_log(request).await.expect("the log is served").into_inner()
 }
 
 fn result_of(events: &[TaskEvent]) -> porpoise_proto::v1::TaskResult {
@@ -227,12 +237,7 @@ async fn runs_a_shell_task_reports_running_then_result_and_serves_its_log() {
     assert_eq!((result.outcome, result.exit_code), (TaskOutcome::Success as i32, Some(0)));
     assert!(result.ended_at_ms >= result.started_at_ms);
 
-    let log = s
-        .client
-        .get_task_log(GetTaskLogRequest { task_instance_id: 11, attempt: 1, offset: 0, limit: 0 })
-        .await
-        .expect("log")
-        .into_inner();
+    let log = log_of(&mut s.client, 11, 1).await;
     let text = String::from_utf8_lossy(&log.content);
     assert!(text.contains("hello 2026-01-01"), "params substituted: {text}");
     assert!(text.contains("env 2026-01-01"), "params exported: {text}");
@@ -241,16 +246,10 @@ async fn runs_a_shell_task_reports_running_then_result_and_serves_its_log() {
     assert!(log.eof);
 
     // a log written by a worker before the flat layout (`tasks/<id>/<attempt>/`) is served too
-    let old = s._dir.path().join("tasks/12/3");
+    let old = s.dir.path().join("tasks/12/3");
     std::fs::create_dir_all(&old).expect("old layout");
     std::fs::write(old.join("task.log"), "from before the upgrade\n").expect("old log");
-    let log = s
-        .client
-        .get_task_log(GetTaskLogRequest { task_instance_id: 12, attempt: 3, offset: 0, limit: 0 })
-        .await
-        .expect("old log")
-        .into_inner();
-    assert_eq!(log.content, b"from before the upgrade\n");
+    assert_eq!(log_of(&mut s.client, 12, 3).await.content, b"from before the upgrade\n");
 
     let workers = s.registry.members(&Selector::Workers { group: Some("default".into()) }).await.expect("members");
     assert_eq!(workers.len(), 1);
@@ -457,7 +456,7 @@ async fn a_malformed_dispatch_is_rejected_and_the_worker_keeps_serving() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stopped_worker_leaves_nothing_running() {
     let (master, addr) = Master::start(0).await;
-    let Setup { mut worker, mut client, registry, _dir } = worker_with_grace(2, Duration::from_millis(100)).await;
+    let Setup { mut worker, mut client, registry, dir: _dir } = worker_with_grace(2, Duration::from_millis(100)).await;
     let name = format!("porpoise-test-{}-stop", std::process::id());
     send(&mut client, dispatch(30, &sprawling_task(&name), addr)).await;
     wait_sprawl(&master, 30, &name).await;
