@@ -72,9 +72,14 @@ impl Committer {
     }
 
     async fn alone(&self, run: i64, writes: &[Write]) -> Reply {
-        metrics::counter!(m::PERSIST_TRANSACTIONS, "kind" => "alone").increment(1);
-        self.store.persist(&self.owner, run, writes).await
+        alone(self.store.as_ref(), &self.owner, run, writes).await
     }
+}
+
+/// Persists one run's writes in a transaction of their own.
+async fn alone(store: &dyn Store, owner: &str, run: i64, writes: &[Write]) -> Reply {
+    metrics::counter!(m::PERSIST_TRANSACTIONS, "kind" => "alone").increment(1);
+    store.persist(owner, run, writes).await
 }
 
 async fn commit_loop(store: Arc<dyn Store>, owner: String, mut rx: mpsc::UnboundedReceiver<Request>, spawner: Spawner) {
@@ -98,11 +103,10 @@ async fn commit_loop(store: Arc<dyn Store>, owner: String, mut rx: mpsc::Unbound
 }
 
 async fn commit(store: &dyn Store, owner: &str, batch: Vec<Request>) {
-    if let [one] = batch.as_slice() {
-        metrics::counter!(m::PERSIST_TRANSACTIONS, "kind" => "alone").increment(1);
-        let reply = store.persist(owner, one.run, &one.writes).await;
-        if let Some(one) = batch.into_iter().next() {
-            let _ = one.reply.send(reply);
+    if batch.len() == 1 {
+        for request in batch {
+            let reply = alone(store, owner, request.run, &request.writes).await;
+            let _ = request.reply.send(reply);
         }
         return;
     }
@@ -132,8 +136,7 @@ async fn commit(store: &dyn Store, owner: &str, batch: Vec<Request>) {
             // nothing was written: each unit alone says what is wrong with it, if anything
             debug!(runs = batch.len(), outcome = ?other.map(|o| o.map(|c| c.len())), "a group commit was refused; committing its runs one at a time");
             for request in batch {
-                metrics::counter!(m::PERSIST_TRANSACTIONS, "kind" => "alone").increment(1);
-                let reply = store.persist(owner, request.run, &request.writes).await;
+                let reply = alone(store, owner, request.run, &request.writes).await;
                 let _ = request.reply.send(reply);
             }
         }
